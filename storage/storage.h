@@ -156,6 +156,9 @@ int storage_reader_open(const char *path, const struct storage_reader_opts *opts
 void storage_reader_close(struct storage_reader *r); /* NULL is a no-op */
 /* False when the file system refused O_DIRECT (tmpfs, ...) and reads are buffered. */
 bool storage_reader_is_direct(const struct storage_reader *r);
+/* False when registering the staging buffers failed (RLIMIT_MEMLOCK, ...) and reads are
+ * plain READs instead of READ_FIXED. */
+bool storage_reader_uses_fixed_buffers(const struct storage_reader *r);
 
 /* Receives a piece of the requested range. Pieces may come in any order; together they
  * cover the range exactly once. data is valid only during the call. Return < 0 to abort. */
