@@ -81,7 +81,7 @@ static inline uint64_t tspec_nbytes(const struct tspec *t)
         if (ggml_type_size(t->type, &blck, &size) < 0)
                 return 64;
         uint64_t n = t->ne[0] / blck * size;
-        for (uint32_t d = 1; d < t->n_dims; d++)
+        for (uint32_t d = 1; d < t->n_dims && d < 4; d++)
                 n *= t->ne[d];
         return n;
 }
