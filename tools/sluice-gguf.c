@@ -9,6 +9,7 @@
 
 #define ARRAY_PREVIEW 4
 #define STR_PREVIEW 80
+#define GGUF_NAME_PRINT 64 /* the parser rejects longer tensor names */
 
 static void print_str(struct gguf_str s)
 {
@@ -161,7 +162,14 @@ int main(int argc, char **argv)
         if (tensors) {
                 for (uint64_t i = 0; i < g->n_tensors; i++) {
                         const struct gguf_tensor *t = &g->tensors[i];
-                        printf("  %-48.*s %-8s [", (int)t->name.len, t->name.ptr, ggml_type_name(t->type));
+                        char name[GGUF_NAME_PRINT + 1];
+                        size_t n = 0;
+                        for (; n < t->name.len && n < GGUF_NAME_PRINT; n++) {
+                                unsigned char c = (unsigned char)t->name.ptr[n];
+                                name[n] = c >= 0x20 && c != 0x7f ? (char)c : '?'; /* one line each */
+                        }
+                        name[n] = 0;
+                        printf("  %-48s %-8s [", name, ggml_type_name(t->type));
                         for (uint32_t d = 0; d < t->n_dims; d++)
                                 printf("%s%" PRIu64, d ? ", " : "", t->ne[d]);
                         printf("] offset %" PRIu64 " size %" PRIu64 "\n", t->offset, t->nbytes);
