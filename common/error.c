@@ -25,7 +25,9 @@ int sl_error_prefix(struct sl_error *e, int code, const char *fmt, ...)
                 va_end(ap);
                 memcpy(old, e->msg, sizeof(old));
                 old[sizeof(old) - 1] = 0;
-                snprintf(e->msg, sizeof(e->msg), "%s: %s", prefix, old);
+                /* A reason that no longer fits is cut short; that is fine for a log line. */
+                if (snprintf(e->msg, sizeof(e->msg), "%s: %s", prefix, old) >= (int)sizeof(e->msg))
+                        e->msg[sizeof(e->msg) - 1] = 0;
         }
         return code;
 }

@@ -65,5 +65,7 @@ def llama_cpp():
 def run(cmd, **kw):
     """subprocess.run with text output captured; never raises on a non-zero exit."""
     kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("errors", "replace")
     kw.setdefault("timeout", 300)
     return subprocess.run([str(c) for c in cmd], **kw)
