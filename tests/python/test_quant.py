@@ -7,12 +7,10 @@
   float64 dot of the two dequantized rows, within 1e-5 of sum|w_i x_i| (float32 summation
   order), plus, for Q4_1/Q5_1, the fp16 rounding of the activation block sums ggml uses
   for the min term (|m * s| * 2^-10 per block)."""
-import os
+import subprocess
 
 import numpy as np
 import pytest
-
-from conftest import run
 
 gq = pytest.importorskip("gguf.quants")
 from gguf import GGMLQuantizationType as T  # noqa: E402
@@ -57,7 +55,8 @@ def random_blocks(rng, name, nblocks):
 
 
 def tool_run(tool, args, data):
-    r = run([tool("quant-tool"), *args], input=data, capture_output=True, text=False)
+    # raw bytes both ways, so not conftest.run (which decodes text)
+    r = subprocess.run([str(tool("quant-tool")), *args], input=data, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     return r.stdout
 
