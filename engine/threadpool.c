@@ -12,7 +12,7 @@
 
 #include "threadpool.h"
 
-#define SPIN_ITERS (1u << 14)
+#define SPIN_ITERS (1u << 11)
 
 struct threadpool {
         uint32_t n;
