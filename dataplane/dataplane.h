@@ -1,0 +1,429 @@
+/* dataplane.h — sluice's dataplane: the wire protocol codec shared by the server and the
+ * client library (this part), and later the transports (kernel UDP/TCP, DPDK) and the rings
+ * to and from the engine. docs/protocol.md is the specification; this is its one
+ * implementation. Nothing here allocates or prints: encoders write into caller buffers,
+ * decoders return views into the input after checking every length, count and sum. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl.h"
+
+/* ---- constants and limits (docs/protocol.md §2, §9) ---- */
+
+#define DP_MAGIC 0x43554C53u /* bytes 'S' 'L' 'U' 'C', read as a little-endian u32 */
+#define DP_VERSION 1
+#define DP_HEADER_SIZE 32
+#define DP_COOKIE_SIZE 32        /* opaque cookie field (flag DP_F_COOKIE) */
+#define DP_MAC_SIZE 32           /* HMAC-SHA256 */
+#define DP_AUTH_SIZE 56          /* auth trailer (flag DP_F_AUTH) */
+#define DP_TRAILERS_MAX (DP_COOKIE_SIZE + DP_AUTH_SIZE)
+
+#define DP_MAX_FRAME_TCP 65536u  /* whole frame: header + payload + trailers */
+#define DP_MAX_FRAME_UDP 1400u   /* one datagram, under a 1500-byte MTU with IPv6 + UDP */
+#define DP_MAX_MESSAGE 132096u   /* a request's payload after reassembly of its fragments */
+#define DP_MAX_FRAGMENTS 128u
+#define DP_MAX_PROMPT_TOKENS 32768u
+#define DP_MAX_PROMPT_BYTES 131072u
+#define DP_MAX_NEW_TOKENS 32768u
+#define DP_MAX_STOP 8u           /* stop strings per request */
+#define DP_MAX_STOP_LEN 64u      /* bytes per stop string */
+#define DP_MAX_TOKENS_PER_FRAME 256u
+#define DP_MAX_ERROR_MSG 256u
+#define DP_MAX_NAME 128u         /* INFO model and server strings */
+#define DP_MAX_RESEND_RANGES 64u
+#define DP_UDP_HELLO_MIN 1200u   /* a UDP HELLO datagram is padded to at least this */
+#define DP_PING_PAYLOAD 32u      /* PING is padded so that PONG is never larger */
+
+/* Opcodes. C->S: sent by clients; S->C: sent by servers. */
+enum dp_opcode {
+        DP_OP_HELLO = 0x01,     /* C->S: who are you, what are your limits */
+        DP_OP_INFO = 0x02,      /* S->C: answer to HELLO */
+        DP_OP_GENERATE = 0x03,  /* C->S: a generation request (may be fragmented) */
+        DP_OP_TOKENS = 0x04,    /* S->C: streamed token ids + text */
+        DP_OP_DONE = 0x05,      /* S->C: end of a stream: finish reason and usage */
+        DP_OP_ERROR = 0x06,     /* S->C: error code and message */
+        DP_OP_CANCEL = 0x07,    /* C->S: stop a request */
+        DP_OP_PING = 0x08,      /* C->S: liveness and load probe */
+        DP_OP_PONG = 0x09,      /* S->C: answer to PING, with load */
+        DP_OP_TOKENIZE = 0x0a,  /* C->S: tokenize text (may be fragmented); answered by TOKENS + DONE */
+        DP_OP_RESEND = 0x0b,    /* C->S: resend these stream sequence numbers (UDP) */
+        DP_OP_ACK = 0x0c,       /* C->S: all frames below next_seq received; renews the lease (UDP) */
+        DP_OP_COOKIE = 0x0d,    /* S->C: reserved for the cookie exchange; v1 servers never send it */
+        DP_OP_MAX = DP_OP_COOKIE,
+};
+
+/* Header flags. Bits not defined here must be zero. */
+enum dp_flag {
+        DP_F_CRC = 1u << 0,     /* the crc field holds CRC32C of the frame; else it must be 0 */
+        DP_F_COOKIE = 1u << 1,  /* a DP_COOKIE_SIZE cookie follows the payload */
+        DP_F_AUTH = 1u << 2,    /* a DP_AUTH_SIZE auth trailer ends the frame */
+        DP_F_ALL = DP_F_CRC | DP_F_COOKIE | DP_F_AUTH,
+};
+
+/* Protocol error codes (ERROR frames). The codec's decoders return -code. */
+enum dp_err {
+        DP_ERR_BAD_FRAME = 1,
+        DP_ERR_BAD_VERSION = 2,
+        DP_ERR_BAD_CRC = 3,
+        DP_ERR_UNKNOWN_OPCODE = 4,
+        DP_ERR_TOO_LARGE = 5,
+        DP_ERR_PROMPT_TOO_LONG = 6,
+        DP_ERR_BAD_PARAM = 7,
+        DP_ERR_BUSY = 8,
+        DP_ERR_NOT_FOUND = 9,
+        DP_ERR_CANCELLED = 10,
+        DP_ERR_DEADLINE = 11,
+        DP_ERR_INTERNAL = 12,
+        DP_ERR_UNAUTHENTICATED = 13,
+        DP_ERR_RATE_LIMITED = 14,
+        DP_ERR_SHUTTING_DOWN = 15,
+        DP_ERR_MAX = DP_ERR_SHUTTING_DOWN,
+};
+
+/* GENERATE flags. */
+enum dp_gen_flag {
+        DP_GEN_PROMPT_IDS = 1u << 0,    /* the prompt is token ids, not UTF-8 text */
+        DP_GEN_NO_TEXT = 1u << 1,       /* TOKENS frames carry ids only (text_len 0) */
+        DP_GEN_ECHO_PROMPT = 1u << 2,   /* stream the prompt's tokens first (kind PROMPT) */
+        DP_GEN_ADD_SPECIAL = 1u << 3,   /* text prompt: add BOS/EOS as the model wants */
+        DP_GEN_PARSE_SPECIAL = 1u << 4, /* text prompt: "<|...|>" special tokens are parsed */
+        DP_GEN_ALL = 0x1f,
+};
+
+/* TOKENIZE flags. */
+enum dp_tok_flag {
+        DP_TOK_ADD_SPECIAL = 1u << 0,
+        DP_TOK_PARSE_SPECIAL = 1u << 1,
+        DP_TOK_NO_TEXT = 1u << 2,
+        DP_TOK_ALL = 0x07,
+};
+
+enum dp_tokens_kind { DP_TOKENS_GENERATED = 0, DP_TOKENS_PROMPT = 1 };
+
+enum dp_finish {
+        DP_FINISH_NONE = 0,        /* not a generation (TOKENIZE) */
+        DP_FINISH_EOS = 1,         /* the model produced an end-of-generation token */
+        DP_FINISH_LENGTH = 2,      /* max_tokens reached */
+        DP_FINISH_STOP = 3,        /* a stop string matched (stop_index says which) */
+        DP_FINISH_CANCELLED = 4,   /* CANCEL, or the lease ran out */
+        DP_FINISH_DEADLINE = 5,    /* deadline_ms passed */
+        DP_FINISH_CONTEXT = 6,     /* the context window is full */
+        DP_FINISH_MAX = DP_FINISH_CONTEXT,
+};
+
+#define DP_STOP_INDEX_NONE 0xffu
+
+enum dp_error_flag {
+        DP_ERRF_TERMINAL = 1u << 0, /* the request is over; this frame ends its stream */
+};
+
+enum dp_info_flag {
+        DP_INFO_AUTH_REQUIRED = 1u << 0,
+        DP_INFO_COOKIE_REQUIRED = 1u << 1,
+        DP_INFO_ALL = 0x03,
+};
+
+enum dp_load_flag {
+        DP_LOAD_DRAINING = 1u << 0, /* shutting down: new requests get SHUTTING_DOWN */
+        DP_LOAD_ALL = 0x01,
+};
+
+enum dp_decode_flag {
+        DP_DECODE_REQUIRE_CRC = 1u << 0, /* UDP: a frame without DP_F_CRC is BAD_FRAME */
+};
+
+/* ---- frames ---- */
+
+struct dp_header {
+        uint8_t version;
+        uint8_t opcode;
+        uint16_t flags;
+        uint64_t request_id;
+        uint32_t seq;         /* stream frames: sequence number; request fragments: byte offset */
+        uint32_t payload_len;
+        uint16_t frag_index;
+        uint16_t frag_count;  /* 1 for an unfragmented frame */
+        uint32_t crc;
+};
+
+/* The reserved per-frame authentication trailer (docs/protocol.md §7.1); v1 does not verify it. */
+struct dp_auth {
+        uint32_t key_id;
+        uint64_t timestamp_ms; /* Unix time */
+        uint64_t nonce;
+        uint8_t mac[DP_MAC_SIZE];
+};
+
+struct dp_frame {
+        struct dp_header h;
+        const uint8_t *payload; /* h.payload_len bytes, inside the input */
+        const uint8_t *cookie;  /* DP_COOKIE_SIZE bytes inside the input, or NULL */
+        bool has_auth;
+        struct dp_auth auth;
+        size_t len;             /* the whole frame */
+};
+
+/* TCP framing: with len bytes of a stream buffered, returns the length of the frame that
+ * starts at buf (>= DP_HEADER_SIZE) once the header is there, 0 if fewer than
+ * DP_HEADER_SIZE bytes are buffered, or -DP_ERR_BAD_FRAME / -DP_ERR_BAD_VERSION /
+ * -DP_ERR_TOO_LARGE when the header cannot start a valid frame of at most max_frame bytes. */
+long dp_frame_length(const void *buf, size_t len, size_t max_frame, struct sl_error *err);
+
+/* Decodes exactly one frame of len bytes (a datagram, or what dp_frame_length() said).
+ * Checks magic, version, opcode, flags, lengths against len and max_frame, the fragment
+ * fields, and the CRC when DP_F_CRC is set. Returns 0, or -enum dp_err with a reason. */
+int dp_frame_decode(const void *buf, size_t len, size_t max_frame, unsigned dflags,
+                    struct dp_frame *f, struct sl_error *err);
+
+/* Writes a frame: header h (h->version, h->payload_len and h->crc are set here, the rest is
+ * the caller's), then payload_len bytes from payload (which may already sit at
+ * buf + DP_HEADER_SIZE), then the cookie if DP_F_COOKIE and the auth trailer if DP_F_AUTH
+ * (both must then be non-NULL), then the CRC if DP_F_CRC. Returns the frame length, or
+ * -EINVAL (bad header fields), -EMSGSIZE (over max_frame) or -ENOSPC (over cap). */
+long dp_frame_encode(void *buf, size_t cap, size_t max_frame, const struct dp_header *h,
+                     const void *payload, size_t payload_len, const uint8_t *cookie,
+                     const struct dp_auth *auth);
+
+/* Trailer bytes that the flags add to a frame. */
+size_t dp_trailers_size(uint16_t flags);
+
+/* ---- fragmentation of requests (GENERATE, TOKENIZE) ---- */
+
+/* Fragments needed to send msg_len bytes in frames of at most max_frame bytes with the
+ * trailers of flags; -EMSGSIZE when more than DP_MAX_FRAGMENTS or msg_len > DP_MAX_MESSAGE. */
+int dp_fragment_count(size_t msg_len, size_t max_frame, uint16_t flags);
+/* Encodes fragment index of the message (h's frag and seq fields are set here). Returns the
+ * frame length or a negative errno as dp_frame_encode(). */
+long dp_fragment_encode(void *buf, size_t cap, size_t max_frame, const struct dp_header *h,
+                        const void *msg, size_t msg_len, unsigned index, const uint8_t *cookie,
+                        const struct dp_auth *auth);
+
+/* Reassembles one fragmented request into a caller buffer. Duplicates of a fragment already
+ * held are ignored (UDP may duplicate); a fragment that disagrees with what is held is
+ * BAD_FRAME. */
+struct dp_reasm {
+        uint8_t *buf;
+        size_t cap;
+        uint64_t request_id;
+        uint8_t opcode;
+        uint16_t count;        /* 0 until the first fragment */
+        uint16_t n_seen;
+        uint32_t total;        /* message length, known once the last fragment is in */
+        uint64_t seen[DP_MAX_FRAGMENTS / 64];
+        uint32_t off[DP_MAX_FRAGMENTS];
+        uint32_t len[DP_MAX_FRAGMENTS];
+};
+void dp_reasm_init(struct dp_reasm *r, void *buf, size_t cap);
+/* Returns 1 when the message is complete (r->buf holds r->total bytes), 0 when more
+ * fragments are needed, or -enum dp_err. */
+int dp_reasm_add(struct dp_reasm *r, const struct dp_frame *f, struct sl_error *err);
+
+/* ---- payloads (docs/protocol.md §4) ---- */
+
+/* A byte string inside a payload: not NUL-terminated. */
+struct dp_str {
+        const char *ptr;
+        uint32_t len;
+};
+
+/* Token ids travel as little-endian i32 arrays; views point into the payload (unaligned). */
+static inline int32_t dp_id_get(const uint8_t *ids_le, uint32_t i)
+{
+        const uint8_t *p = ids_le + (size_t)i * 4;
+        return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+static inline void dp_id_put(uint8_t *ids_le, uint32_t i, int32_t id)
+{
+        uint8_t *p = ids_le + (size_t)i * 4;
+        uint32_t u = (uint32_t)id;
+        p[0] = (uint8_t)u, p[1] = (uint8_t)(u >> 8), p[2] = (uint8_t)(u >> 16), p[3] = (uint8_t)(u >> 24);
+}
+
+struct dp_hello {
+        uint8_t max_version; /* highest protocol version the client speaks */
+        uint32_t pad_len;    /* zero bytes after the fixed part */
+};
+
+struct dp_load {
+        uint32_t queue_depth;     /* requests waiting for admission */
+        uint32_t active;          /* requests being generated */
+        uint32_t kv_blocks_free;
+        uint32_t kv_blocks_total;
+        uint32_t max_inflight;    /* per client */
+        uint32_t flags;           /* enum dp_load_flag */
+};
+
+struct dp_info {
+        uint8_t version;          /* protocol version served */
+        uint32_t max_frame;       /* of the transport that carried the HELLO */
+        uint32_t max_message;
+        uint32_t max_prompt_tokens;
+        uint32_t max_prompt_bytes;
+        uint32_t max_new_tokens;
+        uint32_t max_stop;
+        uint32_t max_stop_len;
+        uint32_t n_ctx;
+        uint32_t n_vocab;
+        uint32_t lease_ms;        /* UDP: a silent client's requests are cancelled after this */
+        uint32_t flags;           /* enum dp_info_flag */
+        struct dp_load load;
+        struct dp_str model;      /* <= DP_MAX_NAME bytes, UTF-8 */
+        struct dp_str server;     /* e.g. "sluice 0.1.0", <= DP_MAX_NAME bytes */
+};
+
+/* Mirrors engine.h's struct engine_sampling field for field. */
+struct dp_sampling {
+        float temperature;
+        int32_t top_k;
+        float top_p;
+        float min_p;
+        float repeat_penalty;
+        float presence_penalty;
+        float frequency_penalty;
+        int32_t penalty_last_n;
+        uint64_t seed;
+};
+
+struct dp_generate {
+        uint32_t flags;           /* enum dp_gen_flag */
+        struct dp_sampling sampling;
+        uint32_t max_tokens;      /* 0: the server's default; else 1..DP_MAX_NEW_TOKENS */
+        uint32_t deadline_ms;     /* from receipt; 0: none */
+        uint16_t n_stop;
+        struct dp_str stop[DP_MAX_STOP];
+        uint32_t prompt_len;      /* bytes of text, or number of ids with DP_GEN_PROMPT_IDS */
+        const char *prompt_text;  /* text prompt, or NULL */
+        const uint8_t *prompt_ids;/* ids prompt (little-endian i32), or NULL */
+};
+
+struct dp_tokens {
+        uint8_t kind;             /* enum dp_tokens_kind */
+        uint16_t n_tokens;
+        const uint8_t *ids;       /* n_tokens little-endian i32 */
+        struct dp_str text;       /* the UTF-8 text these tokens completed */
+};
+
+struct dp_done {
+        uint8_t reason;           /* enum dp_finish */
+        uint8_t stop_index;       /* DP_FINISH_STOP: which stop string; else DP_STOP_INDEX_NONE */
+        uint32_t prompt_tokens;
+        uint32_t generated_tokens;
+        uint32_t queue_us;        /* receipt to admission */
+        uint64_t ttft_us;         /* receipt to the first generated token */
+        uint64_t total_us;        /* receipt to this frame */
+};
+
+struct dp_error {
+        uint16_t code;            /* enum dp_err */
+        uint8_t flags;            /* enum dp_error_flag */
+        uint32_t retry_after_ms;  /* BUSY, RATE_LIMITED, SHUTTING_DOWN: a hint; else 0 */
+        uint32_t detail;          /* code-specific: the limit exceeded, the seq not held, ... */
+        struct dp_str msg;        /* <= DP_MAX_ERROR_MSG bytes, UTF-8 */
+};
+
+struct dp_ping {
+        uint64_t token;           /* opaque to the server, echoed in PONG */
+};
+
+struct dp_pong {
+        uint64_t token;
+        struct dp_load load;
+};
+
+struct dp_tokenize {
+        uint32_t flags;           /* enum dp_tok_flag */
+        struct dp_str text;
+};
+
+struct dp_range {
+        uint32_t first;
+        uint32_t count;           /* 0 (last range only): through the newest frame sent */
+};
+
+struct dp_resend {
+        uint16_t n_ranges;
+        struct dp_range r[DP_MAX_RESEND_RANGES];
+};
+
+struct dp_ack {
+        uint32_t next_seq;
+};
+
+struct dp_cookie {
+        uint32_t lifetime_ms;
+        const uint8_t *cookie;    /* DP_COOKIE_SIZE bytes */
+};
+
+/* Each decoder takes the payload of one message (reassembled if it was fragmented) and
+ * returns 0 or -enum dp_err with a reason; string and id fields point into p. Each encoder
+ * writes the payload into buf and returns its length, or -EINVAL for fields outside the
+ * protocol's rules, or -ENOSPC when cap is too small. */
+int dp_hello_decode(const void *p, size_t len, struct dp_hello *m, struct sl_error *err);
+long dp_hello_encode(void *buf, size_t cap, const struct dp_hello *m);
+int dp_info_decode(const void *p, size_t len, struct dp_info *m, struct sl_error *err);
+long dp_info_encode(void *buf, size_t cap, const struct dp_info *m);
+int dp_generate_decode(const void *p, size_t len, struct dp_generate *m, struct sl_error *err);
+long dp_generate_encode(void *buf, size_t cap, const struct dp_generate *m);
+int dp_tokens_decode(const void *p, size_t len, struct dp_tokens *m, struct sl_error *err);
+long dp_tokens_encode(void *buf, size_t cap, const struct dp_tokens *m);
+int dp_done_decode(const void *p, size_t len, struct dp_done *m, struct sl_error *err);
+long dp_done_encode(void *buf, size_t cap, const struct dp_done *m);
+int dp_error_decode(const void *p, size_t len, struct dp_error *m, struct sl_error *err);
+long dp_error_encode(void *buf, size_t cap, const struct dp_error *m);
+int dp_ping_decode(const void *p, size_t len, struct dp_ping *m, struct sl_error *err);
+long dp_ping_encode(void *buf, size_t cap, const struct dp_ping *m);
+int dp_pong_decode(const void *p, size_t len, struct dp_pong *m, struct sl_error *err);
+long dp_pong_encode(void *buf, size_t cap, const struct dp_pong *m);
+int dp_tokenize_decode(const void *p, size_t len, struct dp_tokenize *m, struct sl_error *err);
+long dp_tokenize_encode(void *buf, size_t cap, const struct dp_tokenize *m);
+int dp_resend_decode(const void *p, size_t len, struct dp_resend *m, struct sl_error *err);
+long dp_resend_encode(void *buf, size_t cap, const struct dp_resend *m);
+int dp_ack_decode(const void *p, size_t len, struct dp_ack *m, struct sl_error *err);
+long dp_ack_encode(void *buf, size_t cap, const struct dp_ack *m);
+int dp_cookie_decode(const void *p, size_t len, struct dp_cookie *m, struct sl_error *err);
+long dp_cookie_encode(void *buf, size_t cap, const struct dp_cookie *m);
+/* CANCEL has an empty payload. */
+int dp_cancel_decode(const void *p, size_t len, struct sl_error *err);
+
+/* Any message by opcode, for code that dispatches on it (and the fuzzer). */
+union dp_msg {
+        struct dp_hello hello;
+        struct dp_info info;
+        struct dp_generate generate;
+        struct dp_tokens tokens;
+        struct dp_done done;
+        struct dp_error error;
+        struct dp_ping ping;
+        struct dp_pong pong;
+        struct dp_tokenize tokenize;
+        struct dp_resend resend;
+        struct dp_ack ack;
+        struct dp_cookie cookie;
+};
+int dp_msg_decode(uint8_t opcode, const void *p, size_t len, union dp_msg *m, struct sl_error *err);
+long dp_msg_encode(uint8_t opcode, void *buf, size_t cap, const union dp_msg *m);
+
+/* ---- names and rules ---- */
+
+const char *dp_opcode_name(uint8_t opcode); /* "GENERATE", ...; "?" when unknown */
+const char *dp_err_name(int code);          /* accepts code or -code; "?" when unknown */
+const char *dp_finish_name(uint8_t reason);
+bool dp_opcode_from_client(uint8_t opcode); /* C->S opcodes */
+bool dp_opcode_fragmentable(uint8_t opcode);/* GENERATE, TOKENIZE */
+/* Strict UTF-8: no overlongs, surrogates or code points over U+10FFFF. */
+bool dp_utf8_valid(const void *s, size_t len);
+
+/* ---- CRC32C (Castagnoli, as iSCSI: RFC 3720) ---- */
+
+/* crc is the value returned for the bytes before (0 to start). SSE4.2 when the CPU has it. */
+uint32_t dp_crc32c(uint32_t crc, const void *buf, size_t len);
+/* The two implementations, for tests: table-driven, and the crc32 instruction (the caller
+ * checks dp_crc32c_hw_available() first). */
+uint32_t dp_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+uint32_t dp_crc32c_hw(uint32_t crc, const void *buf, size_t len);
+bool dp_crc32c_hw_available(void);
+/* CRC32C of a frame as the crc field carries it: header bytes [0, 28) then [32, len). */
+uint32_t dp_frame_crc(const void *frame, size_t len);
