@@ -239,10 +239,10 @@ static void attention(struct engine_ctx *c, uint32_t il, uint32_t ith, uint32_t 
         const uint32_t group = hp->n_head / hp->n_head_kv;
         struct thread_scratch *ts = &c->ts[ith];
         const uint32_t n_items = b->n_tokens * hp->n_head;
-        const uint32_t i0 = (uint32_t)((uint64_t)n_items * ith / nth);
-        const uint32_t i1 = (uint32_t)((uint64_t)n_items * (ith + 1) / nth);
 
-        for (uint32_t item = i0; item < i1; item++) {
+        /* Strided, not contiguous: later tokens of a prefill see longer contexts, and a
+         * contiguous split would leave the last thread with most of the work. */
+        for (uint32_t item = ith; item < n_items; item += nth) {
                 const uint32_t t = item / hp->n_head, h = item % hp->n_head;
                 const uint32_t hk = h / group;
                 const int seq = b->seq[t];
