@@ -115,7 +115,41 @@ __attribute__((target("avx2,fma,f16c"))) static void mad_f16_avx2(float *acc, fl
         for (; i < n; i++)
                 acc[i] = acc[i] * ms + vs * sl_fp16_to_fp32(v[i]);
 }
+
+/* ggml's geglu with its f16 GELU table: y = table[f16(x)] * u, saturating past ±10. The
+ * F16C conversions round to nearest even like sl_fp32_to_fp16, so both paths agree. */
+__attribute__((target("avx2,fma,f16c"))) static void geglu_avx2(float *g, const float *u, uint32_t n,
+                                                                const uint16_t *table)
+{
+        const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+        uint32_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+                const __m256 x = _mm256_loadu_ps(g + i);
+                uint16_t h[8], a[8];
+                _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+                for (int j = 0; j < 8; j++)
+                        a[j] = table[h[j]];
+                __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)a));
+                y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+                y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
+                _mm256_storeu_ps(g + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+        }
+        for (; i < n; i++) {
+                const float xg = g[i];
+                const float a = xg <= -10.0f ? 0.0f : xg >= 10.0f ? xg : sl_fp16_to_fp32(table[sl_fp32_to_fp16(xg)]);
+                g[i] = a * u[i];
+        }
+}
 #endif
+
+static void geglu_ref(float *g, const float *u, uint32_t n, const uint16_t *table)
+{
+        for (uint32_t i = 0; i < n; i++) {
+                const float xg = g[i];
+                const float a = xg <= -10.0f ? 0.0f : xg >= 10.0f ? xg : sl_fp16_to_fp32(table[sl_fp32_to_fp16(xg)]);
+                g[i] = a * u[i];
+        }
+}
 
 static inline float dot_f16(const struct engine_ctx *c, const float *q, const uint16_t *k, uint32_t n)
 {
@@ -404,18 +438,12 @@ static void forward_worker(void *arg, uint32_t ith, uint32_t nth)
                         float *g = c->gate + (size_t)t * F;
                         const float *u = c->up + (size_t)t * F;
                         if (gemma) {
-                                /* ggml's geglu: tanh-GELU looked up at the f16 of x, saturating past ±10 */
-                                for (uint32_t i = 0; i < F; i++) {
-                                        const float xg = g[i];
-                                        float a;
-                                        if (xg <= -10.0f)
-                                                a = 0.0f;
-                                        else if (xg >= 10.0f)
-                                                a = xg;
-                                        else
-                                                a = sl_fp16_to_fp32(m->gelu_f16[sl_fp32_to_fp16(xg)]);
-                                        g[i] = a * u[i];
-                                }
+#if defined(__x86_64__)
+                                if (c->f16c)
+                                        geglu_avx2(g, u, F, m->gelu_f16);
+                                else
+#endif
+                                        geglu_ref(g, u, F, m->gelu_f16);
                         } else {
                                 for (uint32_t i = 0; i < F; i++)
                                         g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
