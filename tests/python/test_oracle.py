@@ -5,8 +5,8 @@ greedy continuations.
 What "agree" can mean here was measured, not assumed. sluice converts activations for each
 matmul exactly as llama.cpp does (F16/BF16 for those weights, Q8_0/Q8_1/Q8_K for the
 quantized ones), and at position 0 its logits are bit-identical to llama.cpp's. From
-position 1 on, attention differs by float rounding (llama.cpp rounds Q and the softmax
-row to F16 in its non-flash path; sluice keeps them in F32), ~3e-4 relative. For float
+position 1 on, attention differs by float rounding (llama.cpp's non-flash path rounds Q
+and the softmax row to F16 for its F16 K/V matmuls; sluice rounds elsewhere), ~3e-4 relative. For float
 weights that is all. For quantized weights the next matmul requantizes the activations to
 Q8, and a perturbation of 1e-4 flips the rounding of a few elements by a whole quant step,
 so the noise grows to a few 1e-2 of the largest logit. llama.cpp against itself (flash vs
