@@ -274,6 +274,10 @@ static void quant_bf16(const float *x, void *dst, int64_t n)
                 y[i] = sl_fp32_to_bf16(x[i]);
 }
 
+/* Activation quantizers for Q8_0/Q8_1 follow what ggml runs on x86 (its AVX2 path:
+ * id = 127 / amax, round half to even) rather than its portable reference (id = 1 / d,
+ * round half away from zero). The two differ by an ulp now and then, enough to flip an
+ * int8, and llama.cpp, our oracle, runs the x86 path on the machines we serve from. */
 static void quant_q8_0(const float *x, void *dst, int64_t n)
 {
         block_q8_0 *y = dst;
@@ -281,11 +285,11 @@ static void quant_q8_0(const float *x, void *dst, int64_t n)
                 float amax = 0.0f;
                 for (int j = 0; j < QK8_0; j++)
                         amax = SL_MAX(amax, fabsf(x[j]));
-                const float d = amax / ((1 << 7) - 1);
-                const float id = d ? 1.0f / d : 0.0f;
+                const float d = amax / 127.0f;
+                const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
                 y[i].d = sl_fp32_to_fp16(d);
                 for (int j = 0; j < QK8_0; j++)
-                        y[i].qs[j] = (int8_t)roundf(x[j] * id);
+                        y[i].qs[j] = (int8_t)rintf(x[j] * id);
         }
 }
 
@@ -296,14 +300,14 @@ static void quant_q8_1(const float *x, void *dst, int64_t n)
                 float amax = 0.0f;
                 for (int j = 0; j < QK8_1; j++)
                         amax = SL_MAX(amax, fabsf(x[j]));
-                const float d = amax / ((1 << 7) - 1);
-                const float id = d ? 1.0f / d : 0.0f;
+                const float d = amax / 127.0f;
+                const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
                 y[i].d = sl_fp32_to_fp16(d);
                 int sum = 0;
                 for (int j = 0; j < QK8_1 / 2; j++) {
                         const float v0 = x[j] * id, v1 = x[QK8_1 / 2 + j] * id;
-                        y[i].qs[j] = (int8_t)roundf(v0);
-                        y[i].qs[QK8_1 / 2 + j] = (int8_t)roundf(v1);
+                        y[i].qs[j] = (int8_t)rintf(v0);
+                        y[i].qs[QK8_1 / 2 + j] = (int8_t)rintf(v1);
                         sum += y[i].qs[j] + y[i].qs[QK8_1 / 2 + j];
                 }
                 y[i].s = sl_fp32_to_fp16(sum * d);

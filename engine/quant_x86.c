@@ -439,16 +439,6 @@ QX_MULTI(dot_q6_K, q6k_nt, 0)
 
 /* roundf (half away from zero) on 8 lanes: truncate, then step away from zero where the
  * dropped fraction is at least one half. x - trunc(x) is exact, so this matches roundf. */
-QX_INLINE __m256 QX(roundf8)(__m256 v)
-{
-        const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        const __m256 sign = _mm256_set1_ps(-0.0f);
-        const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-        const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-        const __m256 step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
-        return _mm256_add_ps(t, _mm256_and_ps(up, step));
-}
-
 /* 32 int32 in four vectors -> 32 int8 in order (packs interleave 128-bit lanes). */
 QX_INLINE __m256i QX(pack32)(__m256i i0, __m256i i1, __m256i i2, __m256i i3)
 {
@@ -470,13 +460,15 @@ QX_FN void QX(quant_q8_0)(const float *x, void *dst, int64_t n)
                 m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
                 m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
                 const float amax = _mm_cvtss_f32(m4);
-                const float d = amax / ((1 << 7) - 1);
-                const float id = d ? 1.0f / d : 0.0f;
+                /* ggml's x86 rounding (see quant_q8_0 in quant.c) */
+                const float d = amax / 127.0f;
+                const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
                 y[i].d = sl_fp32_to_fp16(d);
                 const __m256 mul = _mm256_set1_ps(id);
                 __m256i q[4];
                 for (int k = 0; k < 4; k++)
-                        q[k] = _mm256_cvttps_epi32(QX(roundf8)(_mm256_mul_ps(v[k], mul)));
+                        q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], mul),
+                                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
                 _mm256_storeu_si256((__m256i *)y[i].qs, QX(pack32)(q[0], q[1], q[2], q[3]));
         }
 }
