@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #endif
 
+#include "attn.h"
 #include "model.h"
 #include "quant.h"
 #include "threadpool.h"
@@ -29,7 +30,8 @@ struct act_plan {
 struct thread_scratch {
         float *rope;  /* [rope_dim] cos, sin pairs */
         float *q16;   /* [head_dim_k] q rounded through f16 */
-        float *acc;   /* [head_dim_v] */
+        float *pv;    /* [ATTN_PV_ROWS][head_dim_v] partial sums of P·V */
+        float *scores;/* [max_ctx] one head's scores, then probabilities */
 };
 
 struct engine_ctx {
@@ -37,6 +39,7 @@ struct engine_ctx {
         struct threadpool *tp;
         uint32_t n_threads;
         uint32_t max_tokens;
+        uint32_t max_ctx;              /* positions the attention scratch holds */
         bool f16c;
 
         /* activations, max_tokens rows each */
@@ -67,55 +70,7 @@ static void rms_norm(const float *x, const float *w, float *y, uint32_t n, float
                 y[i] = x[i] * scale * w[i];
 }
 
-static float dot_f16_ref(const float *q, const uint16_t *k, uint32_t n)
-{
-        float s = 0.0f;
-        for (uint32_t i = 0; i < n; i++)
-                s += q[i] * sl_fp16_to_fp32(k[i]);
-        return s;
-}
-
-static void mad_f16_ref(float *acc, float ms, float vs, const uint16_t *v, uint32_t n)
-{
-        for (uint32_t i = 0; i < n; i++)
-                acc[i] = acc[i] * ms + vs * sl_fp16_to_fp32(v[i]);
-}
-
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const float *q, const uint16_t *k, uint32_t n)
-{
-        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-        uint32_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-                __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i)));
-                __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8)));
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, s1);
-        }
-        s0 = _mm256_add_ps(s0, s1);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        float s = _mm_cvtss_f32(h);
-        for (; i < n; i++)
-                s += q[i] * sl_fp16_to_fp32(k[i]);
-        return s;
-}
-
-__attribute__((target("avx2,fma,f16c"))) static void mad_f16_avx2(float *acc, float ms, float vs,
-                                                                  const uint16_t *v, uint32_t n)
-{
-        const __m256 m = _mm256_set1_ps(ms), w = _mm256_set1_ps(vs);
-        uint32_t i = 0;
-        for (; i + 8 <= n; i += 8) {
-                __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
-                __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + i), m);
-                _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(w, vv, a));
-        }
-        for (; i < n; i++)
-                acc[i] = acc[i] * ms + vs * sl_fp16_to_fp32(v[i]);
-}
-
 /* ggml's geglu with its f16 GELU table: y = table[f16(x)] * u, saturating past ±10. The
  * F16C conversions round to nearest even like sl_fp32_to_fp16, so both paths agree. */
 __attribute__((target("avx2,fma,f16c"))) static void geglu_avx2(float *g, const float *u, uint32_t n,
@@ -151,26 +106,7 @@ static void geglu_ref(float *g, const float *u, uint32_t n, const uint16_t *tabl
         }
 }
 
-static inline float dot_f16(const struct engine_ctx *c, const float *q, const uint16_t *k, uint32_t n)
-{
-#if defined(__x86_64__)
-        if (c->f16c)
-                return dot_f16_avx2(q, k, n);
-#endif
-        return dot_f16_ref(q, k, n);
-}
 
-static inline void mad_f16(const struct engine_ctx *c, float *acc, float ms, float vs, const uint16_t *v,
-                           uint32_t n)
-{
-#if defined(__x86_64__)
-        if (c->f16c) {
-                mad_f16_avx2(acc, ms, vs, v, n);
-                return;
-        }
-#endif
-        mad_f16_ref(acc, ms, vs, v, n);
-}
 
 /* ggml's rope cache: theta advances by repeated float multiplication, freq factors divide
  * it, the linear scale multiplies it (no YaRN: ext_factor 0, attn_factor 1). */
@@ -187,23 +123,18 @@ static void rope_cache(float *cache, uint32_t n_dims, int32_t pos, float base, f
         }
 }
 
+/* The rotation is fused as GCC fuses ggml's `x0*c - x1*s` and `x0*s + x1*c` when
+ * llama.cpp is built for a CPU with FMA (-march=native, -ffp-contract=fast): the first
+ * product exact inside an FMA, the second rounded. */
 static void rope_apply(float *x, const float *cache, uint32_t n_dims, enum engine_rope_type type)
 {
-        if (type == ENGINE_ROPE_NORM) {
-                for (uint32_t i0 = 0; i0 < n_dims; i0 += 2) {
-                        const float c = cache[i0], s = cache[i0 + 1];
-                        const float x0 = x[i0], x1 = x[i0 + 1];
-                        x[i0] = x0 * c - x1 * s;
-                        x[i0 + 1] = x0 * s + x1 * c;
-                }
-        } else {
-                const uint32_t half = n_dims / 2;
-                for (uint32_t i0 = 0; i0 < n_dims; i0 += 2) {
-                        const float c = cache[i0], s = cache[i0 + 1];
-                        const float x0 = x[i0 / 2], x1 = x[i0 / 2 + half];
-                        x[i0 / 2] = x0 * c - x1 * s;
-                        x[i0 / 2 + half] = x0 * s + x1 * c;
-                }
+        const uint32_t stride = type == ENGINE_ROPE_NORM ? 1 : n_dims / 2;
+        for (uint32_t i0 = 0; i0 < n_dims; i0 += 2) {
+                const uint32_t i = type == ENGINE_ROPE_NORM ? i0 : i0 / 2;
+                const float c = cache[i0], s = cache[i0 + 1];
+                const float x0 = x[i], x1 = x[i + stride];
+                x[i] = fmaf(x0, c, -(x1 * s));
+                x[i + stride] = fmaf(x0, s, x1 * c);
         }
 }
 
@@ -288,27 +219,36 @@ static void attention(struct engine_ctx *c, uint32_t il, uint32_t ith, uint32_t 
                 uint32_t p0 = 0;
                 if (L->swa && pos + 1 > hp->sliding_window)
                         p0 = pos + 1 - hp->sliding_window;
-                /* Online softmax (max-subtracted), V accumulated in f32 as in ggml's CPU flash attention. */
-                float M = -INFINITY, S = 0.0f;
-                memset(ts->acc, 0, dv * sizeof(float));
-                for (uint32_t p = p0; p <= pos; p++) {
-                        const uint16_t *kr = engine_kv_k_row(c->kv, il, seq, p) + (size_t)hk * dk;
-                        const uint16_t *vr = engine_kv_v_row(c->kv, il, seq, p) + (size_t)hk * dv;
-                        const float s = dot_f16(c, ts->q16, kr, dk) * m->kq_scale;
-                        float ms = 1.0f, vs = 1.0f;
-                        if (s > M) {
-                                ms = expf(M - s);
-                                M = s;
-                        } else {
-                                vs = expf(s - M);
-                        }
-                        mad_f16(c, ts->acc, ms, vs, vr, dv);
-                        S = S * ms + vs;
+                /* Rounded exactly as ggml's single-token path (see attn.c): scores, then
+                 * exp and its sum per block of 16 positions (in double across blocks), the
+                 * probabilities rounded to f16, then V weighted by them. */
+                const uint32_t n = pos - p0 + 1;
+                float *sc = ts->scores;
+                float M = -INFINITY;
+                for (uint32_t i = 0; i < n; i++) {
+                        const uint16_t *kr = engine_kv_k_row(c->kv, il, seq, p0 + i) + (size_t)hk * dk;
+                        sc[i] = attn_dot_f16(c->f16c, kr, ts->q16, dk) * m->kq_scale;
+                        M = sc[i] > M ? sc[i] : M;
                 }
-                float *o = c->att + (size_t)t * OD + (size_t)h * dv;
-                const float inv = 1.0f / S;
-                for (uint32_t i = 0; i < dv; i++)
-                        o[i] = ts->acc[i] * inv;
+                double S = 0.0;
+                for (uint32_t blk = p0 / 16; blk <= pos / 16; blk++) {
+                        float e16[16] = { 0 };
+                        const uint32_t lo = SL_MAX(p0, blk * 16), hi = SL_MIN(pos, blk * 16 + 15);
+                        for (uint32_t p = lo; p <= hi; p++)
+                                e16[p % 16] = sc[p - p0] = attn_expf(sc[p - p0] - M);
+                        S += (double)attn_sum16(e16);
+                }
+                const float inv = (float)(1.0 / S);
+                const uint32_t n_rows = SL_MIN(pos + 1, ATTN_PV_ROWS);
+                memset(ts->pv, 0, (size_t)n_rows * dv * sizeof(float));
+                for (uint32_t i = 0; i < n; i++) {
+                        const float pw = sl_fp16_to_fp32(sl_fp32_to_fp16(sc[i] * inv));
+                        if (pw == 0.0f)
+                                continue;
+                        const uint16_t *vr = engine_kv_v_row(c->kv, il, seq, p0 + i) + (size_t)hk * dv;
+                        attn_pv_accumulate(c->f16c, ts->pv, p0 + i, vr, pw, dv);
+                }
+                attn_pv_fold(c->f16c, ts->pv, n_rows, c->att + (size_t)t * OD + (size_t)h * dv, dv);
         }
 }
 
@@ -446,7 +386,7 @@ static void forward_worker(void *arg, uint32_t ith, uint32_t nth)
                                         geglu_ref(g, u, F, m->gelu_f16);
                         } else {
                                 for (uint32_t i = 0; i < F; i++)
-                                        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+                                        g[i] = g[i] / (1.0f + attn_expf(-g[i])) * u[i];
                         }
                 }
                 quantize_rows(c, &p, c->gate, F, F, t0, t1);
@@ -540,7 +480,9 @@ int engine_ctx_create(const struct engine_model *m, uint32_t n_threads, uint32_t
         }
         c->out_tok = malloc(T * sizeof(int32_t));
         c->ts = calloc(n_threads, sizeof(*c->ts));
-        const size_t per = SL_ALIGN_UP(hp->rope_dim + hp->head_dim_k + hp->head_dim_v, 16) * sizeof(float);
+        c->max_ctx = hp->n_ctx_train;
+        const size_t per = SL_ALIGN_UP(hp->rope_dim + hp->head_dim_k + ATTN_PV_ROWS * hp->head_dim_v +
+                                       c->max_ctx, 16) * sizeof(float);
         c->ts_mem = aligned_alloc(64, SL_ALIGN_UP(per * n_threads, 64));
         if (!c->out_tok || !c->ts || !c->ts_mem) {
                 r = sl_errorf(err, -ENOMEM, "out of memory");
@@ -550,7 +492,8 @@ int engine_ctx_create(const struct engine_model *m, uint32_t n_threads, uint32_t
                 float *base = (float *)((uint8_t *)c->ts_mem + per * i);
                 c->ts[i].rope = base;
                 c->ts[i].q16 = base + hp->rope_dim;
-                c->ts[i].acc = base + hp->rope_dim + hp->head_dim_k;
+                c->ts[i].pv = base + hp->rope_dim + hp->head_dim_k;
+                c->ts[i].scores = c->ts[i].pv + ATTN_PV_ROWS * hp->head_dim_v;
         }
         r = threadpool_create(n_threads, &c->tp, err);
         if (r < 0)
@@ -602,6 +545,9 @@ static int check_batch(struct engine_ctx *c, struct engine_kv *kv, const struct 
                 if (b->pos[t] < 0 || (uint32_t)b->pos[t] >= kv->max_seq_len)
                         return sl_errorf(err, -EINVAL, "token %u: position %d outside 0..%u", t, b->pos[t],
                                          kv->max_seq_len - 1);
+                if ((uint32_t)b->pos[t] >= c->max_ctx)
+                        return sl_errorf(err, -EINVAL, "token %u: position %d past the model's context of %u",
+                                         t, b->pos[t], c->max_ctx);
                 kv->seq_next[s] = UINT32_MAX;
         }
         for (uint32_t t = 0; t < b->n_tokens; t++) {
