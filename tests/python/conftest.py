@@ -69,3 +69,28 @@ def run(cmd, **kw):
     kw.setdefault("errors", "replace")
     kw.setdefault("timeout", 300)
     return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def llama_reference(llama_cpp, model_path, **kw):
+    """llama.cpp on its plain ggml CPU path: weight repacking (use_extra_bufts) off.
+
+    Repacking is an optimisation that changes the order of float sums in the matmuls, so
+    llama.cpp with and without it disagrees with itself (on the demo model: 98.8% teacher-
+    forced top-1, 2 of 8 greedy runs identical). Its plain path is what sluice mirrors
+    operation for operation; against it the logits come out bit-identical."""
+    import llama_cpp.llama as ll
+
+    default_params = ll.llama_cpp.llama_model_default_params
+
+    def params():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    kw.setdefault("verbose", False)
+    kw.setdefault("flash_attn", False)
+    ll.llama_cpp.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(str(model_path), **kw)
+    finally:
+        ll.llama_cpp.llama_model_default_params = default_params

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from conftest import run
+from conftest import llama_reference, run
 
 PROMPTS = [
     "The capital of France is",
@@ -29,15 +29,15 @@ MIN_SAME_GREEDY = 6
 
 
 def test_demo_model_matches_llama_cpp(tool, build_dir, demo_model, llama_cpp, tmp_path):
-    llm = llama_cpp.Llama(str(demo_model), n_ctx=128, logits_all=True, n_threads=2, n_batch=512,
-                          verbose=False)
+    llm = llama_reference(llama_cpp, demo_model, n_ctx=128, logits_all=True, n_threads=2, n_batch=512)
     seqs, prompt_lens, ref_rows = [], [], []
     try:
         n_vocab = llm.n_vocab()
         for p in PROMPTS:
             ids = llm.tokenize(p.encode(), add_bos=True, special=True)
             llm.reset()
-            llm.eval(ids)
+            for tok in ids:  # one token per step: llama.cpp's single-token kernels throughout
+                llm.eval([tok])
             cont = []
             for _ in range(N_CONT):
                 tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import genmodel
-from conftest import run
+from conftest import llama_reference, run
 
 SEQ_LEN = 48
 N_SEQS = 2
@@ -60,16 +60,22 @@ def _sequences(n_vocab, seed):
     return [rng.integers(0, n_vocab, SEQ_LEN).tolist() for _ in range(N_SEQS)]
 
 
-def _llama_logits(llm, ids):
+def _feed(llm, ids):
+    """One token per llama_decode: llama.cpp's single-token kernels throughout (with two or
+    more tokens it switches to tinyBLAS and tiled matmuls, whose float order differs)."""
     llm.reset()
-    llm.eval(ids)
+    for tok in ids:
+        llm.eval([tok])
+
+
+def _llama_logits(llm, ids):
+    _feed(llm, ids)
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def _llama_greedy(llm, prompt, n):
     """llama.cpp's argmax continuation and the logit row each choice came from."""
-    llm.reset()
-    llm.eval(prompt)
+    _feed(llm, prompt)
     out, rows = [], []
     for _ in range(n):
         row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
@@ -104,8 +110,7 @@ def compare(probe, workdir, llama_cpp, variant, wtype):
         assert r.returncode == 0, f"sluice-probe greedy failed: {r.stderr.strip()}"
         our_greedy = [list(map(int, line.split())) for line in r.stdout.strip().splitlines()]
 
-        llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, n_threads=2, n_batch=512,
-                              verbose=False)
+        llm = llama_reference(llama_cpp, path, n_ctx=128, logits_all=True, n_threads=2, n_batch=512)
         try:
             ref = np.stack([_llama_logits(llm, s) for s in seqs])
             ref_greedy = [_llama_greedy(llm, p, N_GREEDY) for p in prompts]

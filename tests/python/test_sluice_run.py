@@ -7,17 +7,18 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import llama_reference, run
 
 GREEDY_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    "]
 N = 24
 
 
 def _llama_greedy_text(llama_cpp, model, prompt, n):
-    llm = llama_cpp.Llama(str(model), n_ctx=64, logits_all=True, n_threads=2, verbose=False)
+    llm = llama_reference(llama_cpp, model, n_ctx=64, logits_all=True, n_threads=2)
     try:
         ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        llm.eval(ids)
+        for tok in ids:  # llama.cpp's single-token path, as in test_demo_model.py
+            llm.eval([tok])
         out = []
         for _ in range(n):
             tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
