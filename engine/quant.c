@@ -1,6 +1,7 @@
 /* quant.c — the tensor-type table, plain C reference kernels bit-exact with ggml's
- * (de)quantizers and generic vec_dot, the run-time dispatch to the SIMD kernels in
- * quant_x86.c, and quant_gemm, the row-range matmul the CPU forward pass runs per thread. */
+ * (de)quantizers and with the x86 vec_dot kernels llama.cpp runs on an AVX2 / AVX-512
+ * machine, the run-time dispatch to the SIMD kernels in quant_x86.c (which return the same
+ * floats), and quant_gemm, the row-range matmul the CPU forward pass runs per thread. */
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -355,123 +356,213 @@ static void quant_q8_K(const float *x, void *dst, int64_t n)
         }
 }
 
-/* ---- reference dot products (ggml's generic ggml_vec_dot_*) ---- */
+/* ---- reference dot products ----
+ * Plain C with the lanes and summation order of ggml's x86 kernels as llama.cpp builds
+ * them for this class of machine (AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI/BF16; see
+ * quant_x86.c), not ggml's portable reference: quant_x86.c's kernels and these return the
+ * same floats bit for bit, and both the same as llama.cpp. Integer lane sums are exact, so
+ * only which elements share a lane matters there; every float operation is spelled out. */
 
+/* a product rounded on its own, never fused into the add that follows */
+static inline float mul_rounded(float a, float b)
+{
+        float p = a * b;
+        __asm__("" : "+g"(p));
+        return p;
+}
+
+/* ggml's hsum_float_8: (x[k] + x[k+4]), then (0 + 2) + (1 + 3) */
+static inline float hsum8(const float x[8])
+{
+        float r[4];
+        for (int k = 0; k < 4; k++)
+                r[k] = x[k + 4] + x[k];
+        return (r[0] + r[2]) + (r[1] + r[3]);
+}
+
+/* _mm512_reduce_add_ps as GCC expands it: halves, then hsum8 */
+static inline float sum16(const float a[16])
+{
+        float t[8];
+        for (int k = 0; k < 8; k++)
+                t[k] = a[k + 8] + a[k];
+        return hsum8(t);
+}
+
+/* ggml_vec_dot_f32 / _f16 (AVX-512, no AVX512-FP16): four 16-lane fma accumulators over
+ * 64-element steps, folded (0 + 2) + (1 + 3) and reduced; the leftovers in a float for f32
+ * (GCC's compiled loop: runs of 16 and 8 as rounded products, the last n % 8 fused), in a
+ * double for f16 (whose products are exact in a float). */
 static float dot_f32(int64_t n, const void *vw, const void *vx)
 {
         const float *w = vw, *x = vx;
-        float s = 0.0f;
-        for (int64_t i = 0; i < n; i++)
-                s += w[i] * x[i];
+        float acc[4][16] = { { 0 } }, a[16];
+        const int64_t np = n & ~(int64_t)63;
+        for (int64_t i = 0; i < np; i += 64)
+                for (int j = 0; j < 4; j++)
+                        for (int l = 0; l < 16; l++)
+                                acc[j][l] = fmaf(w[i + 16 * j + l], x[i + 16 * j + l], acc[j][l]);
+        for (int l = 0; l < 16; l++)
+                a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        float s = sum16(a);
+        const int64_t nr = np + ((n - np) & ~(int64_t)7);
+        for (int64_t i = np; i < n; i++)
+                s = i < nr ? s + mul_rounded(w[i], x[i]) : fmaf(w[i], x[i], s);
         return s;
 }
 
 static float dot_f16(int64_t n, const void *vw, const void *vx)
 {
         const uint16_t *w = vw, *x = vx;
-        float s = 0.0f;
-        for (int64_t i = 0; i < n; i++)
-                s += sl_fp16_to_fp32(w[i]) * sl_fp16_to_fp32(x[i]);
-        return s;
+        float acc[4][16] = { { 0 } }, a[16];
+        const int64_t np = n & ~(int64_t)63;
+        for (int64_t i = 0; i < np; i += 64)
+                for (int j = 0; j < 4; j++)
+                        for (int l = 0; l < 16; l++)
+                                acc[j][l] = fmaf(h2f(w[i + 16 * j + l]), h2f(x[i + 16 * j + l]), acc[j][l]);
+        for (int l = 0; l < 16; l++)
+                a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        double s = sum16(a);
+        for (int64_t i = np; i < n; i++)
+                s += (double)(h2f(w[i]) * h2f(x[i]));
+        return (float)s;
 }
 
+/* vdpbf16ps on one lane: acc += odd product, then += even product, each fused and rounded
+ * to nearest; denormal inputs read as zero, denormal results flushed to zero (measured on
+ * the instruction itself, Zen 5). */
+static inline float ftz(float v) { return fabsf(v) < 0x1p-126f ? copysignf(0.0f, v) : v; }
+
+static inline float dpbf16_lane(float acc, uint16_t w0, uint16_t w1, uint16_t x0, uint16_t x1)
+{
+        acc = ftz(fmaf(ftz(sl_bf16_to_fp32(w1)), ftz(sl_bf16_to_fp32(x1)), ftz(acc)));
+        return ftz(fmaf(ftz(sl_bf16_to_fp32(w0)), ftz(sl_bf16_to_fp32(x0)), acc));
+}
+
+/* ggml_vec_dot_bf16 with AVX512-BF16: two 16-lane vdpbf16ps accumulators of 32 elements
+ * a step each, reduced separately and summed in a double with the leftovers. */
 static float dot_bf16(int64_t n, const void *vw, const void *vx)
 {
         const uint16_t *w = vw, *x = vx;
-        float s = 0.0f;
-        for (int64_t i = 0; i < n; i++)
-                s += sl_bf16_to_fp32(w[i]) * sl_bf16_to_fp32(x[i]);
-        return s;
+        float acc[2][16] = { { 0 } };
+        const int64_t np = n & ~(int64_t)63;
+        for (int64_t i = 0; i < np; i += 64)
+                for (int c = 0; c < 2; c++)
+                        for (int l = 0; l < 16; l++) {
+                                const int64_t e = i + 32 * c + 2 * l;
+                                acc[c][l] = dpbf16_lane(acc[c][l], w[e], w[e + 1], x[e], x[e + 1]);
+                        }
+        double s = 0.0;
+        s += sum16(acc[0]);
+        s += sum16(acc[1]);
+        for (int64_t i = np; i < n; i++)
+                s += (double)mul_rounded(sl_bf16_to_fp32(w[i]), sl_bf16_to_fp32(x[i]));
+        return (float)s;
 }
+
+/* The 32-element blocks (ggml's AVX2 kernels): the int32 lane l sums elements 4l..4l+3,
+ * acc[l] += (d_w * d_x) * lane, fused; q4_1 / q5_1 add m_w * s_x into one float, fused. */
+static float legacy_finish(float acc[8], float summ) { return hsum8(acc) + summ; }
 
 static float dot_q4_0(int64_t n, const void *vw, const void *vx)
 {
         const block_q4_0 *w = vw;
         const block_q8_0 *x = vx;
-        float sumf = 0;
+        float acc[8] = { 0 };
         for (int64_t ib = 0; ib < n / QK8_0; ib++) {
-                int sumi0 = 0, sumi1 = 0;
-                for (int j = 0; j < QK8_0 / 2; j++) {
-                        sumi0 += ((w[ib].qs[j] & 0x0F) - 8) * x[ib].qs[j];
-                        sumi1 += ((w[ib].qs[j] >> 4) - 8) * x[ib].qs[j + QK8_0 / 2];
+                const float d = h2f(w[ib].d) * h2f(x[ib].d);
+                for (int l = 0; l < 8; l++) {
+                        int sumi = 0;
+                        for (int e = 4 * l; e < 4 * l + 4; e++) {
+                                const int q = e < 16 ? (w[ib].qs[e] & 0x0F) : (w[ib].qs[e - 16] >> 4);
+                                sumi += (q - 8) * x[ib].qs[e];
+                        }
+                        acc[l] = fmaf(d, (float)sumi, acc[l]);
                 }
-                sumf += (sumi0 + sumi1) * h2f(w[ib].d) * h2f(x[ib].d);
         }
-        return sumf;
+        return legacy_finish(acc, 0.0f);
 }
 
 static float dot_q4_1(int64_t n, const void *vw, const void *vx)
 {
         const block_q4_1 *w = vw;
         const block_q8_1 *x = vx;
-        float sumf = 0;
+        float acc[8] = { 0 }, summ = 0.0f;
         for (int64_t ib = 0; ib < n / QK8_1; ib++) {
-                int sumi0 = 0, sumi1 = 0;
-                for (int j = 0; j < QK8_1 / 2; j++) {
-                        sumi0 += (w[ib].qs[j] & 0x0F) * x[ib].qs[j];
-                        sumi1 += (w[ib].qs[j] >> 4) * x[ib].qs[j + QK8_1 / 2];
+                const float d = h2f(w[ib].d) * h2f(x[ib].d);
+                for (int l = 0; l < 8; l++) {
+                        int sumi = 0;
+                        for (int e = 4 * l; e < 4 * l + 4; e++) {
+                                const int q = e < 16 ? (w[ib].qs[e] & 0x0F) : (w[ib].qs[e - 16] >> 4);
+                                sumi += q * x[ib].qs[e];
+                        }
+                        acc[l] = fmaf(d, (float)sumi, acc[l]);
                 }
-                sumf += (h2f(w[ib].d) * h2f(x[ib].d)) * (sumi0 + sumi1) + h2f(w[ib].m) * h2f(x[ib].s);
+                summ = fmaf(h2f(w[ib].m), h2f(x[ib].s), summ);
         }
-        return sumf;
+        return legacy_finish(acc, summ);
+}
+
+static inline int q5_elem(const uint8_t *qs, uint32_t qh, int e)
+{
+        const int q = e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
+        return q | (int)((qh >> e) & 1) << 4;
 }
 
 static float dot_q5_0(int64_t n, const void *vw, const void *vx)
 {
         const block_q5_0 *w = vw;
         const block_q8_0 *x = vx;
-        float sumf = 0;
+        float acc[8] = { 0 };
         for (int64_t ib = 0; ib < n / QK8_0; ib++) {
                 uint32_t qh;
                 memcpy(&qh, w[ib].qh, 4);
-                int sumi0 = 0, sumi1 = 0;
-                for (int j = 0; j < QK8_0 / 2; j++) {
-                        const uint8_t xh0 = ((qh & (1u << (j + 0))) >> (j + 0)) << 4;
-                        const uint8_t xh1 = ((qh & (1u << (j + 16))) >> (j + 12));
-                        const int32_t x0 = (int8_t)(((w[ib].qs[j] & 0x0F) | xh0) - 16);
-                        const int32_t x1 = (int8_t)(((w[ib].qs[j] >> 4) | xh1) - 16);
-                        sumi0 += x0 * x[ib].qs[j];
-                        sumi1 += x1 * x[ib].qs[j + QK8_0 / 2];
+                const float d = h2f(w[ib].d) * h2f(x[ib].d);
+                for (int l = 0; l < 8; l++) {
+                        int sumi = 0;
+                        for (int e = 4 * l; e < 4 * l + 4; e++)
+                                sumi += (q5_elem(w[ib].qs, qh, e) - 16) * x[ib].qs[e];
+                        acc[l] = fmaf(d, (float)sumi, acc[l]);
                 }
-                sumf += (h2f(w[ib].d) * h2f(x[ib].d)) * (sumi0 + sumi1);
         }
-        return sumf;
+        return legacy_finish(acc, 0.0f);
 }
 
 static float dot_q5_1(int64_t n, const void *vw, const void *vx)
 {
         const block_q5_1 *w = vw;
         const block_q8_1 *x = vx;
-        float sumf = 0;
+        float acc[8] = { 0 }, summ = 0.0f;
         for (int64_t ib = 0; ib < n / QK8_1; ib++) {
                 uint32_t qh;
                 memcpy(&qh, w[ib].qh, 4);
-                int sumi0 = 0, sumi1 = 0;
-                for (int j = 0; j < QK8_1 / 2; j++) {
-                        const uint8_t xh0 = ((qh >> (j + 0)) << 4) & 0x10;
-                        const uint8_t xh1 = ((qh >> (j + 12))) & 0x10;
-                        const int32_t x0 = (w[ib].qs[j] & 0xF) | xh0;
-                        const int32_t x1 = (w[ib].qs[j] >> 4) | xh1;
-                        sumi0 += x0 * x[ib].qs[j];
-                        sumi1 += x1 * x[ib].qs[j + QK8_1 / 2];
+                const float d = h2f(w[ib].d) * h2f(x[ib].d);
+                for (int l = 0; l < 8; l++) {
+                        int sumi = 0;
+                        for (int e = 4 * l; e < 4 * l + 4; e++)
+                                sumi += q5_elem(w[ib].qs, qh, e) * x[ib].qs[e];
+                        acc[l] = fmaf(d, (float)sumi, acc[l]);
                 }
-                sumf += (h2f(w[ib].d) * h2f(x[ib].d)) * (sumi0 + sumi1) + h2f(w[ib].m) * h2f(x[ib].s);
+                summ = fmaf(h2f(w[ib].m), h2f(x[ib].s), summ);
         }
-        return sumf;
+        return legacy_finish(acc, summ);
 }
 
 static float dot_q8_0(int64_t n, const void *vw, const void *vx)
 {
         const block_q8_0 *w = vw;
         const block_q8_0 *x = vx;
-        float sumf = 0;
+        float acc[8] = { 0 };
         for (int64_t ib = 0; ib < n / QK8_0; ib++) {
-                int sumi = 0;
-                for (int j = 0; j < QK8_0; j++)
-                        sumi += w[ib].qs[j] * x[ib].qs[j];
-                sumf += sumi * (h2f(w[ib].d) * h2f(x[ib].d));
+                const float d = h2f(w[ib].d) * h2f(x[ib].d);
+                for (int l = 0; l < 8; l++) {
+                        int sumi = 0;
+                        for (int e = 4 * l; e < 4 * l + 4; e++)
+                                sumi += w[ib].qs[e] * x[ib].qs[e];
+                        acc[l] = fmaf(d, (float)sumi, acc[l]);
+                }
         }
-        return sumf;
+        return legacy_finish(acc, 0.0f);
 }
 
 /* Unpacks the 12 scale bytes into utmp: bytes 0..7 the scales, 8..15 the mins. */
@@ -486,36 +577,45 @@ static inline void unpack_k4_scales(const uint8_t *scales, uint32_t utmp[4])
         utmp[0] &= kmask1;
 }
 
-/* Shared tail of the q4_K / q5_K generic dot: aux8 holds the 256 unsigned weights. */
-static inline void dot_k4_block(const int8_t *aux8, const uint8_t *scales_raw, const block_q8_K *y,
-                                float dw, float dminw, float sums[8], float *sumf)
+/* Lane l of a 32-byte register: bytes 16 * (l / 4) + 4 * (l % 4) .. + 3. */
+static inline int lane_byte(int l, int b) { return 16 * (l / 4) + 4 * (l % 4) + b; }
+
+/* q4_K / q5_K (ggml's AVX2 kernels): aux8 holds the 256 unsigned weights; lane l sums,
+ * over the four 64-element groups, scale * (its 4 bytes of the low 32) + scale * (of the
+ * high 32). The min term: four float lanes for q4_K, one float for q5_K. */
+static void dot_k4_block(const int8_t *aux8, const uint8_t *scales_raw, const block_q8_K *y, float dw,
+                         float dminw, bool q5, float acc[8], float accm[4])
 {
         uint32_t utmp[4];
         unpack_k4_scales(scales_raw, utmp);
         const uint8_t *scales = (const uint8_t *)&utmp[0];
         const uint8_t *mins = (const uint8_t *)&utmp[2];
-        int sumi = 0;
-        for (int j = 0; j < QK_K / 16; ++j)
-                sumi += y->bsums[j] * mins[j / 2];
-        int32_t aux32[8] = { 0 };
-        int16_t aux16[8];
-        const int8_t *q8 = y->qs, *a = aux8;
-        for (int j = 0; j < QK_K / 32; ++j) {
-                const int scale = scales[j];
-                for (int k = 0; k < 4; k++) {
-                        for (int l = 0; l < 8; ++l)
-                                aux16[l] = (int16_t)(q8[l] * a[l]);
-                        for (int l = 0; l < 8; ++l)
-                                aux32[l] += scale * aux16[l];
-                        q8 += 8;
-                        a += 8;
-                }
+        const float dmin = -y->d * dminw;
+        int prod[4], isum = 0;
+        for (int k = 0; k < 4; k++) {
+                prod[k] = mins[2 * k] * (y->bsums[4 * k] + y->bsums[4 * k + 1]) +
+                          mins[2 * k + 1] * (y->bsums[4 * k + 2] + y->bsums[4 * k + 3]);
+                isum += prod[k];
         }
-        const float d = dw * y->d;
-        for (int l = 0; l < 8; ++l)
-                sums[l] += d * aux32[l];
-        const float dmin = dminw * y->d;
-        *sumf -= dmin * sumi;
+        if (q5)
+                accm[0] = fmaf(dmin, (float)isum, accm[0]);
+        else
+                for (int k = 0; k < 4; k++)
+                        accm[k] = fmaf(dmin, (float)prod[k], accm[k]);
+        const float d = y->d * dw;
+        for (int l = 0; l < 8; l++) {
+                int sumi = 0;
+                for (int j = 0; j < QK_K / 64; j++)
+                        for (int h = 0; h < 2; h++) {
+                                int p = 0;
+                                for (int b = 0; b < 4; b++) {
+                                        const int e = 64 * j + 32 * h + lane_byte(l, b);
+                                        p += aux8[e] * y->qs[e];
+                                }
+                                sumi += scales[2 * j + h] * p;
+                        }
+                acc[l] = fmaf(d, (float)sumi, acc[l]);
+        }
 }
 
 static float dot_q4_K(int64_t n, const void *vw, const void *vx)
@@ -523,8 +623,7 @@ static float dot_q4_K(int64_t n, const void *vw, const void *vx)
         const block_q4_K *w = vw;
         const block_q8_K *x = vx;
         int8_t aux8[QK_K];
-        float sums[8] = { 0 };
-        float sumf = 0;
+        float acc[8] = { 0 }, accm[4] = { 0 };
         for (int64_t i = 0; i < n / QK_K; i++) {
                 const uint8_t *q4 = w[i].qs;
                 int8_t *a = aux8;
@@ -537,11 +636,9 @@ static float dot_q4_K(int64_t n, const void *vw, const void *vx)
                         a += 32;
                         q4 += 32;
                 }
-                dot_k4_block(aux8, w[i].scales, &x[i], h2f(w[i].d), h2f(w[i].dmin), sums, &sumf);
+                dot_k4_block(aux8, w[i].scales, &x[i], h2f(w[i].d), h2f(w[i].dmin), false, acc, accm);
         }
-        for (int l = 0; l < 8; ++l)
-                sumf += sums[l];
-        return sumf;
+        return hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
 }
 
 static float dot_q5_K(int64_t n, const void *vw, const void *vx)
@@ -549,8 +646,7 @@ static float dot_q5_K(int64_t n, const void *vw, const void *vx)
         const block_q5_K *w = vw;
         const block_q8_K *x = vx;
         int8_t aux8[QK_K];
-        float sums[8] = { 0 };
-        float sumf = 0;
+        float acc[8] = { 0 }, summs[4] = { 0 };
         for (int64_t i = 0; i < n / QK_K; i++) {
                 const uint8_t *q4 = w[i].qs, *hm = w[i].qh;
                 int8_t *a = aux8;
@@ -566,57 +662,51 @@ static float dot_q5_K(int64_t n, const void *vw, const void *vx)
                         m <<= 1;
                         q4 += 32;
                 }
-                dot_k4_block(aux8, w[i].scales, &x[i], h2f(w[i].d), h2f(w[i].dmin), sums, &sumf);
+                dot_k4_block(aux8, w[i].scales, &x[i], h2f(w[i].d), h2f(w[i].dmin), true, acc, summs);
         }
-        for (int l = 0; l < 8; ++l)
-                sumf += sums[l];
-        return sumf;
+        return hsum8(acc) + summs[0];
 }
 
+/* q6_K (ggml's AVX2 kernel): unsigned 6-bit weights; lane l sums its 4 bytes of each of
+ * the eight 32-element groups times their scale, less 32 * (bsums . scales) of the two
+ * 16-element groups 2l, 2l + 1. */
 static float dot_q6_K(int64_t n, const void *vw, const void *vx)
 {
         const block_q6_K *w = vw;
         const block_q8_K *x = vx;
-        int8_t aux8[QK_K];
-        int16_t aux16[8];
-        int32_t aux32[8];
-        float sums[8] = { 0 };
-        float sumf = 0;
+        uint8_t aux8[QK_K];
+        float acc[8] = { 0 };
         for (int64_t i = 0; i < n / QK_K; i++) {
                 const uint8_t *q4 = w[i].ql, *qh = w[i].qh;
-                const int8_t *q8 = x[i].qs;
-                int8_t *a = aux8;
+                uint8_t *a = aux8;
                 for (int j = 0; j < QK_K; j += 128) {
                         for (int l = 0; l < 32; ++l) {
-                                a[l + 0] = (int8_t)((q4[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                                a[l + 32] = (int8_t)((q4[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                                a[l + 64] = (int8_t)((q4[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                                a[l + 96] = (int8_t)((q4[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                                a[l + 0] = (uint8_t)((q4[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+                                a[l + 32] = (uint8_t)((q4[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+                                a[l + 64] = (uint8_t)((q4[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                                a[l + 96] = (uint8_t)((q4[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
                         }
                         a += 128;
                         q4 += 64;
                         qh += 32;
                 }
-                a = aux8;
-                memset(aux32, 0, sizeof(aux32));
-                for (int j = 0; j < QK_K / 16; ++j) {
-                        const int scale = w[i].scales[j];
-                        for (int k = 0; k < 2; k++) {
-                                for (int l = 0; l < 8; ++l)
-                                        aux16[l] = (int16_t)(q8[l] * a[l]);
-                                for (int l = 0; l < 8; ++l)
-                                        aux32[l] += scale * aux16[l];
-                                q8 += 8;
-                                a += 8;
+                const int8_t *sc = w[i].scales;
+                const float d = x[i].d * h2f(w[i].d);
+                for (int l = 0; l < 8; l++) {
+                        int sumi = 0;
+                        for (int c = 0; c < QK_K / 32; c++) {
+                                int p = 0;
+                                for (int b = 0; b < 4; b++) {
+                                        const int e = 32 * c + lane_byte(l, b);
+                                        p += aux8[e] * x[i].qs[e];
+                                }
+                                sumi += sc[2 * c + l / 4] * p;
                         }
+                        sumi -= 32 * (x[i].bsums[2 * l] * sc[2 * l] + x[i].bsums[2 * l + 1] * sc[2 * l + 1]);
+                        acc[l] = fmaf(d, (float)sumi, acc[l]);
                 }
-                const float d = h2f(w[i].d) * x[i].d;
-                for (int l = 0; l < 8; ++l)
-                        sums[l] += d * aux32[l];
         }
-        for (int l = 0; l < 8; ++l)
-                sumf += sums[l];
-        return sumf;
+        return hsum8(acc);
 }
 
 /* The reference kernels wrapped into the multi-token form the dispatch table holds. */

@@ -1,6 +1,8 @@
-/* quant_x86.c — AVX2 (+FMA, F16C) and AVX-512 (VL, BW, VNNI) kernels for quant.c: the
- * multi-token dot products of every weight type and the hot activation quantizers (q8_0,
- * q8_K). Integer block sums equal ggml's exactly; only the float summation order differs. */
+/* quant_x86.c — AVX2 (+FMA, F16C) and AVX-512 (VL, BW, VNNI; BF16 where present) kernels
+ * for quant.c: the multi-token dot products of every weight type and the hot activation
+ * quantizers (q8_0, q8_K). Each dot mirrors ggml's x86 kernel as llama.cpp builds it for an
+ * AVX2 / AVX-512 machine (lanes, integer lane sums, float summation order), so it returns
+ * the same float as llama.cpp and as quant.c's reference, bit for bit. */
 #ifndef QX_BODY /* ---- outer part: compiled once ---- */
 
 #include <stddef.h>
@@ -40,18 +42,22 @@ enum { QXK_Q4_K, QXK_Q5_K };
 #define QX_SUFFIX avx2
 #define QX_TARGET "avx2,fma,f16c"
 #define QX_VNNI 0
+#define QX_512 0
 #include "quant_x86.c"
 #undef QX_SUFFIX
 #undef QX_TARGET
 #undef QX_VNNI
+#undef QX_512
 
 #define QX_SUFFIX avx512
 #define QX_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
 #define QX_VNNI 1
+#define QX_512 1
 #include "quant_x86.c"
 #undef QX_SUFFIX
 #undef QX_TARGET
 #undef QX_VNNI
+#undef QX_512
 
 int quant_x86_level(void)
 {
@@ -151,48 +157,172 @@ QX_INLINE __m256i QX(bits32)(const uint8_t *p)
 #endif
 }
 
-/* ---- float types: F32, F16, BF16 (16 elements a step, two accumulators a token) ---- */
+/* ---- float types: F32, F16, BF16 ----
+ * ggml's ggml_vec_dot_f32 / _f16 / _bf16 as llama.cpp builds them for an AVX-512 machine
+ * without AVX512-FP16 (vec.cpp, simd-mappings.h): 16-lane registers, 64 elements a step
+ * over four accumulators (f32, f16: fma) or two (bf16: vdpbf16ps, 32 elements each),
+ * folded and reduced as GCC's _mm512_reduce_add_ps does. The AVX2 build holds each
+ * 16-lane register as two 8-lane halves; every lane sees the same operations in the same
+ * order, so both builds return the same floats as ggml. */
 
+#if QX_512
+typedef __m512 QX(v16);
+QX_INLINE QX(v16) QX(v16_zero)(void) { return _mm512_setzero_ps(); }
+QX_INLINE QX(v16) QX(v16_add)(QX(v16) a, QX(v16) b) { return _mm512_add_ps(a, b); }
+QX_INLINE QX(v16) QX(v16_fma)(QX(v16) a, QX(v16) b, QX(v16) c) { return _mm512_fmadd_ps(a, b, c); }
+QX_INLINE void QX(v16_fence)(QX(v16) *v) { __asm__ volatile("" : "+v"(*v)); }
+QX_INLINE QX(v16) QX(v16_load)(int kind, const void *p, int64_t i)
+{
+        if (kind == QXF_F32)
+                return _mm512_loadu_ps((const float *)p + i);
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+}
+/* 32 bf16 from element i: the even elements (low halves of each pair) and the odd ones */
+QX_INLINE void QX(v16_bf16_pairs)(const void *p, int64_t i, QX(v16) *even, QX(v16) *odd)
+{
+        const __m512i v = _mm512_loadu_si512((const uint16_t *)p + i);
+        *even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        *odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+QX_INLINE float QX(v16_sum)(QX(v16) v)
+{
+        const __m256 t3 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), _mm512_castps512_ps256(v));
+        return QX(hsum8)(t3);
+}
+#else
+typedef struct { __m256 lo, hi; } QX(v16);
+QX_INLINE QX(v16) QX(v16_zero)(void) { return (QX(v16)){ _mm256_setzero_ps(), _mm256_setzero_ps() }; }
+QX_INLINE QX(v16) QX(v16_add)(QX(v16) a, QX(v16) b)
+{
+        return (QX(v16)){ _mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi) };
+}
+QX_INLINE QX(v16) QX(v16_fma)(QX(v16) a, QX(v16) b, QX(v16) c)
+{
+        return (QX(v16)){ _mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi) };
+}
+QX_INLINE void QX(v16_fence)(QX(v16) *v) { __asm__ volatile("" : "+x"(v->lo), "+x"(v->hi)); }
 QX_INLINE __m256 QX(load8f)(int kind, const void *p, int64_t i)
 {
         if (kind == QXF_F32)
                 return _mm256_loadu_ps((const float *)p + i);
-        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
-        if (kind == QXF_F16)
-                return _mm256_cvtph_ps(h);
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
 }
-
-QX_INLINE float QX(load1f)(int kind, const void *p, int64_t i)
+QX_INLINE QX(v16) QX(v16_load)(int kind, const void *p, int64_t i)
 {
-        if (kind == QXF_F32)
-                return ((const float *)p)[i];
-        if (kind == QXF_F16)
-                return _cvtsh_ss(((const uint16_t *)p)[i]);
-        return sl_bf16_to_fp32(((const uint16_t *)p)[i]);
+        return (QX(v16)){ QX(load8f)(kind, p, i), QX(load8f)(kind, p, i + 8) };
+}
+QX_INLINE void QX(v16_bf16_pairs)(const void *p, int64_t i, QX(v16) *even, QX(v16) *odd)
+{
+        const __m256i mhi = _mm256_set1_epi32((int)0xFFFF0000u);
+        const __m256i a = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+        const __m256i b = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i + 16));
+        *even = (QX(v16)){ _mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(b, 16)) };
+        *odd = (QX(v16)){ _mm256_castsi256_ps(_mm256_and_si256(a, mhi)), _mm256_castsi256_ps(_mm256_and_si256(b, mhi)) };
+}
+/* _mm512_reduce_add_ps as GCC expands it: halves, quarters, then (0+2) + (1+3) */
+QX_INLINE float QX(v16_sum)(QX(v16) v) { return QX(hsum8)(_mm256_add_ps(v.hi, v.lo)); }
+#endif
+
+/* ggml_vec_dot_f32's leftovers (n % 64) in a float, as GCC compiled its loop: runs of 16
+ * and then 8 as rounded products added in order, the last n % 8 fused (vfmadd231ss). */
+QX_INLINE float QX(f32_tail)(float s, const float *w, const float *x, int64_t np, int64_t n)
+{
+        const int64_t nr = np + ((n - np) & ~(int64_t)7);
+        __m128 acc = _mm_set_ss(s);
+        for (int64_t j = np; j < n; j++) {
+                const __m128 a = _mm_load_ss(w + j), b = _mm_load_ss(x + j);
+                acc = j < nr ? _mm_add_ss(acc, _mm_mul_ss(a, b)) : _mm_fmadd_ss(a, b, acc);
+        }
+        return _mm_cvtss_f32(acc);
 }
 
 QX_INLINE void QX(dotf_nt)(int kind, int NT, int64_t n, const void *w, const void *x, size_t xs,
                            float *y, size_t ys)
 {
-        __m256 a0[4], a1[4];
+        QX(v16) acc[4][4];
         for (int t = 0; t < NT; t++)
-                a0[t] = a1[t] = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-                const __m256 w0 = QX(load8f)(kind, w, i), w1 = QX(load8f)(kind, w, i + 8);
-                for (int t = 0; t < NT; t++) {
-                        const void *xt = (const char *)x + t * xs;
-                        a0[t] = _mm256_fmadd_ps(w0, QX(load8f)(kind, xt, i), a0[t]);
-                        a1[t] = _mm256_fmadd_ps(w1, QX(load8f)(kind, xt, i + 8), a1[t]);
+                for (int j = 0; j < 4; j++)
+                        acc[t][j] = QX(v16_zero)();
+        const int64_t np = n & ~(int64_t)63;
+        for (int64_t i = 0; i < np; i += 64) {
+                for (int j = 0; j < 4; j++) {
+                        const QX(v16) wv = QX(v16_load)(kind, w, i + 16 * j);
+                        for (int t = 0; t < NT; t++) {
+                                const void *xt = (const char *)x + t * xs;
+                                acc[t][j] = QX(v16_fma)(wv, QX(v16_load)(kind, xt, i + 16 * j), acc[t][j]);
+                        }
                 }
         }
         for (int t = 0; t < NT; t++) {
                 const void *xt = (const char *)x + t * xs;
-                float s = QX(hsum8)(_mm256_add_ps(a0[t], a1[t]));
-                for (int64_t j = i; j < n; j++)
-                        s = fmaf(QX(load1f)(kind, w, j), QX(load1f)(kind, xt, j), s);
-                y[t * ys] = s;
+                const float r = QX(v16_sum)(QX(v16_add)(QX(v16_add)(acc[t][0], acc[t][2]), QX(v16_add)(acc[t][1], acc[t][3])));
+                if (kind == QXF_F32) {
+                        y[t * ys] = QX(f32_tail)(r, w, xt, np, n);
+                } else {
+                        double s = r; /* ggml_float */
+                        for (int64_t j = np; j < n; j++) /* fp16 products are exact in a float */
+                                s += (double)(_cvtsh_ss(((const uint16_t *)w)[j]) * _cvtsh_ss(((const uint16_t *)xt)[j]));
+                        y[t * ys] = (float)s;
+                }
+        }
+}
+
+/* bf16 leftovers and the final sum in a double, as ggml_vec_dot_bf16 does */
+QX_INLINE float QX(bf16_finish)(float r1, float r2, const void *w, const void *x, int64_t np, int64_t n)
+{
+        double s = 0.0;
+        s += r1;
+        s += r2;
+        for (int64_t j = np; j < n; j++) {
+                const __m128 p = _mm_mul_ss(_mm_set_ss(sl_bf16_to_fp32(((const uint16_t *)w)[j])),
+                                            _mm_set_ss(sl_bf16_to_fp32(((const uint16_t *)x)[j])));
+                s += (double)_mm_cvtss_f32(p);
+        }
+        return (float)s;
+}
+
+/* vdpbf16ps emulated: per lane, acc += odd product, then += even product, each a fused
+ * multiply-add rounded to nearest, with denormal inputs read as zero and denormal results
+ * flushed (the instruction ignores MXCSR and always does so; here MXCSR's DAZ and FTZ are
+ * set around the loop, and the fences keep the arithmetic on the right side of them). */
+QX_INLINE void QX(dotbf_nt)(int kind, int NT, int64_t n, const void *w, const void *x, size_t xs,
+                            float *y, size_t ys)
+{
+        (void)kind;
+        QX(v16) acc[4][2];
+        for (int t = 0; t < NT; t++)
+                acc[t][0] = acc[t][1] = QX(v16_zero)();
+        const int64_t np = n & ~(int64_t)63;
+        if (np > 0) {
+                const unsigned csr = _mm_getcsr();
+                _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
+                for (int t = 0; t < NT; t++) {
+                        QX(v16_fence)(&acc[t][0]);
+                        QX(v16_fence)(&acc[t][1]);
+                }
+                for (int64_t i = 0; i < np; i += 64) {
+                        for (int c = 0; c < 2; c++) {
+                                QX(v16) we, wo;
+                                QX(v16_bf16_pairs)(w, i + 32 * c, &we, &wo);
+                                for (int t = 0; t < NT; t++) {
+                                        QX(v16) xe, xo;
+                                        QX(v16_bf16_pairs)((const char *)x + t * xs, i + 32 * c, &xe, &xo);
+                                        acc[t][c] = QX(v16_fma)(wo, xo, acc[t][c]);
+                                        acc[t][c] = QX(v16_fma)(we, xe, acc[t][c]);
+                                }
+                        }
+                }
+                for (int t = 0; t < NT; t++) {
+                        QX(v16_fence)(&acc[t][0]);
+                        QX(v16_fence)(&acc[t][1]);
+                }
+                _mm_setcsr(csr);
+        }
+        for (int t = 0; t < NT; t++) {
+                QX(v16_fence)(&acc[t][0]);
+                QX(v16_fence)(&acc[t][1]);
+                y[t * ys] = QX(bf16_finish)(QX(v16_sum)(acc[t][0]), QX(v16_sum)(acc[t][1]), w,
+                                            (const char *)x + t * xs, np, n);
         }
 }
 
@@ -304,13 +434,22 @@ QX_INLINE void QX(k45_nt)(int kind, int NT, int64_t n, const void *vw, const voi
                 const uint8_t *scales = (const uint8_t *)utmp;
                 const __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)utmp[3], (int)utmp[2]));
 
-                /* the min term: sum over 32-element groups of min * (sum of activations) */
+                /* the min term: sum over 32-element groups of min * (sum of activations);
+                 * ggml keeps it in four float lanes for q4_K, in one float for q5_K */
                 for (int t = 0; t < NT; t++) {
                         const block_q8_K *xb = (const block_q8_K *)((const char *)vx + t * xs) + i;
                         const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
                         const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
                         const __m128i prod = _mm_madd_epi16(mins, q8s);
-                        accm[t] = _mm_fmadd_ps(_mm_set1_ps(dminw * xb->d), _mm_cvtepi32_ps(prod), accm[t]);
+                        const float dmin = -xb->d * dminw;
+                        if (kind == QXK_Q4_K) {
+                                accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm[t]);
+                        } else {
+                                __m128i h = _mm_add_epi32(prod, _mm_shuffle_epi32(prod, 0x4E));
+                                h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+                                const __m128 p = _mm_cvtsi32_ss(_mm_setzero_ps(), _mm_cvtsi128_si32(h));
+                                accm[t] = _mm_fmadd_ss(_mm_set_ss(dmin), p, accm[t]);
+                        }
                 }
 
                 __m256i sumi[4];
@@ -349,14 +488,17 @@ QX_INLINE void QX(k45_nt)(int kind, int NT, int64_t n, const void *vw, const voi
                 }
         }
         for (int t = 0; t < NT; t++)
-                y[t * ys] = QX(hsum8)(acc[t]) - QX(hsum4)(accm[t]);
+                y[t * ys] = QX(hsum8)(acc[t]) + (kind == QXK_Q4_K ? QX(hsum4)(accm[t]) : _mm_cvtss_f32(accm[t]));
 }
 
+/* ggml's AVX2 q6_K kernel: unsigned 6-bit weights times int8 activations, and the -32
+ * offset taken off each int32 lane afterwards as 32 * (bsums . scales) of that lane's pair
+ * of 16-element groups; so each lane holds ggml's integer, not just the same block total. */
 QX_INLINE void QX(q6k_nt)(int kind, int NT, int64_t n, const void *vw, const void *vx, size_t xs,
                           float *y, size_t ys)
 {
         (void)kind;
-        const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32s = _mm256_set1_epi8(32);
+        const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
         __m256 acc[4];
         for (int t = 0; t < NT; t++)
                 acc[t] = _mm256_setzero_ps();
@@ -364,6 +506,7 @@ QX_INLINE void QX(q6k_nt)(int kind, int NT, int64_t n, const void *vw, const voi
         for (int64_t i = 0; i < nb; i++) {
                 const block_q6_K *b = (const block_q6_K *)vw + i;
                 const float dw = QX(h2f)(b->d);
+                const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
                 __m256i sumi[4];
                 for (int t = 0; t < NT; t++)
                         sumi[t] = _mm256_setzero_si256();
@@ -388,17 +531,17 @@ QX_INLINE void QX(q6k_nt)(int kind, int NT, int64_t n, const void *vw, const voi
                                 __m256i sum = _mm256_setzero_si256();
                                 for (int k = 0; k < 4; k++) {
                                         const __m256i x8 = _mm256_loadu_si256((const __m256i *)(xb->qs + 128 * j + 32 * k));
-                                        /* (q - 32) * x as q * x - 32 * x, both within int16 */
-                                        const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], x8),
-                                                                           _mm256_maddubs_epi16(m32s, x8));
-                                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[k], p));
+                                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[k], _mm256_maddubs_epi16(q[k], x8)));
                                 }
                                 sumi[t] = _mm256_add_epi32(sumi[t], sum);
                         }
                 }
                 for (int t = 0; t < NT; t++) {
                         const block_q8_K *xb = (const block_q8_K *)((const char *)vx + t * xs) + i;
-                        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                        const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+                        const __m256i sub = _mm256_slli_epi32(_mm256_madd_epi16(bs, scales16), 5);
+                        const __m256i si = _mm256_sub_epi32(sumi[t], sub);
+                        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(xb->d * dw), _mm256_cvtepi32_ps(si), acc[t]);
                 }
         }
         for (int t = 0; t < NT; t++)
@@ -423,9 +566,23 @@ QX_INLINE void QX(q6k_nt)(int kind, int NT, int64_t n, const void *vw, const voi
                 }                                                                                   \
         }
 
-QX_MULTI(dot_f32, dotf_nt, QXF_F32)
-QX_MULTI(dot_f16, dotf_nt, QXF_F16)
-QX_MULTI(dot_bf16, dotf_nt, QXF_BF16)
+/* The same in groups of QX_FGROUP: the AVX2 float kernels hold 8 (f32, f16) or 4 (bf16)
+ * registers of sums per token, and 16 ymm registers do not fit four tokens' worth; the
+ * group sizes are the fastest ones measured with quant-bench. */
+#define QX_MULTI2(name, body, kind, QX_FGROUP)                                                                 \
+        QX_FN void QX(name)(int64_t n, const void *w, const void *x, size_t xs, int ntok, float *y, \
+                            size_t ys)                                                              \
+        {                                                                                           \
+                int t = 0;                                                                          \
+                for (; t + (QX_FGROUP) <= ntok; t += (QX_FGROUP))                                   \
+                        QX(body)(kind, (QX_FGROUP), n, w, (const char *)x + t * xs, xs, y + t * ys, ys); \
+                for (; t < ntok; t++)                                                               \
+                        QX(body)(kind, 1, n, w, (const char *)x + t * xs, xs, y + t * ys, ys);      \
+        }
+
+QX_MULTI2(dot_f32, dotf_nt, QXF_F32, QX_512 ? 4 : 1)
+QX_MULTI2(dot_f16, dotf_nt, QXF_F16, QX_512 ? 4 : 1)
+QX_MULTI2(dot_bf16, dotbf_nt, QXF_BF16, QX_512 ? 4 : 2)
 QX_MULTI(dot_q4_0, legacy_nt, QXL_Q4_0)
 QX_MULTI(dot_q4_1, legacy_nt, QXL_Q4_1)
 QX_MULTI(dot_q5_0, legacy_nt, QXL_Q5_0)
@@ -434,6 +591,38 @@ QX_MULTI(dot_q8_0, legacy_nt, QXL_Q8_0)
 QX_MULTI(dot_q4_K, k45_nt, QXK_Q4_K)
 QX_MULTI(dot_q5_K, k45_nt, QXK_Q5_K)
 QX_MULTI(dot_q6_K, q6k_nt, 0)
+
+#if QX_512
+/* ggml's own bf16 loop, for CPUs with AVX512-BF16: the instruction itself. */
+#define QX_BF16_FN static inline __attribute__((always_inline, target(QX_TARGET ",avx512bf16")))
+QX_BF16_FN void QX(dotbf_hw_nt)(int kind, int NT, int64_t n, const void *w, const void *x, size_t xs,
+                                float *y, size_t ys)
+{
+        (void)kind;
+        __m512 acc[4][2];
+        for (int t = 0; t < NT; t++)
+                acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+        const int64_t np = n & ~(int64_t)63;
+        for (int64_t i = 0; i < np; i += 64) {
+                for (int c = 0; c < 2; c++) {
+                        const __m512bh wv = (__m512bh)_mm512_loadu_si512((const uint16_t *)w + i + 32 * c);
+                        for (int t = 0; t < NT; t++) {
+                                const uint16_t *xt = (const uint16_t *)((const char *)x + t * xs);
+                                acc[t][c] = _mm512_dpbf16_ps(acc[t][c], wv, (__m512bh)_mm512_loadu_si512(xt + i + 32 * c));
+                        }
+                }
+        }
+        for (int t = 0; t < NT; t++)
+                y[t * ys] = QX(bf16_finish)(QX(v16_sum)(acc[t][0]), QX(v16_sum)(acc[t][1]), w,
+                                            (const char *)x + t * xs, np, n);
+}
+#undef QX_FN
+#define QX_FN static __attribute__((target(QX_TARGET ",avx512bf16")))
+QX_MULTI2(dot_bf16_hw, dotbf_hw_nt, QXF_BF16, 4)
+#undef QX_FN
+#define QX_FN static __attribute__((target(QX_TARGET)))
+#undef QX_BF16_FN
+#endif
 
 /* ---- activation quantizers ---- */
 
@@ -524,7 +713,12 @@ static quant_dot_fn QX(dot_table)(uint32_t wtype)
         switch (wtype) {
         case GGML_TYPE_F32: return QX(dot_f32);
         case GGML_TYPE_F16: return QX(dot_f16);
-        case GGML_TYPE_BF16: return QX(dot_bf16);
+        case GGML_TYPE_BF16:
+#if QX_512
+                if (__builtin_cpu_supports("avx512bf16"))
+                        return QX(dot_bf16_hw);
+#endif
+                return QX(dot_bf16);
         case GGML_TYPE_Q4_0: return QX(dot_q4_0);
         case GGML_TYPE_Q4_1: return QX(dot_q4_1);
         case GGML_TYPE_Q5_0: return QX(dot_q5_0);
