@@ -40,6 +40,13 @@ VARIANTS = {
     "llama3": dict(arch="llama", vocab="llama-bpe", n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                    n_ff=512, n_layer=2, tied=True, embd_type="F16", rope_base=500000.0, eps=1e-5,
                    rope_freqs=True),
+    # mistral / tinyllama-like: SentencePiece vocabulary, 4:1 GQA over 8 narrow heads
+    # (head_dim 32), rope base 1e6, wider FFN, untied output
+    "mistral": dict(arch="llama", vocab="llama-spm", n_embd=256, n_head=8, n_head_kv=2, head_dim=32,
+                    n_ff=768, n_layer=2, tied=False, embd_type="F16", rope_base=1000000.0, eps=1e-5),
+    # smollm-like: GPT-2 byte-level BPE vocabulary, tied embeddings, 4:1 GQA
+    "smollm": dict(arch="llama", vocab="gpt-2", n_embd=256, n_head=4, n_head_kv=1, head_dim=64,
+                   n_ff=512, n_layer=2, tied=True, embd_type="F16", rope_base=10000.0, eps=1e-5),
     # qwen2: q/k/v biases, NEOX rope, GQA
     "qwen2": dict(arch="qwen2", vocab="qwen2", n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                   n_ff=512, n_layer=2, tied=True, embd_type="F16", rope_base=1000000.0, eps=1e-6,

@@ -23,16 +23,50 @@ GGML_QUANTIZER = {"q8_0": "quantize_row_q8_0", "q8_1": "quantize_row_q8_1", "q8_
 GGML_DOT = {"f32": "ggml_vec_dot_f32", "f16": "ggml_vec_dot_f16", "bf16": "ggml_vec_dot_bf16"}
 
 
-@pytest.fixture(scope="module")
-def ggml_cpu(llama_cpp):
-    if platform.machine() != "x86_64":
-        pytest.skip("the bit-exact match is with ggml's x86 kernels")
-    from test_quant import tool_run as _  # noqa: F401  (quant-tool must be built)
+def load_ggml_cpu(llama_cpp):
+    """ggml's CPU backend from the llama-cpp-python package, initialised."""
     lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
     ctypes.CDLL(str(lib / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
     cpu = ctypes.CDLL(str(lib / "libggml-cpu.so"))
     cpu.ggml_cpu_init()  # ggml's fp16 tables are filled here
     return cpu
+
+
+def kernel_mismatches(tool, cpu, name, trials=40):
+    """(trial, ours, ggml's) for each random dot of type name that differs."""
+    _, blck, size, act = WEIGHTS[name]
+    rng = np.random.default_rng(17)
+    n = 1024 if blck > 1 else 640  # 640: the float dots' leftover path too
+    mismatches = []
+    for trial in range(trials):
+        x = (rng.standard_normal(n) * rng.uniform(1e-2, 1e2)).astype(np.float32)
+        xq = ggml_quantize(cpu, act, x)
+        assert tool_run(tool, ["quant", act], x.tobytes()) == xq, f"{act} activations differ from ggml's"
+        w = random_blocks(rng, name, n // blck)
+        theirs = np.float32(ggml_dot(cpu, name, n, w, xq))
+        ours = np.float32(float(tool_run(tool, ["dot", name, str(n)], w + xq).decode()))
+        if ours != theirs:
+            mismatches.append((trial, float(ours), float(theirs)))
+    return mismatches
+
+
+def ggml_mirrored(tool, llama_cpp):
+    """True when this machine's llama.cpp runs exactly the kernels sluice mirrors (ggml's x86
+    kernels as built for this CPU): then anything but bit-identical logits is a bug."""
+    if platform.machine() != "x86_64":
+        return False
+    try:
+        cpu = load_ggml_cpu(llama_cpp)
+    except OSError:
+        return False
+    return all(not kernel_mismatches(tool, cpu, name, trials=4) for name in WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def ggml_cpu(llama_cpp):
+    if platform.machine() != "x86_64":
+        pytest.skip("the bit-exact match is with ggml's x86 kernels")
+    return load_ggml_cpu(llama_cpp)
 
 
 def ggml_quantize(cpu, act, x):
@@ -55,17 +89,5 @@ def ggml_dot(cpu, name, n, w, xq):
 
 @pytest.mark.parametrize("name", list(WEIGHTS))
 def test_dot_bit_identical_to_ggml(tool, ggml_cpu, name):
-    _, blck, size, act = WEIGHTS[name]
-    rng = np.random.default_rng(17)
-    n = 1024 if blck > 1 else 640  # 640: the float dots' leftover path too
-    mismatches = []
-    for trial in range(40):
-        x = (rng.standard_normal(n) * rng.uniform(1e-2, 1e2)).astype(np.float32)
-        xq = ggml_quantize(ggml_cpu, act, x)
-        assert tool_run(tool, ["quant", act], x.tobytes()) == xq, f"{act} activations differ from ggml's"
-        w = random_blocks(rng, name, n // blck)
-        theirs = np.float32(ggml_dot(ggml_cpu, name, n, w, xq))
-        ours = np.float32(float(tool_run(tool, ["dot", name, str(n)], w + xq).decode()))
-        if ours != theirs:
-            mismatches.append((trial, float(ours), float(theirs)))
+    mismatches = kernel_mismatches(tool, ggml_cpu, name)
     assert not mismatches, f"{len(mismatches)}/40 dots differ from ggml's, e.g. {mismatches[:3]}"
