@@ -885,3 +885,58 @@ int engine_detok_flush(struct engine_detok *d, char *out, size_t cap)
         d->n_pending = 0;
         return 3;
 }
+
+/* ---- the merge loops' heap (tokenizer_spm.c, tokenizer_bpe.c) ---- */
+
+static bool bigram_before(const struct tok_bigram *a, const struct tok_bigram *b)
+{
+        if (a->prio != b->prio)
+                return a->prio > b->prio;
+        return a->left < b->left;
+}
+
+int tok_heap_push(struct tok_heap *h, struct tok_bigram b)
+{
+        if (h->n == h->cap) {
+                size_t cap = h->cap ? h->cap * 2 : 64;
+                struct tok_bigram *v = realloc(h->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                h->v = v;
+                h->cap = cap;
+        }
+        size_t i = h->n++;
+        while (i > 0) {
+                size_t p = (i - 1) / 2;
+                if (!bigram_before(&b, &h->v[p]))
+                        break;
+                h->v[i] = h->v[p];
+                i = p;
+        }
+        h->v[i] = b;
+        return 0;
+}
+
+struct tok_bigram tok_heap_pop(struct tok_heap *h)
+{
+        struct tok_bigram top = h->v[0];
+        struct tok_bigram last = h->v[--h->n];
+        size_t i = 0;
+        for (;;) {
+                size_t l = 2 * i + 1, r = l + 1, m = i;
+                const struct tok_bigram *best = &last;
+                if (l < h->n && bigram_before(&h->v[l], best)) {
+                        m = l;
+                        best = &h->v[l];
+                }
+                if (r < h->n && bigram_before(&h->v[r], best))
+                        m = r;
+                if (m == i)
+                        break;
+                h->v[i] = h->v[m];
+                i = m;
+        }
+        if (h->n)
+                h->v[i] = last;
+        return top;
+}

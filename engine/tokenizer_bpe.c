@@ -248,76 +248,12 @@ struct bpe_sym {
         uint32_t off, n;
 };
 
-struct bpe_bigram {
-        uint32_t rank;
-        int32_t left, right;
-        uint32_t lsize, rsize;
-};
-
-static bool bpe_before(const struct bpe_bigram *a, const struct bpe_bigram *b)
-{
-        if (a->rank != b->rank)
-                return a->rank < b->rank;
-        return a->left < b->left;
-}
-
-struct bpe_heap {
-        struct bpe_bigram *v;
-        size_t n, cap;
-};
-
-static int bheap_push(struct bpe_heap *h, struct bpe_bigram b)
-{
-        if (h->n == h->cap) {
-                size_t cap = h->cap ? h->cap * 2 : 64;
-                struct bpe_bigram *v = realloc(h->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                h->v = v;
-                h->cap = cap;
-        }
-        size_t i = h->n++;
-        while (i > 0) {
-                size_t p = (i - 1) / 2;
-                if (!bpe_before(&b, &h->v[p]))
-                        break;
-                h->v[i] = h->v[p];
-                i = p;
-        }
-        h->v[i] = b;
-        return 0;
-}
-
-static struct bpe_bigram bheap_pop(struct bpe_heap *h)
-{
-        struct bpe_bigram top = h->v[0];
-        struct bpe_bigram last = h->v[--h->n];
-        size_t i = 0;
-        for (;;) {
-                size_t l = 2 * i + 1, r = l + 1, m = i;
-                const struct bpe_bigram *best = &last;
-                if (l < h->n && bpe_before(&h->v[l], best)) {
-                        m = l;
-                        best = &h->v[l];
-                }
-                if (r < h->n && bpe_before(&h->v[r], best))
-                        m = r;
-                if (m == i)
-                        break;
-                h->v[i] = h->v[m];
-                i = m;
-        }
-        if (h->n)
-                h->v[i] = last;
-        return top;
-}
-
 struct bpe_work {
         char *enc;
         size_t enc_cap;
         struct bpe_sym *sym;
         size_t sym_cap;
-        struct bpe_heap heap;
+        struct tok_heap heap;
 };
 
 static int add_bigram(const struct engine_tokenizer *t, struct bpe_work *w, int32_t left, int32_t right)
@@ -328,8 +264,9 @@ static int add_bigram(const struct engine_tokenizer *t, struct bpe_work *w, int3
         int64_t rank = tok_bpe_rank(t, w->enc + l->off, l->n, w->enc + r->off, r->n);
         if (rank < 0)
                 return 0;
-        struct bpe_bigram b = { .rank = (uint32_t)rank, .left = left, .right = right, .lsize = l->n, .rsize = r->n };
-        return bheap_push(&w->heap, b);
+        struct tok_bigram b = { .prio = -(double)rank, .left = left, .right = right,
+                                .lsize = l->n, .rsize = r->n };
+        return tok_heap_push(&w->heap, b);
 }
 
 /* One pre-tokenized word: byte-encode, merge, emit. */
@@ -380,7 +317,7 @@ static int encode_word(const struct engine_tokenizer *t, struct bpe_work *w, con
                 if ((r = add_bigram(t, w, i - 1, i)) < 0)
                         return r;
         while (w->heap.n) {
-                struct bpe_bigram b = bheap_pop(&w->heap);
+                struct tok_bigram b = tok_heap_pop(&w->heap);
                 struct bpe_sym *l = &w->sym[b.left], *rs = &w->sym[b.right];
                 /* stale: either side changed since this pair was queued */
                 if (l->n == 0 || rs->n == 0 || l->n != b.lsize || rs->n != b.rsize)

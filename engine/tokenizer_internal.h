@@ -94,6 +94,23 @@ struct tok_ids {
 };
 int tok_ids_push(struct tok_ids *ids, int32_t id);
 
+/* A candidate merge of two adjacent symbols, for both tokenizers' merge loops: popped in
+ * order of prio (SentencePiece: the merged token's score; BPE: minus the merge rank), ties
+ * to the leftmost pair. lsize/rsize let the loop recognise a pair made stale by a merge. */
+struct tok_bigram {
+        double prio;
+        int32_t left, right;
+        uint32_t lsize, rsize;
+};
+
+struct tok_heap {
+        struct tok_bigram *v;
+        size_t n, cap;
+};
+
+int tok_heap_push(struct tok_heap *h, struct tok_bigram b); /* -ENOMEM */
+struct tok_bigram tok_heap_pop(struct tok_heap *h);         /* h->n > 0 */
+
 /* ---- SentencePiece (tokenizer_spm.c) ---- */
 int tok_spm_encode(const struct engine_tokenizer *t, const char *text, size_t len, struct tok_ids *out);
 

@@ -13,82 +13,18 @@ struct spm_sym {
         uint32_t off, n;
 };
 
-struct spm_bigram {
-        float score;
-        int32_t left, right;
-        uint32_t size;
-};
-
-/* max-heap order: higher score first, then lower left index */
-static bool bigram_before(const struct spm_bigram *a, const struct spm_bigram *b)
-{
-        if (a->score != b->score)
-                return a->score > b->score;
-        return a->left < b->left;
-}
-
-struct spm_heap {
-        struct spm_bigram *v;
-        size_t n, cap;
-};
-
-static int heap_push(struct spm_heap *h, struct spm_bigram b)
-{
-        if (h->n == h->cap) {
-                size_t cap = h->cap ? h->cap * 2 : 64;
-                struct spm_bigram *v = realloc(h->v, cap * sizeof(*v));
-                if (!v)
-                        return -ENOMEM;
-                h->v = v;
-                h->cap = cap;
-        }
-        size_t i = h->n++;
-        while (i > 0) {
-                size_t p = (i - 1) / 2;
-                if (!bigram_before(&b, &h->v[p]))
-                        break;
-                h->v[i] = h->v[p];
-                i = p;
-        }
-        h->v[i] = b;
-        return 0;
-}
-
-static struct spm_bigram heap_pop(struct spm_heap *h)
-{
-        struct spm_bigram top = h->v[0];
-        struct spm_bigram last = h->v[--h->n];
-        size_t i = 0;
-        for (;;) {
-                size_t l = 2 * i + 1, r = l + 1, m = i;
-                const struct spm_bigram *best = &last;
-                if (l < h->n && bigram_before(&h->v[l], best)) {
-                        m = l;
-                        best = &h->v[l];
-                }
-                if (r < h->n && bigram_before(&h->v[r], best))
-                        m = r;
-                if (m == i)
-                        break;
-                h->v[i] = h->v[m];
-                i = m;
-        }
-        if (h->n)
-                h->v[i] = last;
-        return top;
-}
 
 static int try_bigram(const struct engine_tokenizer *t, const char *s, struct spm_sym *sym,
-                      int32_t left, int32_t right, struct spm_heap *h)
+                      int32_t left, int32_t right, struct tok_heap *h)
 {
         if (left < 0 || right < 0)
                 return 0;
-        uint32_t size = sym[left].n + sym[right].n;
-        int32_t id = tok_find(t, s + sym[left].off, size);
+        int32_t id = tok_find(t, s + sym[left].off, sym[left].n + sym[right].n);
         if (id < 0)
                 return 0;
-        struct spm_bigram b = { .score = t->tok[id].score, .left = left, .right = right, .size = size };
-        return heap_push(h, b);
+        struct tok_bigram b = { .prio = t->tok[id].score, .left = left, .right = right,
+                                .lsize = sym[left].n, .rsize = sym[right].n };
+        return tok_heap_push(h, b);
 }
 
 static uint32_t utf8_len_from_lead(uint8_t c)
@@ -101,7 +37,7 @@ static uint32_t utf8_len_from_lead(uint8_t c)
 int tok_spm_encode(const struct engine_tokenizer *t, const char *s, size_t len, struct tok_ids *out)
 {
         struct spm_sym *sym = NULL;
-        struct spm_heap h = { 0 };
+        struct tok_heap h = { 0 };
         int r = 0;
 
         if (len == 0)
@@ -130,10 +66,10 @@ int tok_spm_encode(const struct engine_tokenizer *t, const char *s, size_t len, 
                         goto out;
 
         while (h.n) {
-                struct spm_bigram b = heap_pop(&h);
+                struct tok_bigram b = tok_heap_pop(&h);
                 struct spm_sym *l = &sym[b.left], *rr = &sym[b.right];
                 /* stale: one side was merged away or grew since this pair was queued */
-                if (l->n == 0 || rr->n == 0 || l->n + rr->n != b.size)
+                if (l->n == 0 || rr->n == 0 || l->n != b.lsize || rr->n != b.rsize)
                         continue;
                 l->n += rr->n;
                 rr->n = 0;
