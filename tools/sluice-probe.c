@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cli.h"
 #include "engine.h"
 
 static const char *prog = "sluice-probe";
@@ -48,27 +49,6 @@ static void usage(FILE *f)
                 "  --stream            detokenize through the streaming detokenizer\n"
                 "  --no-direct         buffered reads instead of O_DIRECT\n",
                 prog);
-}
-
-static void usage_error(const char *fmt, const char *arg)
-{
-        fprintf(stderr, "%s: ", prog);
-        fprintf(stderr, fmt, arg);
-        fprintf(stderr, "\nTry '%s --help'.\n", prog);
-        exit(2);
-}
-
-static long parse_long(const char *s, const char *flag, long lo, long hi)
-{
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || *end || v < lo || v > hi) {
-                char buf[128];
-                snprintf(buf, sizeof(buf), "%s: expected an integer in [%ld, %ld], got '%%s'", flag, lo, hi);
-                usage_error(buf, s);
-        }
-        return v;
 }
 
 /* ---- input ---- */
@@ -476,10 +456,7 @@ static int unhex(char *s, size_t *len)
 {
         size_t n = 0, i = 0;
         while (s[i] && s[i] != '\n' && s[i] != '\r') {
-                int hi = -1, lo = -1;
-                char a = s[i], b = s[i + 1];
-                hi = a >= '0' && a <= '9' ? a - '0' : a >= 'a' && a <= 'f' ? a - 'a' + 10 : a >= 'A' && a <= 'F' ? a - 'A' + 10 : -1;
-                lo = b >= '0' && b <= '9' ? b - '0' : b >= 'a' && b <= 'f' ? b - 'a' + 10 : b >= 'A' && b <= 'F' ? b - 'A' + 10 : -1;
+                const int hi = cli_hexval(s[i]), lo = s[i + 1] ? cli_hexval(s[i + 1]) : -1;
                 if (hi < 0 || lo < 0)
                         return -EINVAL;
                 s[n++] = (char)(hi * 16 + lo);
@@ -633,12 +610,13 @@ int main(int argc, char **argv)
                 {"help", no_argument, 0, 'h'},
                 {0, 0, 0, 0},
         };
+        cli_init(prog);
         if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
                 usage(stdout);
                 return 0;
         }
         if (argc < 2 || argv[1][0] == '-')
-                usage_error("%s", "no mode given (logits, greedy, batch, tokenize, detokenize, load)");
+                cli_usage_error("%s", "no mode given (logits, greedy, batch, tokenize, detokenize, load)");
         const char *mode = argv[1];
         const char *model = NULL, *out_path = NULL;
         long threads = 0, n_gen = -1;
@@ -650,9 +628,9 @@ int main(int argc, char **argv)
         while ((c = getopt_long(argc, argv, ":m:t:o:n:xh", longopts, NULL)) != -1) {
                 switch (c) {
                 case 'm': model = optarg; break;
-                case 't': threads = parse_long(optarg, "-t", 1, 1024); break;
+                case 't': threads = cli_parse_long(optarg, "-t", 1, 1024); break;
                 case 'o': out_path = optarg; break;
-                case 'n': n_gen = parse_long(optarg, "-n", 1, 1 << 20); break;
+                case 'n': n_gen = cli_parse_long(optarg, "-n", 1, 1 << 20); break;
                 case 'x': hex = true; break;
                 case OPT_NO_ADD: add_special = false; break;
                 case OPT_NO_PARSE: parse_special = false; break;
@@ -660,14 +638,14 @@ int main(int argc, char **argv)
                 case OPT_STREAM: stream = true; break;
                 case OPT_NO_DIRECT: no_direct = true; break;
                 case 'h': usage(stdout); return 0;
-                case ':': usage_error("option '%s' needs a value", argv[optind - 1]); break;
-                default: usage_error("unknown option '%s'", argv[optind - 1]);
+                case ':': cli_usage_error("option '%s' needs a value", argv[optind - 1]); break;
+                default: cli_usage_error("unknown option '%s'", argv[optind - 1]);
                 }
         }
         if (optind < argc)
-                usage_error("unexpected argument '%s'", argv[optind]);
+                cli_usage_error("unexpected argument '%s'", argv[optind]);
         if (!model)
-                usage_error("%s", "no model given (-m GGUF)");
+                cli_usage_error("%s", "no model given (-m GGUF)");
 
         if (!strcmp(mode, "tokenize") || !strcmp(mode, "detokenize")) {
                 struct gguf_file *g = NULL;
@@ -692,11 +670,11 @@ int main(int argc, char **argv)
         bool known = !strcmp(mode, "logits") || !strcmp(mode, "greedy") || !strcmp(mode, "batch") ||
                      !strcmp(mode, "load");
         if (!known)
-                usage_error("unknown mode '%s'", mode);
+                cli_usage_error("unknown mode '%s'", mode);
         if (!strcmp(mode, "logits") && !out_path)
-                usage_error("%s", "logits mode needs -o FILE");
+                cli_usage_error("%s", "logits mode needs -o FILE");
         if (!strcmp(mode, "greedy") && n_gen < 1)
-                usage_error("%s", "greedy mode needs -n N");
+                cli_usage_error("%s", "greedy mode needs -n N");
 
         struct probe p = {0};
         if (probe_load(&p, model, no_direct) < 0) {

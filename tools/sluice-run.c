@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "engine.h"
 #include "sluice_config.h"
 
@@ -47,65 +48,6 @@ static void usage(FILE *f)
                 prog, DEFAULT_CTX);
 }
 
-static void usage_error(const char *fmt, const char *arg)
-{
-        fprintf(stderr, "%s: ", prog);
-        fprintf(stderr, fmt, arg);
-        fprintf(stderr, "\nTry '%s --help'.\n", prog);
-        exit(2);
-}
-
-static long parse_long(const char *s, const char *flag, long lo, long hi)
-{
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || *end || v < lo || v > hi) {
-                char buf[160];
-                snprintf(buf, sizeof(buf), "%s: expected an integer in [%ld, %ld], got '%%s'", flag, lo, hi);
-                usage_error(buf, s);
-        }
-        return v;
-}
-
-static unsigned long long parse_u64(const char *s, const char *flag)
-{
-        char *end;
-        errno = 0;
-        if (*s == '-')
-                usage_error("--seed: expected a non-negative integer, got '%s'", s);
-        unsigned long long v = strtoull(s, &end, 0);
-        if (errno || end == s || *end) {
-                (void)flag;
-                usage_error("--seed: expected a non-negative integer, got '%s'", s);
-        }
-        return v;
-}
-
-static float parse_float(const char *s, const char *flag)
-{
-        char *end;
-        errno = 0;
-        float v = strtof(s, &end);
-        if (errno || end == s || *end || !isfinite(v)) {
-                char buf[120];
-                snprintf(buf, sizeof(buf), "%s: expected a number, got '%%s'", flag);
-                usage_error(buf, s);
-        }
-        return v;
-}
-
-static int hexval(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* In place; returns the new length (escapes only shrink). */
 static size_t unescape(char *s, size_t len)
 {
@@ -124,8 +66,8 @@ static size_t unescape(char *s, size_t len)
                 case '"': s[o++] = '"'; break;
                 case '\'': s[o++] = '\''; break;
                 case 'x':
-                        if (i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-                                s[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+                        if (i + 2 < len && cli_hexval(s[i + 1]) >= 0 && cli_hexval(s[i + 2]) >= 0) {
+                                s[o++] = (char)(cli_hexval(s[i + 1]) * 16 + cli_hexval(s[i + 2]));
                                 i += 2;
                                 break;
                         }
@@ -234,6 +176,7 @@ int main(int argc, char **argv)
                 {"version", no_argument, 0, OPT_VERSION},
                 {0, 0, 0, 0},
         };
+        cli_init(prog);
         const char *model_path = NULL, *prompt_arg = NULL, *prompt_file = NULL;
         bool escape = false, no_bos = false, no_direct = false, display_prompt = true, seed_set = false;
         long n_predict = 128, n_threads = 0, n_ctx = 0;
@@ -248,20 +191,20 @@ int main(int argc, char **argv)
                 case 'p': prompt_arg = optarg; break;
                 case 'f': prompt_file = optarg; break;
                 case 'e': escape = true; break;
-                case 'n': n_predict = parse_long(optarg, "-n", -1, INT32_MAX); break;
-                case OPT_TEMP: sp.temperature = parse_float(optarg, "--temp"); break;
-                case OPT_TOP_K: sp.top_k = (int32_t)parse_long(optarg, "--top-k", 0, INT32_MAX); break;
-                case OPT_TOP_P: sp.top_p = parse_float(optarg, "--top-p"); break;
-                case OPT_MIN_P: sp.min_p = parse_float(optarg, "--min-p"); break;
-                case OPT_REPEAT: sp.repeat_penalty = parse_float(optarg, "--repeat-penalty"); break;
+                case 'n': n_predict = cli_parse_long(optarg, "-n", -1, INT32_MAX); break;
+                case OPT_TEMP: sp.temperature = cli_parse_float(optarg, "--temp"); break;
+                case OPT_TOP_K: sp.top_k = (int32_t)cli_parse_long(optarg, "--top-k", 0, INT32_MAX); break;
+                case OPT_TOP_P: sp.top_p = cli_parse_float(optarg, "--top-p"); break;
+                case OPT_MIN_P: sp.min_p = cli_parse_float(optarg, "--min-p"); break;
+                case OPT_REPEAT: sp.repeat_penalty = cli_parse_float(optarg, "--repeat-penalty"); break;
                 case OPT_REPEAT_N:
-                        sp.penalty_last_n = (int32_t)parse_long(optarg, "--repeat-last-n", -1, INT32_MAX);
+                        sp.penalty_last_n = (int32_t)cli_parse_long(optarg, "--repeat-last-n", -1, INT32_MAX);
                         break;
-                case OPT_PRESENCE: sp.presence_penalty = parse_float(optarg, "--presence-penalty"); break;
-                case OPT_FREQUENCY: sp.frequency_penalty = parse_float(optarg, "--frequency-penalty"); break;
-                case 's': sp.seed = parse_u64(optarg, "--seed"); seed_set = true; break;
-                case 't': n_threads = parse_long(optarg, "-t", 1, 1024); break;
-                case 'c': n_ctx = parse_long(optarg, "--ctx", 1, INT32_MAX); break;
+                case OPT_PRESENCE: sp.presence_penalty = cli_parse_float(optarg, "--presence-penalty"); break;
+                case OPT_FREQUENCY: sp.frequency_penalty = cli_parse_float(optarg, "--frequency-penalty"); break;
+                case 's': sp.seed = cli_parse_u64(optarg, "--seed"); seed_set = true; break;
+                case 't': n_threads = cli_parse_long(optarg, "-t", 1, 1024); break;
+                case 'c': n_ctx = cli_parse_long(optarg, "--ctx", 1, INT32_MAX); break;
                 case OPT_NO_BOS: no_bos = true; break;
                 case OPT_NO_DIRECT: no_direct = true; break;
                 case OPT_NO_DISPLAY: display_prompt = false; break;
@@ -273,7 +216,7 @@ int main(int argc, char **argv)
                                 snprintf(opt, sizeof(opt), "-%c", optopt);
                         else
                                 snprintf(opt, sizeof(opt), "%s", argv[optind - 1]);
-                        usage_error("option '%s' needs a value", opt);
+                        cli_usage_error("option '%s' needs a value", opt);
                         break;
                 }
                 default: {
@@ -282,22 +225,22 @@ int main(int argc, char **argv)
                                 snprintf(opt, sizeof(opt), "-%c", optopt);
                         else
                                 snprintf(opt, sizeof(opt), "%.60s", argv[optind - 1]);
-                        usage_error("unknown option '%s'", opt);
+                        cli_usage_error("unknown option '%s'", opt);
                 }
                 }
         }
         if (optind < argc)
-                usage_error("unexpected argument '%s'", argv[optind]);
+                cli_usage_error("unexpected argument '%s'", argv[optind]);
         if (!model_path)
-                usage_error("%s", "no model given (-m MODEL)");
+                cli_usage_error("%s", "no model given (-m MODEL)");
         if (!prompt_arg && !prompt_file)
-                usage_error("%s", "no prompt given (-p PROMPT or -f FILE)");
+                cli_usage_error("%s", "no prompt given (-p PROMPT or -f FILE)");
         if (prompt_arg && prompt_file)
-                usage_error("%s", "-p and -f both given; pick one");
+                cli_usage_error("%s", "-p and -f both given; pick one");
 
         struct sl_error err = {0};
         if (engine_sampling_validate(&sp, &err) < 0)
-                usage_error("%s", err.msg);
+                cli_usage_error("%s", err.msg);
         if (!seed_set)
                 sp.seed = sl_now_ns();
 
