@@ -200,3 +200,129 @@ void engine_ctx_free(struct engine_ctx *c);
  * Returns the number of logit rows written, or a negative errno with a reason. */
 int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engine_batch *b,
                    float *out, struct sl_error *err);
+
+/* ---- scheduler (continuous batching) ----
+ * One engine thread owns a scheduler: it submits requests, cancels them and calls
+ * engine_sched_step() in a loop; every step runs ONE engine_forward() over a batch in which
+ * each running decode contributes one token and prefills contribute chunks of their prompt
+ * within a per-step token budget. Events (token, done) are delivered through callbacks
+ * during step/cancel, on the calling thread. All memory (request slots, prompt/token
+ * storage, KV pool, batch arrays, logits) is allocated at create; the only allocation after
+ * that is each request's sampler, created at submit (its penalty window is per request).
+ * Only engine_sched_stats() may be called from another thread. */
+
+#define ENGINE_SCHED_MAX_STOP 8u      /* stop strings per request (= DP_MAX_STOP) */
+#define ENGINE_SCHED_MAX_STOP_LEN 64u /* bytes per stop string (= DP_MAX_STOP_LEN) */
+
+struct engine_sched_opts {
+        uint32_t n_threads;         /* engine_forward threads; 0 = online CPUs */
+        uint32_t max_running;       /* sequences in the KV cache at once; 0 = 16 */
+        uint32_t max_queued;        /* waiting requests; past it submit gives -EBUSY; 0 = 64 */
+        uint32_t token_budget;      /* tokens per engine_forward step; 0 = 256 (>= max_running) */
+        uint32_t prefill_chunk;     /* prompt tokens one request adds per step; 0 = 128 */
+        uint32_t kv_block_size;     /* tokens per KV block; 0 = 16 */
+        uint32_t kv_blocks;         /* KV pool size in blocks; 0: from kv_bytes */
+        uint64_t kv_bytes;          /* KV pool size in bytes when kv_blocks is 0; 0: enough for
+                                     * max_running full contexts */
+        uint32_t max_ctx;           /* positions per sequence (prompt + generated); 0 = min(4096,
+                                     * n_ctx_train); also capped by the pool's size */
+        uint32_t max_prompt_tokens; /* 0 = max_ctx - 1 */
+        uint32_t max_new_tokens;    /* cap and default for max_tokens; 0 = max_ctx - 1 */
+};
+
+struct engine_request {
+        uint64_t tag;               /* caller's id, echoed in events; unique among live requests */
+        const int32_t *prompt;      /* token ids, copied at submit */
+        uint32_t n_prompt;
+        struct engine_sampling sampling;
+        uint32_t max_tokens;        /* 0 = opts.max_new_tokens */
+        uint32_t n_stop;            /* <= ENGINE_SCHED_MAX_STOP */
+        const char *stop[ENGINE_SCHED_MAX_STOP];      /* copied at submit */
+        uint32_t stop_len[ENGINE_SCHED_MAX_STOP];     /* 1..ENGINE_SCHED_MAX_STOP_LEN */
+        uint64_t deadline_ns;       /* absolute CLOCK_MONOTONIC (sl_now_ns()); 0 = none */
+        uint64_t t_receipt_ns;      /* when the request arrived (for queue/ttft/total); 0 = now */
+};
+
+/* Values 1..6 are those of enum dp_finish, so the serving layer can pass them through. */
+enum engine_finish {
+        ENGINE_FINISH_EOS = 1,       /* end-of-generation token (not emitted, not counted) */
+        ENGINE_FINISH_LENGTH = 2,    /* max_tokens generated */
+        ENGINE_FINISH_STOP = 3,      /* a stop string matched (stop_index); its text not emitted */
+        ENGINE_FINISH_CANCELLED = 4, /* engine_sched_cancel() */
+        ENGINE_FINISH_DEADLINE = 5,  /* deadline_ns passed (checked at the start of each step) */
+        ENGINE_FINISH_CONTEXT = 6,   /* max_ctx positions used */
+        ENGINE_FINISH_ERROR = 7,     /* engine failure: error/msg say why (DP_ERR_INTERNAL) */
+};
+
+struct engine_sched_done {
+        enum engine_finish reason;
+        int stop_index;             /* ENGINE_FINISH_STOP: which stop string; else -1 */
+        int error;                  /* ENGINE_FINISH_ERROR: negative errno; else 0 */
+        const char *msg;            /* ENGINE_FINISH_ERROR: reason; else "" */
+        const char *text;           /* final text to deliver before DONE: text held back as a
+                                     * possible stop-string prefix and the detokenizer's flush */
+        uint32_t text_len;
+        uint32_t prompt_tokens;
+        uint32_t generated_tokens;  /* tokens emitted through on_token */
+        uint32_t preemptions;       /* times its KV was dropped and recomputed */
+        uint64_t queue_ns;          /* receipt to first admission (0 if never admitted) */
+        uint64_t ttft_ns;           /* receipt to first generated token (0 if none) */
+        uint64_t total_ns;          /* receipt to done */
+};
+
+struct engine_sched_events {
+        /* A generated token and the complete UTF-8 text it released (possibly empty: bytes
+         * of a split character, or text held back as a possible stop-string prefix). */
+        void (*on_token)(void *user, uint64_t tag, int32_t id, const char *text, uint32_t len);
+        /* Exactly once per accepted request; its slot and KV blocks are already free. */
+        void (*on_done)(void *user, uint64_t tag, const struct engine_sched_done *d);
+};
+
+struct engine_sched_stats {
+        uint32_t queued;
+        uint32_t running;
+        uint32_t kv_blocks_used;
+        uint32_t kv_blocks_total;
+        uint32_t max_queued;
+        uint32_t max_running;
+        uint64_t steps;             /* engine_forward calls */
+        uint64_t tokens_computed;   /* batch tokens (prefill + decode) */
+        uint64_t prompt_tokens;     /* prefill tokens computed, recomputation included */
+        uint64_t generated_tokens;  /* tokens emitted */
+        uint64_t submitted;
+        uint64_t rejected_busy;
+        uint64_t finished[8];       /* by enum engine_finish (index 1..7) */
+        uint64_t preemptions;
+        uint64_t step_ns_last;      /* wall time of the last step's forward + sampling */
+};
+
+struct engine_sched;
+
+int engine_sched_create(const struct engine_model *m, const struct engine_sched_opts *opts,
+                        struct engine_sched **out, struct sl_error *err);
+void engine_sched_free(struct engine_sched *s); /* NULL is a no-op; no events are emitted */
+/* The limits actually in force (defaults filled in). */
+void engine_sched_opts_get(const struct engine_sched *s, struct engine_sched_opts *out);
+/* Queues a request. Returns a handle >= 0 (the slot), or -EBUSY (queue full; *retry_ms, if
+ * not NULL, gets a rough wait), -EEXIST (tag live), -EINVAL (bad sampling, empty prompt,
+ * prompt over max_prompt_tokens, max_tokens over max_new_tokens, prompt + max_tokens over
+ * max_ctx, token id outside the vocabulary, bad stop strings), -ENOMEM (sampler). */
+int engine_sched_submit(struct engine_sched *s, const struct engine_request *req, uint32_t *retry_ms,
+                        struct sl_error *err);
+/* Ends a live request now: its KV blocks return to the pool and on_done (CANCELLED) is
+ * called before this returns. 0, or -ENOENT when no live request has that tag. */
+int engine_sched_cancel(struct engine_sched *s, uint64_t tag, const struct engine_sched_events *ev,
+                        void *user);
+/* One round: expire deadlines, admit queued requests (FIFO) while a sequence slot and KV
+ * blocks for their prompt are free, build one batch, run engine_forward, sample, emit.
+ * When a running decode needs a block and none is free, the most recently admitted running
+ * request is preempted: its KV is dropped and it goes back to the queue head, to be
+ * recomputed (prompt + tokens so far) later, with the same output. Returns the number of
+ * tokens computed (0: nothing to do), or a negative errno when engine_forward failed (the
+ * requests of that batch then got on_done with ENGINE_FINISH_ERROR). */
+int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *ev, void *user,
+                      struct sl_error *err);
+/* Requests queued or running. */
+uint32_t engine_sched_live(const struct engine_sched *s);
+/* Safe from any thread (relaxed atomic reads of a copy the engine thread updates). */
+void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats *out);

@@ -1,0 +1,691 @@
+/* sched.c — continuous batching over engine_forward(): a bounded FIFO of requests, admission
+ * by free KV blocks, one batch per step mixing decodes (one token each) and prefill chunks
+ * within a token budget, per-request samplers, streaming detokenization with stop strings,
+ * deadlines, cancellation and preemption (drop KV, recompute later) when the pool runs dry. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define HOLD_CAP (ENGINE_SCHED_MAX_STOP_LEN + 1024u)
+#define PIECE_CAP 1024u
+
+enum slot_state { SLOT_FREE, SLOT_QUEUED, SLOT_RUNNING };
+
+struct slot {
+        enum slot_state state;
+        uint64_t tag;
+        int seq;                        /* KV sequence while running, else -1 */
+        int32_t *tok;                   /* [max_ctx] prompt then generated tokens */
+        uint32_t n_prompt;
+        uint32_t n_tok;                 /* prompt + generated so far */
+        uint32_t n_done;                /* positions whose K/V are in the cache */
+        uint32_t max_tokens;
+        uint64_t admit_order;           /* larger = admitted later (preemption victim) */
+        struct engine_sampler *smp;
+        struct engine_detok dt;
+        uint32_t n_stop;
+        uint8_t stop_len[ENGINE_SCHED_MAX_STOP];
+        char stop[ENGINE_SCHED_MAX_STOP][ENGINE_SCHED_MAX_STOP_LEN];
+        uint32_t n_hold;
+        char hold[HOLD_CAP];            /* text not yet emitted (possible stop prefix) */
+        uint64_t deadline_ns, t0_ns, t_admit_ns, t_first_ns;
+        uint32_t preemptions;
+        int32_t out_row;                /* logits row of this step, or -1 */
+        uint32_t chunk;                 /* tokens in this step's batch */
+};
+
+struct engine_sched {
+        const struct engine_model *m;
+        const struct engine_tokenizer *tok;
+        struct engine_sched_opts o;
+        uint32_t n_vocab;
+        struct engine_ctx *ctx;
+        struct engine_kv *kv;
+        uint32_t n_slots;
+        struct slot *slots;
+        int32_t *tok_mem;
+        /* queue: ring of slot indices, FIFO; preempted requests go back to the head */
+        uint32_t *q;
+        uint32_t q_head, q_len;
+        uint32_t n_queued_new;          /* queued entries counted against max_queued */
+        /* running: slot indices in admission order */
+        uint32_t *run;
+        uint32_t n_run;
+        uint64_t admit_counter;
+        /* batch */
+        int32_t *b_tok, *b_pos, *b_seq;
+        uint8_t *b_lg;
+        uint32_t *row_slot;             /* logits row -> slot */
+        float *logits;
+        char piece[PIECE_CAP];
+        uint64_t step_ns_ewma;
+        struct engine_sched_stats st;   /* written with relaxed atomics */
+};
+
+#define ST_SET(s, f, v) __atomic_store_n(&(s)->st.f, (v), __ATOMIC_RELAXED)
+#define ST_ADD(s, f, v) __atomic_store_n(&(s)->st.f, (s)->st.f + (v), __ATOMIC_RELAXED)
+
+static void publish(struct engine_sched *s)
+{
+        ST_SET(s, queued, s->q_len);
+        ST_SET(s, running, s->n_run);
+        ST_SET(s, kv_blocks_used, engine_kv_blocks_total(s->kv) - engine_kv_blocks_free(s->kv));
+}
+
+/* ---- create / free ---- */
+
+int engine_sched_create(const struct engine_model *m, const struct engine_sched_opts *opts,
+                        struct engine_sched **out, struct sl_error *err)
+{
+        struct engine_sched *s = NULL;
+        int r;
+
+        *out = NULL;
+        if (!m || !opts)
+                return sl_errorf(err, -EINVAL, "sched: NULL model or options");
+        const struct engine_hparams *hp = engine_model_hparams(m);
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return sl_errorf(err, -ENOMEM, "sched: out of memory");
+        s->m = m;
+        s->tok = engine_model_tokenizer(m);
+        s->n_vocab = hp->n_vocab;
+        struct engine_sched_opts o = *opts;
+        if (!o.max_running)
+                o.max_running = 16;
+        if (!o.max_queued)
+                o.max_queued = 64;
+        if (!o.token_budget)
+                o.token_budget = 256;
+        if (!o.prefill_chunk)
+                o.prefill_chunk = 128;
+        if (!o.kv_block_size)
+                o.kv_block_size = 16;
+        if (!o.max_ctx)
+                o.max_ctx = hp->n_ctx_train && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+        if (hp->n_ctx_train && o.max_ctx > hp->n_ctx_train)
+                o.max_ctx = hp->n_ctx_train;
+        if (o.max_running > 4096 || o.max_queued > 65536 || o.token_budget > 65536 || o.max_ctx < 2 ||
+            o.max_ctx > (1u << 24) || o.kv_block_size > 65536) {
+                r = sl_errorf(err, -EINVAL, "sched: limits out of range (max_running %u, max_queued %u, "
+                              "token_budget %u, max_ctx %u, block %u)", o.max_running, o.max_queued,
+                              o.token_budget, o.max_ctx, o.kv_block_size);
+                goto fail;
+        }
+        if (o.token_budget < o.max_running)
+                o.token_budget = o.max_running;
+        if (o.prefill_chunk > o.token_budget)
+                o.prefill_chunk = o.token_budget;
+        if (!o.kv_blocks) {
+                uint64_t per_block = (uint64_t)hp->n_layer * o.kv_block_size *
+                                     (hp->n_head_kv * (hp->head_dim_k + hp->head_dim_v)) * 2;
+                if (o.kv_bytes)
+                        o.kv_blocks = (uint32_t)SL_MIN(o.kv_bytes / per_block, (uint64_t)1 << 24);
+                else
+                        o.kv_blocks = o.max_running * ((o.max_ctx + o.kv_block_size - 1) / o.kv_block_size);
+                if (!o.kv_blocks) {
+                        r = sl_errorf(err, -EINVAL, "sched: kv_bytes %llu is less than one block (%llu bytes)",
+                                      (unsigned long long)o.kv_bytes, (unsigned long long)per_block);
+                        goto fail;
+                }
+        }
+        /* A request alone must always fit, so the oldest can always make progress. */
+        if ((uint64_t)o.kv_blocks * o.kv_block_size < o.max_ctx)
+                o.max_ctx = o.kv_blocks * o.kv_block_size;
+        if (o.max_ctx < 2) {
+                r = sl_errorf(err, -EINVAL, "sched: KV pool of %u blocks is too small", o.kv_blocks);
+                goto fail;
+        }
+        if (!o.max_prompt_tokens || o.max_prompt_tokens > o.max_ctx - 1)
+                o.max_prompt_tokens = o.max_ctx - 1;
+        if (!o.max_new_tokens || o.max_new_tokens > o.max_ctx - 1)
+                o.max_new_tokens = o.max_ctx - 1;
+        s->o = o;
+
+        struct engine_kv_opts ko = {.block_size = o.kv_block_size, .n_blocks = o.kv_blocks,
+                                    .max_seqs = o.max_running, .max_seq_len = o.max_ctx};
+        if ((r = engine_kv_create(m, &ko, &s->kv, err)) < 0 ||
+            (r = engine_ctx_create(m, o.n_threads, o.token_budget, &s->ctx, err)) < 0)
+                goto fail;
+
+        s->n_slots = o.max_running + o.max_queued;
+        s->slots = calloc(s->n_slots, sizeof(*s->slots));
+        s->tok_mem = malloc(sizeof(int32_t) * (size_t)s->n_slots * o.max_ctx);
+        s->q = malloc(sizeof(uint32_t) * s->n_slots);
+        s->run = malloc(sizeof(uint32_t) * o.max_running);
+        s->b_tok = malloc(sizeof(int32_t) * o.token_budget);
+        s->b_pos = malloc(sizeof(int32_t) * o.token_budget);
+        s->b_seq = malloc(sizeof(int32_t) * o.token_budget);
+        s->b_lg = malloc(o.token_budget);
+        s->row_slot = malloc(sizeof(uint32_t) * o.max_running);
+        s->logits = malloc(sizeof(float) * (size_t)o.max_running * s->n_vocab);
+        if (!s->slots || !s->tok_mem || !s->q || !s->run || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_lg ||
+            !s->row_slot || !s->logits) {
+                r = sl_errorf(err, -ENOMEM, "sched: cannot allocate %u request slots", s->n_slots);
+                goto fail;
+        }
+        for (uint32_t i = 0; i < s->n_slots; i++) {
+                s->slots[i].tok = s->tok_mem + (size_t)i * o.max_ctx;
+                s->slots[i].seq = -1;
+        }
+        s->st.kv_blocks_total = o.kv_blocks;
+        s->st.max_queued = o.max_queued;
+        s->st.max_running = o.max_running;
+        *out = s;
+        return 0;
+fail:
+        engine_sched_free(s);
+        return r;
+}
+
+void engine_sched_free(struct engine_sched *s)
+{
+        if (!s)
+                return;
+        if (s->slots)
+                for (uint32_t i = 0; i < s->n_slots; i++)
+                        engine_sampler_free(s->slots[i].smp);
+        engine_ctx_free(s->ctx);
+        engine_kv_free(s->kv);
+        free(s->slots);
+        free(s->tok_mem);
+        free(s->q);
+        free(s->run);
+        free(s->b_tok);
+        free(s->b_pos);
+        free(s->b_seq);
+        free(s->b_lg);
+        free(s->row_slot);
+        free(s->logits);
+        free(s);
+}
+
+void engine_sched_opts_get(const struct engine_sched *s, struct engine_sched_opts *out)
+{
+        *out = s->o;
+}
+
+uint32_t engine_sched_live(const struct engine_sched *s)
+{
+        return s->q_len + s->n_run;
+}
+
+void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats *out)
+{
+        /* Field by field, relaxed: each counter is consistent, the set is not a snapshot. */
+#define LD(f) out->f = __atomic_load_n(&s->st.f, __ATOMIC_RELAXED)
+        LD(queued);
+        LD(running);
+        LD(kv_blocks_used);
+        LD(kv_blocks_total);
+        LD(max_queued);
+        LD(max_running);
+        LD(steps);
+        LD(tokens_computed);
+        LD(prompt_tokens);
+        LD(generated_tokens);
+        LD(submitted);
+        LD(rejected_busy);
+        for (size_t i = 0; i < SL_ARRAY_SIZE(out->finished); i++)
+                LD(finished[i]);
+        LD(preemptions);
+        LD(step_ns_last);
+#undef LD
+}
+
+/* ---- queue and running set ---- */
+
+static void q_push_back(struct engine_sched *s, uint32_t idx)
+{
+        s->q[(s->q_head + s->q_len) % s->n_slots] = idx;
+        s->q_len++;
+}
+
+static void q_push_front(struct engine_sched *s, uint32_t idx)
+{
+        s->q_head = (s->q_head + s->n_slots - 1) % s->n_slots;
+        s->q[s->q_head] = idx;
+        s->q_len++;
+}
+
+static void q_remove(struct engine_sched *s, uint32_t idx)
+{
+        uint32_t w = 0;
+        for (uint32_t i = 0; i < s->q_len; i++) {
+                uint32_t v = s->q[(s->q_head + i) % s->n_slots];
+                if (v != idx)
+                        s->q[(s->q_head + w++) % s->n_slots] = v;
+        }
+        s->q_len = w;
+}
+
+static void run_remove(struct engine_sched *s, uint32_t idx)
+{
+        uint32_t w = 0;
+        for (uint32_t i = 0; i < s->n_run; i++)
+                if (s->run[i] != idx)
+                        s->run[w++] = s->run[i];
+        s->n_run = w;
+}
+
+/* ---- finishing ---- */
+
+static void finish(struct engine_sched *s, uint32_t idx, enum engine_finish reason, int stop_index, int error,
+                   const char *msg, const char *text, uint32_t text_len, const struct engine_sched_events *ev,
+                   void *user)
+{
+        struct slot *sl = &s->slots[idx];
+        uint64_t now = sl_now_ns();
+        if (sl->state == SLOT_QUEUED) {
+                q_remove(s, idx);
+                if (sl->n_done == 0 && sl->t_admit_ns == 0)
+                        s->n_queued_new--;
+        } else if (sl->state == SLOT_RUNNING) {
+                run_remove(s, idx);
+        }
+        if (sl->seq >= 0)
+                engine_kv_seq_close(s->kv, sl->seq);
+        sl->seq = -1;
+        sl->state = SLOT_FREE;
+        ST_ADD(s, finished[reason], 1);
+        publish(s);
+        if (ev && ev->on_done) {
+                struct engine_sched_done d = {
+                        .reason = reason, .stop_index = stop_index, .error = error, .msg = msg ? msg : "",
+                        .text = text ? text : "", .text_len = text_len, .prompt_tokens = sl->n_prompt,
+                        .generated_tokens = sl->n_tok - sl->n_prompt, .preemptions = sl->preemptions,
+                        .queue_ns = sl->t_admit_ns ? sl->t_admit_ns - sl->t0_ns : 0,
+                        .ttft_ns = sl->t_first_ns ? sl->t_first_ns - sl->t0_ns : 0,
+                        .total_ns = now - sl->t0_ns,
+                };
+                ev->on_done(user, sl->tag, &d);
+        }
+}
+
+/* Text still held (a possible stop prefix) plus the detokenizer's held bytes. */
+static uint32_t drain_text(struct slot *sl)
+{
+        int w = engine_detok_flush(&sl->dt, sl->hold + sl->n_hold, HOLD_CAP - sl->n_hold);
+        if (w > 0)
+                sl->n_hold += (uint32_t)w;
+        return sl->n_hold;
+}
+
+/* ---- submit / cancel ---- */
+
+static int find_tag(const struct engine_sched *s, uint64_t tag)
+{
+        for (uint32_t i = 0; i < s->n_slots; i++)
+                if (s->slots[i].state != SLOT_FREE && s->slots[i].tag == tag)
+                        return (int)i;
+        return -1;
+}
+
+int engine_sched_submit(struct engine_sched *s, const struct engine_request *req, uint32_t *retry_ms,
+                        struct sl_error *err)
+{
+        int r;
+        if (!s || !req)
+                return sl_errorf(err, -EINVAL, "sched: NULL argument");
+        if (retry_ms)
+                *retry_ms = 0;
+        if ((r = engine_sampling_validate(&req->sampling, err)) < 0)
+                return r;
+        if (req->n_prompt == 0 || !req->prompt)
+                return sl_errorf(err, -EINVAL, "empty prompt");
+        if (req->n_prompt > s->o.max_prompt_tokens)
+                return sl_errorf(err, -EINVAL, "prompt of %u tokens is over the limit of %u", req->n_prompt,
+                                 s->o.max_prompt_tokens);
+        uint32_t max_tokens = req->max_tokens ? req->max_tokens : s->o.max_new_tokens;
+        if (max_tokens > s->o.max_new_tokens)
+                return sl_errorf(err, -EINVAL, "max_tokens %u is over the limit of %u", max_tokens,
+                                 s->o.max_new_tokens);
+        if ((uint64_t)req->n_prompt + max_tokens > s->o.max_ctx) {
+                if (req->max_tokens)
+                        return sl_errorf(err, -EINVAL, "prompt (%u) + max_tokens (%u) is over the context of %u",
+                                         req->n_prompt, max_tokens, s->o.max_ctx);
+                max_tokens = s->o.max_ctx - req->n_prompt; /* default: until the context is full */
+        }
+        for (uint32_t i = 0; i < req->n_prompt; i++)
+                if (req->prompt[i] < 0 || (uint32_t)req->prompt[i] >= s->n_vocab)
+                        return sl_errorf(err, -EINVAL, "prompt token %u: id %d outside the vocabulary of %u", i,
+                                         req->prompt[i], s->n_vocab);
+        if (req->n_stop > ENGINE_SCHED_MAX_STOP)
+                return sl_errorf(err, -EINVAL, "%u stop strings, at most %u", req->n_stop, ENGINE_SCHED_MAX_STOP);
+        for (uint32_t i = 0; i < req->n_stop; i++)
+                if (!req->stop[i] || req->stop_len[i] == 0 || req->stop_len[i] > ENGINE_SCHED_MAX_STOP_LEN)
+                        return sl_errorf(err, -EINVAL, "stop string %u: length %u not in 1..%u", i,
+                                         req->stop_len[i], ENGINE_SCHED_MAX_STOP_LEN);
+        if (find_tag(s, req->tag) >= 0)
+                return sl_errorf(err, -EEXIST, "request %llu is already live", (unsigned long long)req->tag);
+        int idx = -1;
+        if (s->n_queued_new < s->o.max_queued)
+                for (uint32_t i = 0; i < s->n_slots; i++)
+                        if (s->slots[i].state == SLOT_FREE) {
+                                idx = (int)i;
+                                break;
+                        }
+        if (idx < 0) {
+                /* Rough wait: the queue ahead drains at about one admission per running slot
+                 * freed; use the recent step time times the queue depth. */
+                uint64_t ms = (s->step_ns_ewma ? s->step_ns_ewma : 50000000ull) * (s->q_len + 1) / 1000000ull;
+                ms = SL_MAX(ms, 10ull);
+                ms = SL_MIN(ms, 60000ull);
+                if (retry_ms)
+                        *retry_ms = (uint32_t)ms;
+                ST_ADD(s, rejected_busy, 1);
+                return sl_errorf(err, -EBUSY, "queue full (%u waiting); retry in about %llu ms", s->q_len,
+                                 (unsigned long long)ms);
+        }
+        struct slot *sl = &s->slots[idx];
+        engine_sampler_free(sl->smp);
+        sl->smp = NULL;
+        if ((r = engine_sampler_create(&req->sampling, s->n_vocab, &sl->smp, err)) < 0)
+                return r;
+        sl->tag = req->tag;
+        sl->seq = -1;
+        memcpy(sl->tok, req->prompt, sizeof(int32_t) * req->n_prompt);
+        sl->n_prompt = sl->n_tok = req->n_prompt;
+        sl->n_done = 0;
+        sl->max_tokens = max_tokens;
+        sl->admit_order = 0;
+        for (uint32_t i = 0; i < req->n_prompt; i++)
+                engine_sampler_accept(sl->smp, req->prompt[i]);
+        /* The output continues the prompt: the detokenizer sees the prompt first (as in
+         * sluice-run), so the first generated piece keeps its leading space. */
+        engine_detok_init(&sl->dt);
+        for (uint32_t i = 0; i < req->n_prompt; i++)
+                (void)engine_detok_push(s->tok, &sl->dt, req->prompt[i], s->piece, sizeof(s->piece));
+        sl->n_stop = req->n_stop;
+        for (uint32_t i = 0; i < req->n_stop; i++) {
+                memcpy(sl->stop[i], req->stop[i], req->stop_len[i]);
+                sl->stop_len[i] = (uint8_t)req->stop_len[i];
+        }
+        sl->n_hold = 0;
+        sl->deadline_ns = req->deadline_ns;
+        sl->t0_ns = req->t_receipt_ns ? req->t_receipt_ns : sl_now_ns();
+        sl->t_admit_ns = sl->t_first_ns = 0;
+        sl->preemptions = 0;
+        sl->out_row = -1;
+        sl->state = SLOT_QUEUED;
+        q_push_back(s, (uint32_t)idx);
+        s->n_queued_new++;
+        ST_ADD(s, submitted, 1);
+        publish(s);
+        return idx;
+}
+
+int engine_sched_cancel(struct engine_sched *s, uint64_t tag, const struct engine_sched_events *ev, void *user)
+{
+        int idx = find_tag(s, tag);
+        if (idx < 0)
+                return -ENOENT;
+        struct slot *sl = &s->slots[idx];
+        uint32_t n = drain_text(sl);
+        finish(s, (uint32_t)idx, ENGINE_FINISH_CANCELLED, -1, 0, NULL, sl->hold, n, ev, user);
+        return 0;
+}
+
+/* ---- scheduling ---- */
+
+static uint32_t blocks_for(const struct engine_sched *s, uint32_t n_pos)
+{
+        return (n_pos + s->o.kv_block_size - 1) / s->o.kv_block_size;
+}
+
+/* Drops the KV of a running request and puts it back at the queue head. */
+static void preempt(struct engine_sched *s, uint32_t idx)
+{
+        struct slot *sl = &s->slots[idx];
+        run_remove(s, idx);
+        engine_kv_seq_close(s->kv, sl->seq);
+        sl->seq = -1;
+        sl->n_done = 0;
+        sl->preemptions++;
+        sl->state = SLOT_QUEUED;
+        q_push_front(s, idx);
+        ST_ADD(s, preemptions, 1);
+}
+
+static void expire(struct engine_sched *s, const struct engine_sched_events *ev, void *user)
+{
+        uint64_t now = 0;
+        for (uint32_t i = 0; i < s->n_slots; i++) {
+                struct slot *sl = &s->slots[i];
+                if (sl->state == SLOT_FREE || !sl->deadline_ns)
+                        continue;
+                if (!now)
+                        now = sl_now_ns();
+                if (now >= sl->deadline_ns) {
+                        uint32_t n = drain_text(sl);
+                        finish(s, i, ENGINE_FINISH_DEADLINE, -1, 0, NULL, sl->hold, n, ev, user);
+                }
+        }
+}
+
+/* FIFO admission: stops at the first request that does not fit, so none is overtaken. */
+static void admit(struct engine_sched *s)
+{
+        while (s->q_len > 0 && s->n_run < s->o.max_running) {
+                uint32_t idx = s->q[s->q_head];
+                struct slot *sl = &s->slots[idx];
+                /* its prompt (or prompt + tokens so far, after preemption) and one more */
+                uint32_t need = blocks_for(s, sl->n_tok + 1);
+                if (need > engine_kv_blocks_free(s->kv))
+                        break;
+                int seq = engine_kv_seq_open(s->kv);
+                if (seq < 0)
+                        break;
+                if (engine_kv_seq_reserve(s->kv, seq, sl->n_tok) < 0) {
+                        engine_kv_seq_close(s->kv, seq);
+                        break;
+                }
+                s->q_head = (s->q_head + 1) % s->n_slots;
+                s->q_len--;
+                if (sl->t_admit_ns == 0) {
+                        s->n_queued_new--;
+                        sl->t_admit_ns = sl_now_ns();
+                }
+                sl->seq = seq;
+                sl->state = SLOT_RUNNING;
+                sl->admit_order = ++s->admit_counter;
+                s->run[s->n_run++] = idx;
+        }
+}
+
+/* Every running decode gets a block for its next position; when the pool is dry, the most
+ * recently admitted request gives its blocks back (possibly the one asking). */
+static void reserve_decodes(struct engine_sched *s)
+{
+        for (uint32_t i = 0; i < s->n_run;) {
+                struct slot *sl = &s->slots[s->run[i]];
+                if (engine_kv_seq_reserve(s->kv, sl->seq, sl->n_tok) == 0) {
+                        i++;
+                        continue;
+                }
+                uint32_t victim = 0;
+                for (uint32_t j = 1; j < s->n_run; j++)
+                        if (s->slots[s->run[j]].admit_order > s->slots[s->run[victim]].admit_order)
+                                victim = j;
+                preempt(s, s->run[victim]);
+                if (victim < i)
+                        i--;
+                /* retry the same index (or the element that moved into it) */
+        }
+}
+
+/* Appends the token's text, finds stop strings, emits what is safe. Returns true when a
+ * stop string ended the request. */
+static bool emit_token(struct engine_sched *s, uint32_t idx, int32_t id, bool last,
+                       const struct engine_sched_events *ev, void *user, int *stop_index, uint32_t *n_out)
+{
+        struct slot *sl = &s->slots[idx];
+        int w = engine_detok_push(s->tok, &sl->dt, id, sl->hold + sl->n_hold, HOLD_CAP - sl->n_hold);
+        if (w > 0)
+                sl->n_hold += (uint32_t)w;
+        if (last)
+                drain_text(sl);
+        uint32_t emit = sl->n_hold;
+        *stop_index = -1;
+        if (sl->n_stop) {
+                /* earliest complete match */
+                uint32_t best = UINT32_MAX;
+                for (uint32_t k = 0; k < sl->n_stop; k++) {
+                        uint32_t L = sl->stop_len[k];
+                        for (uint32_t p = 0; p + L <= sl->n_hold && p < best; p++)
+                                if (memcmp(sl->hold + p, sl->stop[k], L) == 0) {
+                                        best = p;
+                                        *stop_index = (int)k;
+                                        break;
+                                }
+                }
+                if (*stop_index >= 0) {
+                        emit = best;
+                } else if (!last) {
+                        /* hold back the longest suffix that could start a stop string */
+                        uint32_t keep = 0;
+                        for (uint32_t k = 0; k < sl->n_stop; k++) {
+                                uint32_t L = sl->stop_len[k];
+                                for (uint32_t n = SL_MIN(L - 1, sl->n_hold); n > keep; n--)
+                                        if (memcmp(sl->hold + sl->n_hold - n, sl->stop[k], n) == 0) {
+                                                keep = n;
+                                                break;
+                                        }
+                        }
+                        emit = sl->n_hold - keep;
+                }
+        }
+        if (ev && ev->on_token)
+                ev->on_token(user, sl->tag, id, sl->hold, emit);
+        if (*stop_index >= 0) {
+                sl->n_hold = 0;
+                *n_out = 0;
+                return true;
+        }
+        memmove(sl->hold, sl->hold + emit, sl->n_hold - emit);
+        sl->n_hold -= emit;
+        *n_out = sl->n_hold;
+        return false;
+}
+
+int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *ev, void *user,
+                      struct sl_error *err)
+{
+        if (!s)
+                return sl_errorf(err, -EINVAL, "sched: NULL argument");
+        expire(s, ev, user);
+        admit(s);
+        reserve_decodes(s);
+        admit(s); /* nothing is admitted past a preempted head, but slots may have freed */
+        if (s->n_run == 0) {
+                publish(s);
+                return 0;
+        }
+        uint64_t t0 = sl_now_ns();
+        const uint32_t budget = s->o.token_budget;
+        uint32_t n = 0, n_rows = 0;
+        /* decodes first: one token each, never starved by prefills */
+        for (uint32_t i = 0; i < s->n_run; i++) {
+                uint32_t idx = s->run[i];
+                struct slot *sl = &s->slots[idx];
+                sl->out_row = -1;
+                sl->chunk = 0;
+                if (sl->n_tok - sl->n_done != 1)
+                        continue;
+                s->b_tok[n] = sl->tok[sl->n_done];
+                s->b_pos[n] = (int32_t)sl->n_done;
+                s->b_seq[n] = sl->seq;
+                s->b_lg[n] = 1;
+                n++;
+                sl->chunk = 1;
+                sl->out_row = (int32_t)n_rows;
+                s->row_slot[n_rows++] = idx;
+        }
+        uint32_t n_prefill = 0;
+        for (uint32_t i = 0; i < s->n_run && n < budget; i++) {
+                uint32_t idx = s->run[i];
+                struct slot *sl = &s->slots[idx];
+                uint32_t rem = sl->n_tok - sl->n_done;
+                if (rem <= 1)
+                        continue;
+                uint32_t c = SL_MIN(SL_MIN(rem, s->o.prefill_chunk), budget - n);
+                for (uint32_t j = 0; j < c; j++) {
+                        uint32_t p = sl->n_done + j;
+                        s->b_tok[n] = sl->tok[p];
+                        s->b_pos[n] = (int32_t)p;
+                        s->b_seq[n] = sl->seq;
+                        s->b_lg[n] = p + 1 == sl->n_tok;
+                        n++;
+                }
+                n_prefill += c;
+                sl->chunk = c;
+                if (sl->n_done + c == sl->n_tok) {
+                        sl->out_row = (int32_t)n_rows;
+                        s->row_slot[n_rows++] = idx;
+                }
+        }
+        struct engine_batch b = {.n_tokens = n, .token = s->b_tok, .pos = s->b_pos, .seq = s->b_seq,
+                                 .logits = s->b_lg};
+        int r = engine_forward(s->ctx, s->kv, &b, s->logits, err);
+        if (r < 0) {
+                /* fail every request that had tokens in the batch */
+                for (uint32_t i = 0; i < s->n_run;) {
+                        uint32_t idx = s->run[i];
+                        bool in = false;
+                        for (uint32_t t = 0; t < n && !in; t++)
+                                in = s->b_seq[t] == s->slots[idx].seq;
+                        if (!in) {
+                                i++;
+                                continue;
+                        }
+                        uint32_t tl = drain_text(&s->slots[idx]);
+                        finish(s, idx, ENGINE_FINISH_ERROR, -1, r, err ? err->msg : "engine failure",
+                               s->slots[idx].hold, tl, ev, user);
+                }
+                return r;
+        }
+        for (uint32_t i = 0; i < s->n_run; i++)
+                s->slots[s->run[i]].n_done += s->slots[s->run[i]].chunk;
+        /* sample, in row order (rows are independent; order only fixes event order) */
+        uint64_t now = sl_now_ns();
+        uint64_t n_gen = 0;
+        for (uint32_t row = 0; row < n_rows; row++) {
+                uint32_t idx = s->row_slot[row];
+                struct slot *sl = &s->slots[idx];
+                const float *lg = s->logits + (size_t)row * s->n_vocab;
+                int32_t id = engine_sampler_sample(sl->smp, lg);
+                if (engine_token_is_eog(s->tok, id)) {
+                        uint32_t tl = drain_text(sl);
+                        finish(s, idx, ENGINE_FINISH_EOS, -1, 0, NULL, sl->hold, tl, ev, user);
+                        continue;
+                }
+                engine_sampler_accept(sl->smp, id);
+                sl->tok[sl->n_tok++] = id;
+                n_gen++;
+                if (!sl->t_first_ns)
+                        sl->t_first_ns = now;
+                uint32_t gen = sl->n_tok - sl->n_prompt;
+                enum engine_finish why = 0;
+                if (gen >= sl->max_tokens)
+                        why = ENGINE_FINISH_LENGTH;
+                else if (sl->n_tok >= s->o.max_ctx)
+                        why = ENGINE_FINISH_CONTEXT;
+                int stop_index;
+                uint32_t tail;
+                if (emit_token(s, idx, id, why != 0, ev, user, &stop_index, &tail))
+                        finish(s, idx, ENGINE_FINISH_STOP, stop_index, 0, NULL, NULL, 0, ev, user);
+                else if (why)
+                        finish(s, idx, why, -1, 0, NULL, NULL, 0, ev, user);
+        }
+        uint64_t dt = sl_now_ns() - t0;
+        s->step_ns_ewma = s->step_ns_ewma ? (s->step_ns_ewma * 7 + dt) / 8 : dt;
+        ST_ADD(s, steps, 1);
+        ST_ADD(s, tokens_computed, n);
+        ST_ADD(s, prompt_tokens, n_prefill);
+        ST_ADD(s, generated_tokens, n_gen);
+        ST_SET(s, step_ns_last, dt);
+        publish(s);
+        return (int)n;
+}
