@@ -427,3 +427,171 @@ uint32_t dp_crc32c_hw(uint32_t crc, const void *buf, size_t len);
 bool dp_crc32c_hw_available(void);
 /* CRC32C of a frame as the crc field carries it: header bytes [0, 28) then [32, len). */
 uint32_t dp_frame_crc(const void *frame, size_t len);
+
+/* ==== rings between transports and the engine (dataplane/ring.c) ==== */
+
+/* A single-producer/single-consumer ring of variable-length records in one allocation of
+ * a power-of-two number of bytes. Records are 8-byte aligned, each behind an 8-byte
+ * header; a record that would straddle the end is preceded by a pad record that the
+ * consumer skips. The producer calls reserve + commit, the consumer peek + release; each
+ * side touches only its own index and reads the other's with acquire ordering. A record
+ * holds at most dp_ring_max_record() bytes (capacity / 2 - 8). */
+struct dp_ring;
+
+int dp_ring_create(struct dp_ring **out, size_t capacity, struct sl_error *err);
+void dp_ring_free(struct dp_ring *r);
+size_t dp_ring_capacity(const struct dp_ring *r);
+size_t dp_ring_max_record(const struct dp_ring *r);
+/* Producer: contiguous space for a record of len bytes (8-byte aligned), or NULL when the
+ * ring is full (or len > dp_ring_max_record()). Nothing is visible until commit. */
+void *dp_ring_reserve(struct dp_ring *r, size_t len);
+/* Producer: publishes the reserved record with its final length (<= the reserved len). */
+void dp_ring_commit(struct dp_ring *r, size_t len);
+/* Consumer: the oldest record and its length, or NULL when empty. Valid until release. */
+const void *dp_ring_peek(struct dp_ring *r, size_t *len);
+/* Consumer: frees the record that peek returned. */
+void dp_ring_release(struct dp_ring *r);
+/* Either side: whether a record is waiting (a hint: the other side may be adding one). */
+bool dp_ring_empty(const struct dp_ring *r);
+
+/* ---- records carried by the rings ----
+ * Each transport has its own pair of rings: requests (transport -> engine) and responses
+ * (engine -> transport). The engine answers every GENERATE/TOKENIZE record with exactly one
+ * terminal response (DONE, or ERROR with DP_ERRF_TERMINAL), whatever CANCEL or CLIENT_GONE
+ * records follow it, and addresses responses with the (transport, client, request_id) of
+ * the request record. */
+
+enum dp_req_kind {
+        DP_REQ_GENERATE = 1,    /* payload: a GENERATE payload, validated by dp_generate_decode */
+        DP_REQ_TOKENIZE = 2,    /* payload: a TOKENIZE payload, validated by dp_tokenize_decode */
+        DP_REQ_CANCEL = 3,      /* the client sent CANCEL (or the transport gave up): no payload */
+        DP_REQ_CLIENT_GONE = 4, /* lease expired or connection closed: no payload */
+};
+
+struct dp_req_rec {
+        uint8_t kind;           /* enum dp_req_kind */
+        uint8_t transport;      /* index given in the transport's config */
+        uint16_t reserved;
+        uint32_t payload_len;
+        uint64_t client;        /* opaque handle, meaning private to the transport: echo it */
+        uint64_t request_id;
+        uint64_t rx_ns;         /* sl_now_ns() when the complete request was received */
+        uint8_t payload[];
+};
+
+struct dp_resp_rec {
+        uint8_t opcode;         /* DP_OP_TOKENS, DP_OP_DONE or DP_OP_ERROR */
+        uint8_t transport;
+        uint16_t reserved;
+        uint32_t payload_len;   /* <= the transport's max payload (dp_udp_max_payload, ...) */
+        uint64_t client;
+        uint64_t request_id;
+        uint8_t payload[];      /* already encoded: dp_tokens_encode, dp_done_encode, ... */
+};
+
+/* Producer helpers: copy a record into the ring. Return 0, or -ENOBUFS when full. */
+int dp_req_push(struct dp_ring *r, const struct dp_req_rec *h, const void *payload, size_t len);
+int dp_resp_push(struct dp_ring *r, const struct dp_resp_rec *h, const void *payload, size_t len);
+/* In-place alternative for the engine: reserve a record with room for max_payload bytes,
+ * encode into rec->payload, then dp_resp_commit with the encoded length. */
+struct dp_resp_rec *dp_resp_reserve(struct dp_ring *r, size_t max_payload);
+void dp_resp_commit(struct dp_ring *r, struct dp_resp_rec *rec, size_t payload_len);
+
+/* ---- wakeups (dataplane/transport.c) ----
+ * An eventfd plus a "sleeping" flag, so that the side that produces records only makes a
+ * syscall when the consumer is about to block, not per record. The consumer calls
+ * dp_notify_prepare(), re-checks its ring, then blocks (dp_notify_wait, or the fd in its
+ * own poll / io_uring) and calls dp_notify_done() after waking. */
+struct dp_notify {
+        int fd;                 /* eventfd, EFD_NONBLOCK */
+        _Alignas(64) _Atomic int sleeping;
+};
+int dp_notify_init(struct dp_notify *n, struct sl_error *err);
+void dp_notify_destroy(struct dp_notify *n);
+void dp_notify_kick(struct dp_notify *n);       /* producer: after committing a batch */
+void dp_notify_prepare(struct dp_notify *n);    /* consumer: before the final emptiness check */
+void dp_notify_done(struct dp_notify *n);       /* consumer: after waking (drains the fd) */
+/* Consumer: blocks up to timeout_ms (-1: forever) for a kick. Returns 1, 0 on timeout. */
+int dp_notify_wait(struct dp_notify *n, int timeout_ms);
+
+/* ==== kernel-socket transports (dataplane/udp.c, dataplane/tcp.c) ==== */
+
+#define DP_MAX_LISTEN 8
+
+/* Parses "1.2.3.4:5", "[::1]:5" or "host:port" with a numeric host. Returns 0 or -EINVAL. */
+struct sockaddr_storage;
+int dp_addr_parse(const char *s, struct sockaddr_storage *ss, unsigned *sslen, struct sl_error *err);
+
+/* Load for PONG and INFO, filled by the engine side from any thread: a relaxed snapshot. */
+typedef void (*dp_load_fn)(void *arg, struct dp_load *out);
+
+/* Counters, updated by the transport thread only (relaxed atomics): read from any thread
+ * with dp_udp_stats() / dp_tcp_stats(). */
+struct dp_transport_stats {
+        uint64_t rx_frames, rx_bytes, tx_frames, tx_bytes;
+        uint64_t malformed;             /* frames failing §2.4 or payload decoding */
+        uint64_t drop_bad_crc;          /* UDP: dropped silently (CRC mismatch or header failed) */
+        uint64_t drop_short_hello;      /* UDP: HELLO under 1200 bytes */
+        uint64_t drop_no_tx_buf;        /* replies dropped: tx buffers exhausted */
+        uint64_t drop_ring_full;        /* requests answered BUSY: request ring full */
+        uint64_t drop_table_full;       /* requests answered BUSY: request/reassembly table full */
+        uint64_t drop_stale_resp;       /* response records for requests no longer known */
+        uint64_t duplicates;            /* repeated request ids not run again (UDP) */
+        uint64_t resent;                /* frames sent again for RESEND (UDP) */
+        uint64_t resend_missing;        /* RESENDs naming frames no longer held (UDP) */
+        uint64_t reasm_timeouts;        /* partial requests dropped (UDP) */
+        uint64_t leases_expired;        /* CLIENT_GONE records for silent clients (UDP) */
+        uint64_t errors_sent;           /* ERROR frames sent by the transport itself */
+        uint64_t requests;              /* request records pushed */
+        uint64_t conns_accepted, conns_closed, framing_closes; /* TCP */
+        uint64_t output_overflows;      /* TCP: requests failed because a reader was slow */
+        uint64_t io_errors;             /* failed io_uring completions */
+};
+
+struct dp_transport_config {
+        uint8_t index;                  /* stamped on request records */
+        unsigned n_listen;
+        const char *listen[DP_MAX_LISTEN]; /* "127.0.0.1:7000", "[::1]:0", ... */
+        struct dp_ring *req_ring;       /* this transport produces into it */
+        struct dp_ring *resp_ring;      /* this transport consumes it */
+        struct dp_notify *engine_wake;  /* kicked after pushing request records; may be NULL */
+        dp_load_fn load;                /* may be NULL: zero load */
+        void *load_arg;
+        const struct dp_info *info;     /* INFO template (limits, names); max_frame, lease_ms
+                                           and load are filled by the transport; may be NULL */
+        unsigned max_requests;          /* live + recently finished requests (UDP), per
+                                           connection (TCP); default 256 / 64 */
+        unsigned lease_ms;              /* UDP lease; default 10000 */
+        unsigned history;               /* UDP frames kept per request for RESEND; default 32 */
+        unsigned max_reasm;             /* UDP concurrent reassemblies; default 16 */
+        unsigned max_conns;             /* TCP connections; default 64 */
+        unsigned out_bytes;             /* TCP per-connection output bound; default 262144 */
+        int sndbuf;                     /* TCP SO_SNDBUF for accepted sockets; 0: kernel's */
+};
+
+/* UDP: one socket per listen address, all in one io_uring run by one thread. */
+struct dp_udp;
+int dp_udp_create(struct dp_udp **out, const struct dp_transport_config *cfg, struct sl_error *err);
+/* Starts the transport thread. dp_udp_stop() joins it; dp_udp_free() stops if needed. */
+int dp_udp_start(struct dp_udp *u, struct sl_error *err);
+void dp_udp_stop(struct dp_udp *u);
+void dp_udp_free(struct dp_udp *u);
+/* The engine calls this after committing response records (one syscall at most, and only
+ * when the transport thread sleeps). */
+void dp_udp_kick(struct dp_udp *u);
+/* Bound address of listen socket i (to learn an ephemeral port). */
+int dp_udp_local_addr(const struct dp_udp *u, unsigned i, struct sockaddr_storage *ss, unsigned *len);
+void dp_udp_stats(const struct dp_udp *u, struct dp_transport_stats *out);
+/* Largest response payload one UDP frame carries (no trailers). */
+#define DP_UDP_MAX_PAYLOAD (DP_MAX_FRAME_UDP - DP_HEADER_SIZE)
+
+/* TCP: listeners and connections in one io_uring run by one thread. */
+struct dp_tcp;
+int dp_tcp_create(struct dp_tcp **out, const struct dp_transport_config *cfg, struct sl_error *err);
+int dp_tcp_start(struct dp_tcp *t, struct sl_error *err);
+void dp_tcp_stop(struct dp_tcp *t);
+void dp_tcp_free(struct dp_tcp *t);
+void dp_tcp_kick(struct dp_tcp *t);
+int dp_tcp_local_addr(const struct dp_tcp *t, unsigned i, struct sockaddr_storage *ss, unsigned *len);
+void dp_tcp_stats(const struct dp_tcp *t, struct dp_transport_stats *out);
+#define DP_TCP_MAX_PAYLOAD (DP_MAX_FRAME_TCP - DP_HEADER_SIZE)

@@ -1,0 +1,202 @@
+/* transport.c — what the kernel-socket transports share: wakeups between the engine and
+ * transport threads (eventfd + a sleeping flag), and listen-address parsing. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dataplane.h"
+#include "transport.h"
+
+int dp_notify_init(struct dp_notify *n, struct sl_error *err)
+{
+        n->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        atomic_init(&n->sleeping, 0);
+        if (n->fd < 0)
+                return sl_errorf(err, -errno, "eventfd: %s", strerror(errno));
+        return 0;
+}
+
+void dp_notify_destroy(struct dp_notify *n)
+{
+        if (n && n->fd >= 0) {
+                close(n->fd);
+                n->fd = -1;
+        }
+}
+
+void dp_notify_kick(struct dp_notify *n)
+{
+        if (atomic_exchange_explicit(&n->sleeping, 0, memory_order_seq_cst)) {
+                uint64_t one = 1;
+                ssize_t w = write(n->fd, &one, sizeof(one));
+                (void)w; /* EAGAIN: the counter is already non-zero, the wakeup is pending */
+        }
+}
+
+void dp_notify_prepare(struct dp_notify *n)
+{
+        atomic_store_explicit(&n->sleeping, 1, memory_order_seq_cst);
+}
+
+void dp_notify_done(struct dp_notify *n)
+{
+        uint64_t v;
+        atomic_store_explicit(&n->sleeping, 0, memory_order_relaxed);
+        ssize_t rd = read(n->fd, &v, sizeof(v));
+        (void)rd;
+}
+
+int dp_notify_wait(struct dp_notify *n, int timeout_ms)
+{
+        struct pollfd p = { .fd = n->fd, .events = POLLIN };
+        int r = poll(&p, 1, timeout_ms);
+        dp_notify_done(n);
+        return r > 0;
+}
+
+int dp_addr_parse(const char *s, struct sockaddr_storage *ss, unsigned *sslen, struct sl_error *err)
+{
+        char host[64];
+        const char *colon, *hs = s;
+        size_t hl;
+        char *end;
+
+        memset(ss, 0, sizeof(*ss));
+        if (!s)
+                return sl_errorf(err, -EINVAL, "no address");
+        if (s[0] == '[') {
+                const char *rb = strchr(s, ']');
+                if (!rb || rb[1] != ':')
+                        return sl_errorf(err, -EINVAL, "'%s': expected [v6addr]:port", s);
+                hs = s + 1;
+                hl = (size_t)(rb - hs);
+                colon = rb + 1;
+        } else {
+                colon = strrchr(s, ':');
+                if (!colon)
+                        return sl_errorf(err, -EINVAL, "'%s': expected host:port", s);
+                hl = (size_t)(colon - s);
+        }
+        if (hl == 0 || hl >= sizeof(host))
+                return sl_errorf(err, -EINVAL, "'%s': bad host", s);
+        memcpy(host, hs, hl);
+        host[hl] = 0;
+        errno = 0;
+        unsigned long port = strtoul(colon + 1, &end, 10);
+        if (errno || *end || end == colon + 1 || port > 65535)
+                return sl_errorf(err, -EINVAL, "'%s': bad port", s);
+        struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+        if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+                v4->sin_family = AF_INET;
+                v4->sin_port = htons((uint16_t)port);
+                *sslen = sizeof(*v4);
+                return 0;
+        }
+        if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+                v6->sin6_family = AF_INET6;
+                v6->sin6_port = htons((uint16_t)port);
+                *sslen = sizeof(*v6);
+                return 0;
+        }
+        return sl_errorf(err, -EINVAL, "'%s': host is not a numeric IPv4 or IPv6 address", s);
+}
+
+/* ---- shared by udp.c and tcp.c ---- */
+
+int dpt_listen_socket(const char *addr, int type, struct sockaddr_storage *bound, unsigned *blen,
+                      struct sl_error *err)
+{
+        struct sockaddr_storage ss;
+        unsigned len;
+        int one = 1, fd, r;
+
+        r = dp_addr_parse(addr, &ss, &len, err);
+        if (r < 0)
+                return r;
+        fd = socket(ss.ss_family, type | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return sl_errorf(err, -errno, "%s: socket: %s", addr, strerror(errno));
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ss.ss_family == AF_INET6)
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
+                r = sl_errorf(err, -errno, "%s: bind: %s", addr, strerror(errno));
+                goto fail;
+        }
+        if (type == SOCK_STREAM && listen(fd, 128) < 0) {
+                r = sl_errorf(err, -errno, "%s: listen: %s", addr, strerror(errno));
+                goto fail;
+        }
+        socklen_t sl = sizeof(*bound);
+        if (getsockname(fd, (struct sockaddr *)bound, &sl) < 0) {
+                r = sl_errorf(err, -errno, "%s: getsockname: %s", addr, strerror(errno));
+                goto fail;
+        }
+        *blen = sl;
+        return fd;
+fail:
+        close(fd);
+        return r;
+}
+
+void dpt_load(const struct dp_transport_config *cfg, struct dp_load *l)
+{
+        memset(l, 0, sizeof(*l));
+        if (cfg->load)
+                cfg->load(cfg->load_arg, l);
+}
+
+void dpt_fill_info(const struct dp_transport_config *cfg, struct dp_info *info, uint32_t max_frame,
+                   uint32_t lease_ms)
+{
+        if (cfg->info) {
+                *info = *cfg->info;
+        } else {
+                memset(info, 0, sizeof(*info));
+                info->max_message = DP_MAX_MESSAGE;
+                info->max_prompt_tokens = DP_MAX_PROMPT_TOKENS;
+                info->max_prompt_bytes = DP_MAX_PROMPT_BYTES;
+                info->max_new_tokens = DP_MAX_NEW_TOKENS;
+                info->max_stop = DP_MAX_STOP;
+                info->max_stop_len = DP_MAX_STOP_LEN;
+                info->server = (struct dp_str){ "sluice", 6 };
+        }
+        info->version = DP_VERSION;
+        info->max_frame = max_frame;
+        info->lease_ms = lease_ms;
+        dpt_load(cfg, &info->load);
+}
+
+/* ERROR frame into buf, at most cap bytes: the message is cut to fit, and nothing is
+ * written (returns 0) when even the fixed part does not. */
+long dpt_error_frame(void *buf, size_t cap, uint16_t hflags, uint64_t rid, uint32_t seq, int code,
+                     bool terminal, uint32_t detail, const char *msg)
+{
+        uint8_t payload[16 + DP_MAX_ERROR_MSG];
+        size_t fixed = DP_HEADER_SIZE + 16;
+        if (cap < fixed)
+                return 0;
+        size_t ml = msg ? strlen(msg) : 0;
+        ml = SL_MIN(ml, SL_MIN(cap - fixed, (size_t)DP_MAX_ERROR_MSG));
+        while (ml > 0 && !dp_utf8_valid(msg, ml)) /* do not cut a character in two */
+                ml--;
+        struct dp_error e = {
+                .code = (uint16_t)code, .flags = terminal ? DP_ERRF_TERMINAL : 0,
+                .detail = detail, .msg = { msg, (uint32_t)ml },
+        };
+        long pl = dp_error_encode(payload, sizeof(payload), &e);
+        if (pl < 0)
+                return 0;
+        struct dp_header h = { .opcode = DP_OP_ERROR, .flags = hflags, .request_id = rid,
+                               .seq = seq, .frag_count = 1 };
+        long n = dp_frame_encode(buf, cap, cap, &h, payload, (size_t)pl, NULL, NULL);
+        return n < 0 ? 0 : n;
+}
