@@ -395,8 +395,10 @@ static void on_recv(struct dp_tcp *t, struct conn *c, int res, uint64_t now)
                 memmove(c->rx, c->rx + off, c->rx_fill - off);
                 c->rx_fill -= off;
         }
-        if (c->state == C_OPEN)
+        if (c->state == C_OPEN) {
+                flush(t, c); /* replies to this batch of frames */
                 recv_arm(t, c);
+        }
 }
 
 static void on_accept(struct dp_tcp *t, int fd)
