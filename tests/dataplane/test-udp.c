@@ -67,8 +67,6 @@ static void run(const char *addr)
         CHECK(dp_ring_create(&resp, 1 << 20, &err) == 0);
         struct dp_transport_config cfg = { .index = 3, .n_listen = 1, .listen = { addr }, .req_ring = req,
                                            .resp_ring = resp, .load = fake_load, .lease_ms = 300 };
-        struct dp_notify *ew = &e.wake;
-        (void)ew;
         if (dp_udp_create(&g_u, &cfg, &err) < 0) {
                 if (strchr(addr, '[')) {
                         printf("skip %s: %s\n", addr, err.msg);
@@ -79,7 +77,6 @@ static void run(const char *addr)
                 exit(1);
         }
         fake_start(&e, req, resp, kick, g_u);
-        /* the engine wake must exist before the transport runs: patch it in */
         struct sockaddr_storage ss;
         unsigned sl;
         CHECK(dp_udp_local_addr(g_u, 0, &ss, &sl) == 0);
