@@ -1,0 +1,104 @@
+/* client.h — libsluice internals shared by conn.c (sockets, the receive thread, UDP
+ * reliability) and api.c (the public calls). Not installed. */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "dataplane.h"
+#include "sluice.h"
+
+/* Internals are not part of the ABI, whatever their names. */
+#pragma GCC visibility push(hidden)
+
+#define SLUICE_WINDOW 1024u   /* stream frames held ahead of the reader, per request */
+#define SLUICE_RTO_MAX_MS 2000u
+
+/* One received stream frame, decoded and copied out of the datagram. */
+struct sluice_item {
+        uint8_t op;             /* DP_OP_TOKENS, DP_OP_DONE, DP_OP_ERROR (terminal) */
+        uint8_t kind;
+        uint32_t n_ids, text_len;
+        int32_t *ids;           /* inside this allocation */
+        char *text;             /* NUL-terminated, inside this allocation */
+        struct dp_done done;
+        struct dp_error error;  /* msg points at emsg */
+        char emsg[DP_MAX_ERROR_MSG + 1];
+};
+
+enum sluice_req_state { REQ_OPEN = 0, REQ_DONE, REQ_FAILED };
+
+/* A request in flight on a connection: a stream (GENERATE, TOKENIZE) or a one-frame
+ * exchange (HELLO -> INFO, PING -> PONG). All fields are under conn->mu. */
+struct sluice_req {
+        struct sluice_req *next;
+        uint64_t id;
+        uint8_t opcode;
+        uint8_t *msg;           /* the request payload, kept to retransmit it (UDP) */
+        size_t msg_len;
+        int state;
+        int fail;               /* with REQ_FAILED: negative errno */
+        struct sluice_result fres; /* with REQ_FAILED: details */
+        /* one-frame exchanges */
+        struct dp_info info;
+        char info_model[DP_MAX_NAME + 1], info_server[DP_MAX_NAME + 1];
+        struct dp_pong pong;
+        uint32_t ping_seq;
+        /* streams */
+        struct sluice_item *win[SLUICE_WINDOW]; /* by seq % SLUICE_WINDOW */
+        uint32_t base;          /* next seq the reader takes */
+        uint32_t next_missing;  /* every seq below it has been received */
+        uint32_t highest;       /* 1 + the highest seq received; 0 when none */
+        int64_t terminal_seq;   /* -1 until the terminal frame is in */
+        bool got_any, cancelled;
+        uint64_t t_sent, t_last_rx, t_last_tx, t_gap, t_first_tok;
+        uint32_t rto_ms;
+        uint32_t timeout_ms;    /* no progress for this long fails the request */
+        uint32_t acked;         /* next_seq of the last ACK sent */
+        uint64_t t_last_ack;
+};
+
+struct sluice_conn {
+        int fd, evfd;
+        bool tcp;
+        struct sluice_opts o;
+        char peer[128];
+        pthread_t rx;
+        bool rx_started;
+        atomic_bool stop;
+        pthread_mutex_t mu;     /* everything below, and every struct sluice_req */
+        pthread_cond_t cv;
+        pthread_mutex_t send_mu;/* whole frames go out in one piece (TCP) */
+        struct sluice_req *reqs;
+        int dead;               /* TCP: the connection is gone (negative errno) */
+        char dead_msg[288];
+        char srv_msg[DP_MAX_ERROR_MSG + 1]; /* last ERROR with request id 0 */
+        uint32_t max_frame_tx;
+        uint32_t lease_ms;
+        struct sluice_info info;
+        uint64_t n_garbage;     /* datagrams dropped as invalid */
+        char err[288];
+        uint8_t *rbuf;          /* TCP receive buffer */
+        size_t rlen;
+};
+
+/* conn.c */
+int sluice_conn_open(const struct sluice_opts *o, const struct addrinfo *ai, const char *peer,
+                     struct sluice_conn **out, char *why, size_t why_len);
+void sluice_conn_free(struct sluice_conn *c);
+/* Registers a request with a fresh id (payload msg is taken over). */
+int sluice_req_new(struct sluice_conn *c, uint8_t opcode, uint8_t *msg, size_t msg_len,
+                   struct sluice_req **out);
+void sluice_req_remove(struct sluice_conn *c, struct sluice_req *r); /* frees it too */
+/* Sends r's request (all fragments). Called without conn->mu held. */
+int sluice_req_send(struct sluice_conn *c, struct sluice_req *r);
+int sluice_send_simple(struct sluice_conn *c, uint8_t opcode, uint64_t id, uint32_t seq,
+                       const void *payload, size_t len);
+void sluice_item_free(struct sluice_item *it);
+int sluice_seterr(struct sluice_conn *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void sluice_result_error(struct sluice_result *res, int code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+int sluice_map_server_error(unsigned code);
+void sluice_result_server(struct sluice_result *res, const struct dp_error *e);
+
+#pragma GCC visibility pop
