@@ -56,9 +56,7 @@ struct dp_tcp {
         bool ring_ok;
         struct dp_notify wake;
         uint64_t wake_val;
-        pthread_t thread;
-        bool running;
-        _Atomic bool stop;
+        struct dpt_thread th;
 
         unsigned n_conn, n_req;
         size_t out_cap, out_reserve;
@@ -497,7 +495,7 @@ static void *tcp_main(void *arg)
         for (unsigned i = 0; i < t->n_lis; i++)
                 accept_arm(t, i);
         wake_arm(t);
-        while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
+        while (!dpt_thread_stopping(&t->th)) {
                 uint64_t now = sl_now_ns();
                 drain_responses(t);
                 if (now >= next_tick) {
@@ -634,23 +632,13 @@ fail:
 
 int dp_tcp_start(struct dp_tcp *t, struct sl_error *err)
 {
-        int r = pthread_create(&t->thread, NULL, tcp_main, t);
-        if (r)
-                return sl_errorf(err, -r, "tcp: pthread_create: %s", strerror(r));
-        t->running = true;
-        return 0;
+        return dpt_thread_start(&t->th, tcp_main, t, "tcp", err);
 }
 
 void dp_tcp_stop(struct dp_tcp *t)
 {
-        if (!t || !t->running)
-                return;
-        atomic_store(&t->stop, true);
-        uint64_t one = 1;
-        ssize_t w = write(t->wake.fd, &one, sizeof(one));
-        (void)w;
-        pthread_join(t->thread, NULL);
-        t->running = false;
+        if (t)
+                dpt_thread_stop(&t->th, t->wake.fd);
 }
 
 void dp_tcp_free(struct dp_tcp *t)

@@ -200,3 +200,27 @@ long dpt_error_frame(void *buf, size_t cap, uint16_t hflags, uint64_t rid, uint3
         long n = dp_frame_encode(buf, cap, cap, &h, payload, (size_t)pl, NULL, NULL);
         return n < 0 ? 0 : n;
 }
+
+/* ---- the transport thread ---- */
+
+int dpt_thread_start(struct dpt_thread *t, void *(*fn)(void *), void *arg, const char *who,
+                     struct sl_error *err)
+{
+        int r = pthread_create(&t->thread, NULL, fn, arg);
+        if (r)
+                return sl_errorf(err, -r, "%s: pthread_create: %s", who, strerror(r));
+        t->running = true;
+        return 0;
+}
+
+void dpt_thread_stop(struct dpt_thread *t, int wake_fd)
+{
+        if (!t->running)
+                return;
+        atomic_store(&t->stop, true);
+        uint64_t one = 1;
+        ssize_t w = write(wake_fd, &one, sizeof(one));
+        (void)w; /* the eventfd counter cannot overflow from one write; the join waits anyway */
+        pthread_join(t->thread, NULL);
+        t->running = false;
+}

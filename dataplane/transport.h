@@ -1,6 +1,9 @@
 /* transport.h — internal to dataplane/: helpers udp.c and tcp.c share. */
 #pragma once
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 
 #include "dataplane.h"
@@ -14,3 +17,20 @@ void dpt_fill_info(const struct dp_transport_config *cfg, struct dp_info *info, 
                    uint32_t lease_ms);
 long dpt_error_frame(void *buf, size_t cap, uint16_t hflags, uint64_t rid, uint32_t seq, int code,
                      bool terminal, uint32_t detail, const char *msg);
+
+/* A transport's own thread: started once, asked to stop through the flag plus a write to the
+ * transport's wake eventfd (its io_uring loop waits on it), then joined. */
+struct dpt_thread {
+        pthread_t thread;
+        bool running;
+        _Atomic bool stop;
+};
+
+int dpt_thread_start(struct dpt_thread *t, void *(*fn)(void *), void *arg, const char *who,
+                     struct sl_error *err);
+void dpt_thread_stop(struct dpt_thread *t, int wake_fd); /* no-op when not running */
+
+static inline bool dpt_thread_stopping(struct dpt_thread *t)
+{
+        return atomic_load_explicit(&t->stop, memory_order_acquire);
+}

@@ -71,9 +71,7 @@ struct dp_udp {
         bool ring_ok;
         struct dp_notify wake;
         uint64_t wake_val;
-        pthread_t thread;
-        bool running;
-        _Atomic bool stop;
+        struct dpt_thread th;
         uint64_t lease_ns;
 
         unsigned n_req, hist, n_buckets;
@@ -654,7 +652,7 @@ static void *udp_main(void *arg)
         for (unsigned i = 0; i < u->n_sock * NRX; i++)
                 rx_arm(u, i);
         wake_arm(u);
-        while (!atomic_load_explicit(&u->stop, memory_order_acquire)) {
+        while (!dpt_thread_stopping(&u->th)) {
                 uint64_t now = sl_now_ns();
                 drain_responses(u, now);
                 if (now >= next_tick) {
@@ -776,23 +774,13 @@ fail:
 
 int dp_udp_start(struct dp_udp *u, struct sl_error *err)
 {
-        int r = pthread_create(&u->thread, NULL, udp_main, u);
-        if (r)
-                return sl_errorf(err, -r, "udp: pthread_create: %s", strerror(r));
-        u->running = true;
-        return 0;
+        return dpt_thread_start(&u->th, udp_main, u, "udp", err);
 }
 
 void dp_udp_stop(struct dp_udp *u)
 {
-        if (!u || !u->running)
-                return;
-        atomic_store(&u->stop, true);
-        uint64_t one = 1;
-        ssize_t w = write(u->wake.fd, &one, sizeof(one));
-        (void)w;
-        pthread_join(u->thread, NULL);
-        u->running = false;
+        if (u)
+                dpt_thread_stop(&u->th, u->wake.fd);
 }
 
 void dp_udp_free(struct dp_udp *u)
