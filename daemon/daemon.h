@@ -1,0 +1,84 @@
+/* daemon.h — internal to daemon/: the state main.c builds and serve.c runs on the engine
+ * thread, and the metrics metrics.c registers. */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "control.h"
+#include "dataplane.h"
+#include "engine.h"
+
+enum { DT_UDP = 0, DT_TCP = 1, DT_N = 2 };
+
+/* Request outcomes, the label values of sluice_requests_total. */
+enum d_outcome {
+        DO_EOS, DO_LENGTH, DO_STOP, DO_CANCELLED, DO_DEADLINE, DO_CONTEXT, DO_ERROR,
+        DO_BUSY, DO_BAD_PARAM, DO_PROMPT_TOO_LONG, DO_SHUTTING_DOWN, DO_TOKENIZE, DO_N,
+};
+extern const char *const d_outcome_name[DO_N];
+
+/* Counters copied from struct dp_transport_stats. */
+enum { DTS_RX_FRAMES, DTS_TX_FRAMES, DTS_RX_BYTES, DTS_TX_BYTES, DTS_MALFORMED, DTS_DROPS, DTS_ERRORS_SENT,
+       DTS_N };
+
+struct d_metrics {
+        struct ctl_counter *requests[DO_N];
+        struct ctl_counter *prompt_tokens, *generated_tokens;
+        struct ctl_histogram *ttft, *itl, *latency;
+        struct ctl_gauge *queue_depth, *running, *kv_used, *kv_total, *live, *draining;
+        struct ctl_counter *steps, *preemptions, *resp_ring_full;
+        struct ctl_counter *tr[DT_N][DTS_N];
+        uint64_t tr_last[DT_N][DTS_N]; /* engine thread: last values copied */
+};
+
+int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_error *err);
+
+/* Limits that SIGHUP may change: the main thread writes them under lock and bumps gen;
+ * the engine thread copies them when gen moved (once per loop, never per token). */
+struct d_limits {
+        uint32_t max_prompt_tokens, max_prompt_bytes, max_new_tokens, default_max_tokens;
+        uint32_t request_timeout_ms;
+        bool audit_text;
+};
+
+struct daemon {
+        struct ctl_config cfg;
+        struct engine_model *model;
+        const struct engine_tokenizer *tok;
+        uint32_t n_vocab;
+        struct engine_sched *sched;
+        struct engine_sched_opts sopts;  /* in force */
+
+        struct dp_ring *req_ring[DT_N], *resp_ring[DT_N];
+        struct dp_notify wake;
+        struct dp_udp *udp;
+        struct dp_tcp *tcp;
+        struct dp_info info;
+        char model_name[CTL_NAME_MAX + 1];
+        char server_name[CTL_NAME_MAX + 16];
+
+        struct ctl_metrics *metrics;
+        struct d_metrics m;
+        struct ctl_http *http;
+        struct ctl_audit *audit;
+
+        pthread_mutex_t lim_lock;
+        struct d_limits lim;
+        _Atomic uint32_t lim_gen;
+
+        uint64_t heartbeat;              /* bumped by the engine loop (atomic builtins) */
+        _Atomic bool draining;           /* new requests get SHUTTING_DOWN */
+        _Atomic bool cancel_all;         /* drain timeout: cancel every live request */
+        _Atomic bool stop;               /* engine thread: leave the loop */
+        _Atomic uint32_t n_live;         /* entries in the request table */
+        pthread_t engine_th;
+        struct serve *serve;             /* serve.c's private state */
+};
+
+int serve_create(struct daemon *d, struct sl_error *err);
+void serve_free(struct daemon *d);
+void *serve_main(void *arg);             /* the engine thread */
+void serve_load(void *arg, struct dp_load *out); /* dp_load_fn */

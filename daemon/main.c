@@ -1,0 +1,528 @@
+/* main.c — sluiced: reads the config, loads the model, starts the scheduler's engine thread
+ * (serve.c), the UDP/TCP transports and /health + /metrics, tells systemd it is ready, then
+ * runs the lifecycle from a signalfd: SIGHUP reloads what can change live, SIGTERM/SIGINT
+ * drain in-flight requests (bounded by drain_timeout_ms) and exit 0. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "sluice_config.h"
+
+#define MAX_OVERRIDES 64
+#define RING_BYTES (1u << 20)   /* max record 512 KiB: a whole reassembled request fits */
+#define CONFIG_MAX_BYTES (1u << 20)
+
+struct args {
+        const char *config;      /* -c, or NULL: the default path if it exists */
+        const char *model;       /* -m */
+        const char *ovr[MAX_OVERRIDES];
+        unsigned n_ovr;
+        bool check;
+};
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "Usage: sluiced [OPTIONS]\n"
+                "The sluice LLM inference server.\n"
+                "\n"
+                "  -c, --config FILE        config file (default %s)\n"
+                "  -o, --set SECTION.KEY=V  override a config key (repeatable; after the file)\n"
+                "  -m, --model FILE         the GGUF model (same as -o model.path=FILE)\n"
+                "      --check-config       validate the config and exit (0 valid, 1 not)\n"
+                "  -h, --help               this help\n"
+                "  -V, --version            the version\n",
+                CTL_DEFAULT_CONFIG);
+}
+
+/* ---- config ---- */
+
+static int read_text(const char *path, char **out, size_t *len, struct sl_error *err)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return sl_errorf(err, -errno, "%s: %s", path, strerror(errno));
+        char *buf = malloc(CONFIG_MAX_BYTES + 1);
+        size_t n = 0;
+        int r = 0;
+        if (!buf) {
+                r = sl_errorf(err, -ENOMEM, "%s: out of memory", path);
+                goto fail;
+        }
+        for (;;) {
+                ssize_t got = read(fd, buf + n, CONFIG_MAX_BYTES + 1 - n);
+                if (got < 0 && errno == EINTR)
+                        continue;
+                if (got < 0) {
+                        r = sl_errorf(err, -errno, "%s: %s", path, strerror(errno));
+                        goto fail;
+                }
+                if (got == 0)
+                        break;
+                n += (size_t)got;
+                if (n > CONFIG_MAX_BYTES) {
+                        r = sl_errorf(err, -EFBIG, "%s: larger than %u bytes", path, CONFIG_MAX_BYTES);
+                        goto fail;
+                }
+        }
+        *out = buf, *len = n;
+        close(fd);
+        return 0;
+fail:
+        free(buf);
+        close(fd);
+        return r;
+}
+
+/* Defaults, the file (an explicit -c must exist; the default path may not), the overrides,
+ * then the checks between keys. Also what SIGHUP runs again. */
+static int build_config(const struct args *a, struct ctl_config *cfg, struct sl_error *err)
+{
+        const char *path = a->config ? a->config : CTL_DEFAULT_CONFIG;
+        char *text = NULL;
+        size_t len = 0;
+        ctl_config_defaults(cfg);
+        int r = read_text(path, &text, &len, err);
+        if (r == -ENOENT && !a->config)
+                r = 0; /* no file at the default place: defaults and overrides */
+        else if (r < 0)
+                return r;
+        if (text) {
+                r = ctl_config_parse_string(path, text, len, cfg, err);
+                free(text);
+                if (r < 0)
+                        return r;
+        }
+        for (unsigned i = 0; i < a->n_ovr; i++)
+                if ((r = ctl_config_apply_override(cfg, a->ovr[i], err)) < 0)
+                        return r;
+        if (a->model) {
+                char buf[CTL_PATH_MAX + 16];
+                snprintf(buf, sizeof(buf), "model.path=%s", a->model);
+                if ((r = ctl_config_apply_override(cfg, buf, err)) < 0)
+                        return r;
+        }
+        return ctl_config_validate(cfg, err);
+}
+
+static void limits_from(struct d_limits *l, const struct ctl_config *c)
+{
+        l->max_prompt_tokens = c->limits.max_prompt_tokens;
+        l->max_prompt_bytes = c->limits.max_prompt_bytes;
+        l->max_new_tokens = c->limits.max_new_tokens;
+        l->default_max_tokens = c->limits.default_max_tokens;
+        l->request_timeout_ms = c->limits.request_timeout_ms;
+        l->audit_text = c->log.audit == CTL_AUDIT_WITH_TEXT;
+}
+
+/* ---- load progress (STATUS= and EXTEND_TIMEOUT_USEC= to systemd) ---- */
+
+struct progress {
+        const char *name;
+        int last_pct;
+        uint64_t last_ns;
+};
+
+static void on_progress(void *user, const struct engine_load_progress *p)
+{
+        struct progress *pr = user;
+        if (!p->total)
+                return;
+        int pct = (int)(p->done * 100 / p->total);
+        uint64_t now = sl_now_ns();
+        if (pct == pr->last_pct || (pct < 100 && now - pr->last_ns < 250000000ull && pct - pr->last_pct < 10))
+                return;
+        pr->last_pct = pct, pr->last_ns = now;
+        ctl_notify_extend_timeout(30ull * 1000000);
+        ctl_notify_status("loading %s: %d%% (%.1f of %.1f MiB)", pr->name, pct, p->done / 1048576.0,
+                          p->total / 1048576.0);
+}
+
+/* ---- transports ---- */
+
+static int start_transports(struct daemon *d, char *where, size_t cap, struct sl_error *err)
+{
+        const struct ctl_config *c = &d->cfg;
+        static char addr[2][CTL_MAX_LISTEN][64];
+        size_t off = 0;
+        where[0] = 0;
+        for (int tr = 0; tr < DT_N; tr++) {
+                unsigned bit = tr == DT_UDP ? CTL_TRANSPORT_UDP : CTL_TRANSPORT_TCP;
+                const struct ctl_addr_list *l = tr == DT_UDP ? &c->dataplane.udp_listen : &c->dataplane.tcp_listen;
+                if (!(c->dataplane.transports & bit))
+                        continue;
+                int r;
+                struct dp_transport_config tc = {
+                        .index = (uint8_t)tr, .n_listen = l->n, .req_ring = d->req_ring[tr],
+                        .resp_ring = d->resp_ring[tr], .engine_wake = &d->wake, .load = serve_load, .load_arg = d,
+                        .info = &d->info, .lease_ms = c->limits.udp_lease_ms,
+                        .out_bytes = (unsigned)SL_MIN(c->limits.tcp_output_limit, (uint64_t)UINT32_MAX),
+                };
+                for (unsigned i = 0; i < l->n && i < DP_MAX_LISTEN; i++)
+                        tc.listen[i] = ctl_addr_format(&l->a[i], addr[tr][i], sizeof(addr[tr][i]));
+                if (tr == DT_UDP) {
+                        /* live + recently finished requests, for idempotency and resend */
+                        tc.max_requests = SL_MAX(256u, 2 * (d->sopts.max_running + d->sopts.max_queued) + 64);
+                        tc.max_reasm = 64;
+                        if ((r = dp_udp_create(&d->udp, &tc, err)) < 0 || (r = dp_udp_start(d->udp, err)) < 0)
+                                return sl_error_prefix(err, r, "udp");
+                } else {
+                        tc.max_requests = SL_MAX(64u, c->limits.max_concurrent_per_client);
+                        tc.max_conns = 256;
+                        if ((r = dp_tcp_create(&d->tcp, &tc, err)) < 0 || (r = dp_tcp_start(d->tcp, err)) < 0)
+                                return sl_error_prefix(err, r, "tcp");
+                }
+                for (unsigned i = 0; i < l->n; i++) {
+                        struct sockaddr_storage ss;
+                        unsigned sl = sizeof(ss);
+                        struct ctl_addr ca;
+                        char b[64];
+                        int q = tr == DT_UDP ? dp_udp_local_addr(d->udp, i, &ss, &sl)
+                                             : dp_tcp_local_addr(d->tcp, i, &ss, &sl);
+                        if (q < 0)
+                                continue;
+                        memcpy(&ca.ss, &ss, sizeof(ss));
+                        ca.len = sl;
+                        off += (size_t)snprintf(where + off, off < cap ? cap - off : 0, "%s%s %s",
+                                                off ? ", " : "", tr == DT_UDP ? "udp" : "tcp",
+                                                ctl_addr_format(&ca, b, sizeof(b)));
+                        if (off >= cap)
+                                off = cap - 1;
+                }
+        }
+        return 0;
+}
+
+/* ---- lifecycle ---- */
+
+static void reload(struct daemon *d, const struct args *a)
+{
+        struct sl_error err = {0};
+        struct ctl_config *nw = malloc(sizeof(*nw));
+        char keys[512];
+        ctl_notify_reloading();
+        ctl_logf(SL_LOG_NOTICE, "SIGHUP: reloading the configuration");
+        if (!nw) {
+                ctl_logf(SL_LOG_ERR, "reload rejected: out of memory");
+                goto done;
+        }
+        int r = build_config(a, nw, &err);
+        if (r < 0) {
+                ctl_logf(SL_LOG_ERR, "reload rejected, the old configuration stays: %s", err.msg);
+                goto done;
+        }
+        r = ctl_config_diff_reloadable(&d->cfg, nw, &err);
+        if (r < 0) {
+                ctl_logf(SL_LOG_ERR, "reload rejected, the old configuration stays: %s", err.msg);
+                goto done;
+        }
+        ctl_config_changed_keys(&d->cfg, nw, keys, sizeof(keys));
+        ctl_log_set_level(nw->log.level);
+        if (ctl_audit_reopen(d->audit, nw->log.audit, nw->log.audit_path, &err) < 0)
+                ctl_logf(SL_LOG_ERR, "audit log not reopened (the old one stays): %s", err.msg);
+        if (d->http)
+                ctl_http_set_stall_timeout(d->http, nw->server.stall_timeout_ms);
+        pthread_mutex_lock(&d->lim_lock);
+        limits_from(&d->lim, nw);
+        atomic_fetch_add_explicit(&d->lim_gen, 1, memory_order_release);
+        pthread_mutex_unlock(&d->lim_lock);
+        /* udp_lease_ms and tcp_output_limit are read by the transports at start only */
+        d->cfg = *nw;
+        ctl_logf(SL_LOG_NOTICE, "reloaded: %d changed key(s)%s%s", r, r ? ": " : "", r ? keys : "");
+done:
+        free(nw);
+        ctl_notify_ready("serving (configuration reloaded)");
+}
+
+static void wait_until_idle(struct daemon *d, uint64_t timeout_ms)
+{
+        uint64_t end = sl_now_ns() + timeout_ms * 1000000ull;
+        while (atomic_load(&d->n_live) > 0 && sl_now_ns() < end)
+                usleep(10000);
+}
+
+static void shutdown_drain(struct daemon *d)
+{
+        ctl_notify_stopping();
+        if (d->http)
+                ctl_http_set_state(d->http, CTL_HEALTH_DRAINING);
+        atomic_store(&d->draining, true);
+        uint32_t live = atomic_load(&d->n_live);
+        ctl_logf(SL_LOG_NOTICE, "stopping: draining %u in-flight request(s), up to %u ms", live,
+                 d->cfg.server.drain_timeout_ms);
+        ctl_notify_status("stopping: draining %u request(s)", live);
+        wait_until_idle(d, d->cfg.server.drain_timeout_ms);
+        if ((live = atomic_load(&d->n_live)) > 0) {
+                ctl_logf(SL_LOG_WARNING, "drain timeout: cancelling %u request(s)", live);
+                atomic_store(&d->cancel_all, true);
+                dp_notify_kick(&d->wake);
+                wait_until_idle(d, 2000);
+        }
+        /* let the transports send the last frames */
+        uint64_t end = sl_now_ns() + 1000000000ull;
+        for (int tr = 0; tr < DT_N; tr++)
+                while (d->resp_ring[tr] && !dp_ring_empty(d->resp_ring[tr]) && sl_now_ns() < end)
+                        usleep(5000);
+        usleep(50000);
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option longopts[] = {
+                {"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 'o'},
+                {"model", required_argument, NULL, 'm'},  {"check-config", no_argument, NULL, 'C'},
+                {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+                {NULL, 0, NULL, 0},
+        };
+        struct args a = {0};
+        int opt;
+        while ((opt = getopt_long(argc, argv, "c:o:m:hV", longopts, NULL)) != -1) {
+                switch (opt) {
+                case 'c': a.config = optarg; break;
+                case 'o':
+                        if (a.n_ovr == MAX_OVERRIDES) {
+                                fprintf(stderr, "sluiced: at most %d -o overrides\n", MAX_OVERRIDES);
+                                return 2;
+                        }
+                        a.ovr[a.n_ovr++] = optarg;
+                        break;
+                case 'm': a.model = optarg; break;
+                case 'C': a.check = true; break;
+                case 'h': usage(stdout); return 0;
+                case 'V': printf("sluiced %s (protocol %d)\n", SLUICE_VERSION, DP_VERSION); return 0;
+                default: fprintf(stderr, "Try 'sluiced --help'.\n"); return 2;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "sluiced: unexpected argument '%s'\nTry 'sluiced --help'.\n", argv[optind]);
+                return 2;
+        }
+
+        static struct daemon dd; /* large (struct ctl_config): not on the stack */
+        struct daemon *d = &dd;
+        struct sl_error err = {0};
+        int r = build_config(&a, &d->cfg, &err);
+        if (a.check) {
+                if (r < 0) {
+                        fprintf(stderr, "sluiced: %s\n", err.msg);
+                        return 1;
+                }
+                printf("sluiced: %s: configuration is valid\n", a.config ? a.config : CTL_DEFAULT_CONFIG);
+                return 0;
+        }
+        if (r < 0) {
+                fprintf(stderr, "sluiced: %s\n", err.msg);
+                return 1;
+        }
+
+        /* Signals go to the signalfd: blocked before any thread starts, so all inherit it. */
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &mask, NULL);
+        int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+        int rc = 1;
+        bool engine_started = false;
+        pthread_mutex_init(&d->lim_lock, NULL);
+        limits_from(&d->lim, &d->cfg);
+        ctl_log_open(d->cfg.log.target, d->cfg.log.level);
+        ctl_notify_init();
+        if (sfd < 0) {
+                ctl_logf(SL_LOG_ERR, "signalfd: %s", strerror(errno));
+                goto out;
+        }
+        if (d->cfg.engine.backend == CTL_BACKEND_CUDA) {
+                ctl_logf(SL_LOG_ERR, "[engine] backend = cuda: %s; use backend = cpu or auto",
+                         SLUICE_HAVE_CUDA ? "the CUDA backend is not implemented yet"
+                                          : "this sluiced is not built with CUDA (meson -Dcuda=enabled)");
+                goto out;
+        }
+        if (d->cfg.engine.backend == CTL_BACKEND_AUTO)
+                ctl_logf(SL_LOG_INFO, "backend auto: cpu (%s)",
+                         SLUICE_HAVE_CUDA ? "the CUDA backend is not implemented yet" : "built without CUDA");
+        if ((r = ctl_audit_open(d->cfg.log.audit, d->cfg.log.audit_path, &d->audit, &err)) < 0) {
+                ctl_logf(SL_LOG_ERR, "audit log: %s", err.msg);
+                goto out;
+        }
+        if ((r = ctl_metrics_create(&d->metrics, &err)) < 0 || (r = d_metrics_register(d->metrics, &d->m, &err)) < 0) {
+                ctl_logf(SL_LOG_ERR, "metrics: %s", err.msg);
+                goto out;
+        }
+        char http_addr[64] = "off";
+        if (d->cfg.metrics.enabled) {
+                struct ctl_http_opts ho = {.listen = &d->cfg.metrics.http_listen, .metrics = d->metrics,
+                                           .heartbeat = &d->heartbeat,
+                                           .stall_timeout_ms = d->cfg.server.stall_timeout_ms};
+                if ((r = ctl_http_start(&ho, &d->http, &err)) < 0) {
+                        ctl_logf(SL_LOG_ERR, "http: %s", err.msg);
+                        goto out;
+                }
+                ctl_http_set_state(d->http, CTL_HEALTH_LOADING);
+                struct ctl_addr ha = d->cfg.metrics.http_listen;
+                if (ha.ss.ss_family == AF_INET)
+                        ((struct sockaddr_in *)&ha.ss)->sin_port = htons(ctl_http_port(d->http));
+                else
+                        ((struct sockaddr_in6 *)&ha.ss)->sin6_port = htons(ctl_http_port(d->http));
+                ctl_addr_format(&ha, http_addr, sizeof(http_addr));
+                ctl_logf(SL_LOG_INFO, "http: /health and /metrics on %s", http_addr);
+        }
+
+        /* ---- model ---- */
+        struct progress pr = {.name = d->cfg.model.path, .last_pct = -1};
+        struct engine_load_opts lo = {.progress = on_progress, .progress_user = &pr};
+        ctl_notify_status("loading %s", d->cfg.model.path);
+        ctl_logf(SL_LOG_INFO, "loading %s", d->cfg.model.path);
+        uint64_t t0 = sl_now_ns();
+        if ((r = engine_model_load(d->cfg.model.path, &lo, &d->model, &err)) < 0) {
+                ctl_logf(SL_LOG_ERR, "%s: %s", d->cfg.model.path, err.msg[0] ? err.msg : strerror(-r));
+                goto out;
+        }
+        const struct engine_hparams *hp = engine_model_hparams(d->model);
+        d->tok = engine_model_tokenizer(d->model);
+        d->n_vocab = hp->n_vocab;
+        if (d->cfg.model.name[0])
+                snprintf(d->model_name, sizeof(d->model_name), "%.128s", d->cfg.model.name);
+        else if (hp->name[0])
+                snprintf(d->model_name, sizeof(d->model_name), "%.95s", hp->name);
+        else {
+                const char *b = strrchr(d->cfg.model.path, '/');
+                snprintf(d->model_name, sizeof(d->model_name), "%.128s", b ? b + 1 : d->cfg.model.path);
+        }
+        ctl_logf(SL_LOG_INFO, "loaded %s (%s, %u layers, %.1f MiB) in %.2f s", d->model_name, hp->arch_name,
+                 hp->n_layer, hp->weight_bytes / 1048576.0, (sl_now_ns() - t0) / 1e9);
+
+        /* ---- engine ---- */
+        struct engine_sched_opts so = {
+                .n_threads = d->cfg.engine.threads, .max_running = d->cfg.engine.max_running,
+                .max_queued = d->cfg.engine.max_queued, .token_budget = d->cfg.engine.token_budget,
+                .prefill_chunk = d->cfg.engine.prefill_chunk, .kv_block_size = d->cfg.engine.block_size,
+                .kv_blocks = d->cfg.engine.kv_blocks,
+                .kv_bytes = d->cfg.engine.kv_blocks ? 0 : d->cfg.engine.kv_memory,
+                .max_ctx = d->cfg.engine.max_seq_len,
+        };
+        if (so.max_queued == 0)
+                so.max_queued = 1; /* the scheduler reads 0 as its default of 64; 1 is the closest */
+        ctl_notify_status("building the engine");
+        if ((r = engine_sched_create(d->model, &so, &d->sched, &err)) < 0) {
+                ctl_logf(SL_LOG_ERR, "engine: %s", err.msg);
+                goto out;
+        }
+        engine_sched_opts_get(d->sched, &d->sopts);
+        {
+                struct engine_sched_stats st;
+                engine_sched_stats(d->sched, &st);
+                ctl_logf(SL_LOG_INFO,
+                         "engine: cpu, %u running, %u queued, context %u, KV %u blocks of %u tokens, budget %u",
+                         d->sopts.max_running, d->sopts.max_queued, d->sopts.max_ctx, st.kv_blocks_total,
+                         d->sopts.kv_block_size, d->sopts.token_budget);
+        }
+        if ((r = serve_create(d, &err)) < 0 || (r = dp_notify_init(&d->wake, &err)) < 0) {
+                ctl_logf(SL_LOG_ERR, "%s", err.msg);
+                goto out;
+        }
+        snprintf(d->server_name, sizeof(d->server_name), "%.120s %s", d->cfg.server.name, SLUICE_VERSION);
+        d->info = (struct dp_info){
+                .version = DP_VERSION, .max_message = DP_MAX_MESSAGE,
+                .max_prompt_tokens = SL_MIN(d->cfg.limits.max_prompt_tokens, d->sopts.max_ctx - 1),
+                .max_prompt_bytes = d->cfg.limits.max_prompt_bytes,
+                .max_new_tokens = d->cfg.limits.max_new_tokens, .max_stop = DP_MAX_STOP,
+                .max_stop_len = DP_MAX_STOP_LEN, .n_ctx = d->sopts.max_ctx, .n_vocab = d->n_vocab,
+                .model = {d->model_name, (uint32_t)strlen(d->model_name)},
+                .server = {d->server_name, (uint32_t)strlen(d->server_name)},
+        };
+        /* the rings exist before the engine thread reads them */
+        for (int tr = 0; tr < DT_N; tr++) {
+                unsigned bit = tr == DT_UDP ? CTL_TRANSPORT_UDP : CTL_TRANSPORT_TCP;
+                if (!(d->cfg.dataplane.transports & bit))
+                        continue;
+                if ((r = dp_ring_create(&d->req_ring[tr], RING_BYTES, &err)) < 0 ||
+                    (r = dp_ring_create(&d->resp_ring[tr], RING_BYTES, &err)) < 0) {
+                        ctl_logf(SL_LOG_ERR, "rings: %s", err.msg);
+                        goto out;
+                }
+        }
+        if (pthread_create(&d->engine_th, NULL, serve_main, d) != 0) {
+                ctl_logf(SL_LOG_ERR, "cannot start the engine thread");
+                goto out;
+        }
+        engine_started = true;
+
+        /* ---- transports ---- */
+        char where[1024];
+        if ((r = start_transports(d, where, sizeof(where), &err)) < 0) {
+                ctl_logf(SL_LOG_ERR, "%s", err.msg);
+                goto stop;
+        }
+        if (d->http)
+                ctl_http_set_state(d->http, CTL_HEALTH_READY);
+        ctl_logf(SL_LOG_NOTICE, "serving %s on %s; http %s", d->model_name, where, http_addr);
+        char status[1200];
+        snprintf(status, sizeof(status), "serving %s on %s", d->model_name, where);
+        ctl_notify_ready(status);
+
+        /* ---- lifecycle ---- */
+        for (;;) {
+                struct pollfd p = {.fd = sfd, .events = POLLIN};
+                int pr_ = poll(&p, 1, 1000);
+                if (pr_ < 0 && errno != EINTR)
+                        break;
+                struct signalfd_siginfo si;
+                bool term = false;
+                while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+                        if (si.ssi_signo == SIGHUP)
+                                reload(d, &a);
+                        else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+                                term = true;
+                }
+                if (term)
+                        break;
+        }
+        shutdown_drain(d);
+        rc = 0;
+stop:
+        atomic_store(&d->stop, true);
+        dp_notify_kick(&d->wake);
+        pthread_join(d->engine_th, NULL);
+        engine_started = false;
+out:
+        if (engine_started) {
+                atomic_store(&d->stop, true);
+                dp_notify_kick(&d->wake);
+                pthread_join(d->engine_th, NULL);
+        }
+        dp_udp_free(d->udp);
+        dp_tcp_free(d->tcp);
+        if (d->http)
+                ctl_http_stop(d->http);
+        serve_free(d);
+        engine_sched_free(d->sched);
+        engine_model_free(d->model);
+        for (int tr = 0; tr < DT_N; tr++) {
+                dp_ring_free(d->req_ring[tr]);
+                dp_ring_free(d->resp_ring[tr]);
+        }
+        if (d->wake.fd > 0)
+                dp_notify_destroy(&d->wake);
+        ctl_metrics_free(d->metrics);
+        ctl_audit_close(d->audit);
+        if (sfd >= 0)
+                close(sfd);
+        ctl_logf(rc ? SL_LOG_ERR : SL_LOG_NOTICE, "%s", rc ? "exiting after an error" : "stopped");
+        return rc;
+}

@@ -1,0 +1,694 @@
+/* serve.c — the engine thread: drains each transport's request ring, turns GENERATE into
+ * scheduler requests (tokenizing text prompts), answers TOKENIZE, routes CANCEL and
+ * CLIENT_GONE, runs engine_sched_step() and writes TOKENS/DONE/ERROR records back. Every
+ * GENERATE/TOKENIZE record gets exactly one terminal response. Memory is allocated in
+ * serve_create(); nothing per token. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+
+#define DRAIN_BURST 64u          /* request records per ring per loop */
+#define IDLE_WAIT_MS 100         /* bounded, so heartbeat and watchdog keep ticking */
+#define STATS_EVERY_NS 200000000ull
+#define RESP_WAIT_TRIES 20000    /* x 50 us: how long a full response ring may block us */
+#define AUDIT_TEXT_CAP 1024u
+
+const char *const d_outcome_name[DO_N] = {
+        [DO_EOS] = "eos", [DO_LENGTH] = "length", [DO_STOP] = "stop", [DO_CANCELLED] = "cancelled",
+        [DO_DEADLINE] = "deadline", [DO_CONTEXT] = "context", [DO_ERROR] = "error", [DO_BUSY] = "busy",
+        [DO_BAD_PARAM] = "bad_param", [DO_PROMPT_TOO_LONG] = "prompt_too_long",
+        [DO_SHUTTING_DOWN] = "shutting_down", [DO_TOKENIZE] = "tokenize",
+};
+
+static const char *const tr_name[DT_N] = {"udp", "tcp"};
+
+/* One live GENERATE: how to address its responses, and what the audit line needs. */
+struct dreq {
+        bool used;
+        bool no_text;
+        uint8_t tr;
+        uint32_t gen;
+        uint64_t client, rid, rx_ns, last_tok_ns;
+        uint32_t prompt_len, out_len;    /* audit text kept (with-text mode) */
+        char prompt[AUDIT_TEXT_CAP];
+        char out[AUDIT_TEXT_CAP];
+};
+
+struct serve {
+        struct daemon *d;
+        uint32_t n_req, next_free;
+        struct dreq *req;
+        int32_t *ids;                     /* tokenizer output, DP_MAX_PROMPT_TOKENS + 16 */
+        size_t ids_cap;
+        uint8_t *stage;                   /* one encoded payload, DP_TCP_MAX_PAYLOAD */
+        uint8_t ids_le[DP_MAX_TOKENS_PER_FRAME * 4];
+        struct d_limits lim;
+        uint32_t lim_gen;
+        uint64_t next_stats_ns;
+        struct engine_sched_events ev;
+};
+
+/* ---- responses ---- */
+
+static size_t max_payload(uint8_t tr)
+{
+        return tr == DT_UDP ? DP_UDP_MAX_PAYLOAD : DP_TCP_MAX_PAYLOAD;
+}
+
+static void kick(struct daemon *d, uint8_t tr)
+{
+        if (tr == DT_UDP && d->udp)
+                dp_udp_kick(d->udp);
+        else if (tr == DT_TCP && d->tcp)
+                dp_tcp_kick(d->tcp);
+}
+
+/* The transport drains its ring continuously (a slow TCP reader fails its own request
+ * there), so a full ring is short-lived: wait for it, bounded, rather than lose a frame. */
+static int resp_push(struct serve *s, uint8_t tr, uint64_t client, uint64_t rid, uint8_t op, const void *pl,
+                     size_t n)
+{
+        struct daemon *d = s->d;
+        struct dp_resp_rec h = {.opcode = op, .transport = tr, .client = client, .request_id = rid};
+        for (unsigned i = 0;; i++) {
+                if (dp_resp_push(d->resp_ring[tr], &h, pl, n) == 0)
+                        return 0;
+                if (i == RESP_WAIT_TRIES) {
+                        ctl_counter_add(d->m.resp_ring_full, 1);
+                        return -ENOBUFS;
+                }
+                kick(d, tr);
+                usleep(50);
+        }
+}
+
+static void send_error(struct serve *s, uint8_t tr, uint64_t client, uint64_t rid, int code, bool terminal,
+                       uint32_t retry_ms, uint32_t detail, const char *msg)
+{
+        size_t full = strlen(msg), ml = full < DP_MAX_ERROR_MSG ? full : DP_MAX_ERROR_MSG;
+        while (ml > 0 && ml < full && ((unsigned char)msg[ml] & 0xC0) == 0x80)
+                ml--; /* cut on a character boundary */
+        struct dp_error e = {.code = (uint16_t)code, .flags = terminal ? DP_ERRF_TERMINAL : 0,
+                             .retry_after_ms = retry_ms, .detail = detail, .msg = {msg, (uint32_t)ml}};
+        long n = dp_error_encode(s->stage, DP_TCP_MAX_PAYLOAD, &e);
+        if (n > 0)
+                resp_push(s, tr, client, rid, DP_OP_ERROR, s->stage, (size_t)n);
+}
+
+/* Length of a prefix of text, at most cap bytes, that does not cut a UTF-8 sequence. */
+static uint32_t utf8_cut(const char *text, uint32_t len, uint32_t cap)
+{
+        if (len <= cap)
+                return len;
+        uint32_t t = cap;
+        while (t > 0 && ((unsigned char)text[t] & 0xC0) == 0x80)
+                t--;
+        return t;
+}
+
+/* TOKENS frames for ids and text, split to the transport's payload size. */
+static void send_tokens(struct serve *s, uint8_t tr, uint64_t client, uint64_t rid, uint8_t kind,
+                        const int32_t *ids, uint32_t n, const char *text, uint32_t len)
+{
+        const size_t room = max_payload(tr) - 8;
+        while (n > 0 || len > 0) {
+                uint32_t k = (uint32_t)SL_MIN((size_t)SL_MIN(n, DP_MAX_TOKENS_PER_FRAME), room / 4);
+                uint32_t t = utf8_cut(text, len, (uint32_t)(room - 4 * (size_t)k));
+                if (k == 0 && t == 0)
+                        return; /* cannot happen with valid UTF-8 */
+                for (uint32_t i = 0; i < k; i++)
+                        dp_id_put(s->ids_le, i, ids[i]);
+                struct dp_tokens m = {.kind = kind, .n_tokens = (uint16_t)k, .ids = s->ids_le,
+                                      .text = {text, t}};
+                long w = dp_tokens_encode(s->stage, DP_TCP_MAX_PAYLOAD, &m);
+                if (w < 0 || resp_push(s, tr, client, rid, DP_OP_TOKENS, s->stage, (size_t)w) < 0)
+                        return;
+                ids += k, n -= k, text += t, len -= t;
+        }
+}
+
+static void send_done(struct serve *s, uint8_t tr, uint64_t client, uint64_t rid, const struct dp_done *dn)
+{
+        long n = dp_done_encode(s->stage, DP_TCP_MAX_PAYLOAD, dn);
+        if (n > 0)
+                resp_push(s, tr, client, rid, DP_OP_DONE, s->stage, (size_t)n);
+}
+
+/* ---- audit ---- */
+
+static void audit(struct serve *s, uint8_t tr, uint64_t rid, uint32_t prompt_tokens, uint32_t gen_tokens,
+                  const char *outcome, uint64_t ttft_ns, uint64_t rx_ns, const struct dreq *e)
+{
+        uint64_t now = sl_now_ns();
+        struct ctl_audit_record a = {
+                .request_id = rid, .transport = tr_name[tr], .prompt_tokens = prompt_tokens,
+                .generated_tokens = gen_tokens, .outcome = outcome, .ttft_us = ttft_ns / 1000,
+                .latency_us = rx_ns && now > rx_ns ? (now - rx_ns) / 1000 : 0,
+        };
+        if (e && s->lim.audit_text) {
+                a.prompt = e->prompt, a.prompt_len = e->prompt_len;
+                a.output = e->out, a.output_len = e->out_len;
+        }
+        ctl_audit_write(s->d->audit, &a);
+}
+
+/* A request that never reached the scheduler: terminal ERROR, metrics, audit. */
+static void reject(struct serve *s, const struct dp_req_rec *r, int code, uint32_t retry_ms, uint32_t detail,
+                   enum d_outcome oc, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static void reject(struct serve *s, const struct dp_req_rec *r, int code, uint32_t retry_ms, uint32_t detail,
+                   enum d_outcome oc, const char *fmt, ...)
+{
+        char msg[DP_MAX_ERROR_MSG + 1];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        send_error(s, r->transport, r->client, r->request_id, code, true, retry_ms, detail, msg);
+        ctl_counter_add(s->d->m.requests[oc], 1);
+        char outcome[48];
+        snprintf(outcome, sizeof(outcome), "error:%s", dp_err_name(code));
+        audit(s, r->transport, r->request_id, 0, 0, oc == DO_BUSY ? "busy" : outcome, 0, r->rx_ns, NULL);
+        ctl_logf(SL_LOG_DEBUG, "request %016llx (%s): %s: %s", (unsigned long long)r->request_id,
+                 tr_name[r->transport], dp_err_name(code), msg);
+}
+
+/* ---- request table ---- */
+
+static struct dreq *req_alloc(struct serve *s, uint64_t *tag)
+{
+        for (uint32_t k = 0; k < s->n_req; k++) {
+                uint32_t i = (s->next_free + k) % s->n_req;
+                struct dreq *e = &s->req[i];
+                if (!e->used) {
+                        e->used = true;
+                        e->gen++;
+                        e->out_len = e->prompt_len = 0;
+                        e->last_tok_ns = 0;
+                        s->next_free = (i + 1) % s->n_req;
+                        *tag = (uint64_t)e->gen << 32 | i;
+                        atomic_fetch_add_explicit(&s->d->n_live, 1, memory_order_relaxed);
+                        return e;
+                }
+        }
+        return NULL;
+}
+
+static void req_free(struct serve *s, struct dreq *e)
+{
+        e->used = false;
+        atomic_fetch_sub_explicit(&s->d->n_live, 1, memory_order_relaxed);
+}
+
+static struct dreq *req_by_tag(struct serve *s, uint64_t tag)
+{
+        uint32_t i = (uint32_t)tag;
+        if (i >= s->n_req || !s->req[i].used || s->req[i].gen != (uint32_t)(tag >> 32))
+                return NULL;
+        return &s->req[i];
+}
+
+/* CANCEL and CLIENT_GONE are rare: a scan of the table is fine. */
+static int64_t req_find(struct serve *s, uint8_t tr, uint64_t client, uint64_t rid)
+{
+        for (uint32_t i = 0; i < s->n_req; i++) {
+                const struct dreq *e = &s->req[i];
+                if (e->used && e->tr == tr && e->client == client && e->rid == rid)
+                        return (int64_t)((uint64_t)e->gen << 32 | i);
+        }
+        return -1;
+}
+
+/* ---- scheduler events ---- */
+
+static void on_token(void *user, uint64_t tag, int32_t id, const char *text, uint32_t len)
+{
+        struct serve *s = user;
+        struct dreq *e = req_by_tag(s, tag);
+        if (!e)
+                return;
+        uint64_t now = sl_now_ns();
+        if (e->last_tok_ns)
+                ctl_histogram_observe(s->d->m.itl, (double)(now - e->last_tok_ns) / 1e9);
+        e->last_tok_ns = now;
+        if (s->lim.audit_text && len) {
+                uint32_t c = SL_MIN(len, AUDIT_TEXT_CAP - e->out_len);
+                memcpy(e->out + e->out_len, text, c);
+                e->out_len += c;
+        }
+        send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_GENERATED, &id, 1, text, e->no_text ? 0 : len);
+}
+
+static void on_done(void *user, uint64_t tag, const struct engine_sched_done *dn)
+{
+        struct serve *s = user;
+        struct daemon *d = s->d;
+        struct dreq *e = req_by_tag(s, tag);
+        if (!e)
+                return;
+        if (dn->text_len && !e->no_text)
+                send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_GENERATED, NULL, 0, dn->text, dn->text_len);
+        if (s->lim.audit_text && dn->text_len) {
+                uint32_t c = SL_MIN(dn->text_len, AUDIT_TEXT_CAP - e->out_len);
+                memcpy(e->out + e->out_len, dn->text, c);
+                e->out_len += c;
+        }
+        enum d_outcome oc;
+        const char *outcome;
+        char obuf[48];
+        bool never_started = dn->queue_ns == 0 && dn->generated_tokens == 0;
+        if (dn->reason == ENGINE_FINISH_ERROR) {
+                send_error(s, e->tr, e->client, e->rid, DP_ERR_INTERNAL, true, 0, 0,
+                           dn->msg && dn->msg[0] ? dn->msg : "engine failure");
+                oc = DO_ERROR;
+                outcome = "error:INTERNAL";
+                ctl_logf(SL_LOG_ERR, "request %016llx: engine failure: %s", (unsigned long long)e->rid,
+                         dn->msg ? dn->msg : "");
+        } else if (never_started && (dn->reason == ENGINE_FINISH_CANCELLED || dn->reason == ENGINE_FINISH_DEADLINE)) {
+                /* §3.2: a request that never started ends with a terminal ERROR */
+                bool c = dn->reason == ENGINE_FINISH_CANCELLED;
+                send_error(s, e->tr, e->client, e->rid, c ? DP_ERR_CANCELLED : DP_ERR_DEADLINE, true, 0, 0,
+                           c ? "cancelled while queued" : "deadline passed while queued");
+                oc = c ? DO_CANCELLED : DO_DEADLINE;
+                snprintf(obuf, sizeof(obuf), "%s", c ? "cancelled" : "deadline");
+                outcome = obuf;
+        } else {
+                struct dp_done m = {
+                        .reason = (uint8_t)dn->reason,
+                        .stop_index = dn->reason == ENGINE_FINISH_STOP && dn->stop_index >= 0
+                                              ? (uint8_t)dn->stop_index : DP_STOP_INDEX_NONE,
+                        .prompt_tokens = dn->prompt_tokens,
+                        .generated_tokens = dn->generated_tokens,
+                        .queue_us = (uint32_t)SL_MIN(dn->queue_ns / 1000, (uint64_t)UINT32_MAX),
+                        .ttft_us = dn->ttft_ns / 1000,
+                        .total_us = dn->total_ns / 1000,
+                };
+                send_done(s, e->tr, e->client, e->rid, &m);
+                static const enum d_outcome map[7] = {DO_ERROR, DO_EOS, DO_LENGTH, DO_STOP,
+                                                      DO_CANCELLED, DO_DEADLINE, DO_CONTEXT};
+                oc = (unsigned)dn->reason < 7 ? map[dn->reason] : DO_ERROR;
+                outcome = dp_finish_name((uint8_t)dn->reason);
+        }
+        ctl_counter_add(d->m.requests[oc], 1);
+        ctl_counter_add(d->m.prompt_tokens, dn->prompt_tokens);
+        ctl_counter_add(d->m.generated_tokens, dn->generated_tokens);
+        if (dn->ttft_ns)
+                ctl_histogram_observe(d->m.ttft, (double)dn->ttft_ns / 1e9);
+        ctl_histogram_observe(d->m.latency, (double)dn->total_ns / 1e9);
+        audit(s, e->tr, e->rid, dn->prompt_tokens, dn->generated_tokens, outcome, dn->ttft_ns, e->rx_ns, e);
+        req_free(s, e);
+}
+
+/* ---- requests from the rings ---- */
+
+/* Tokenizes text into s->ids: the count, or -1 after answering the error. */
+static int tokenize(struct serve *s, const struct dp_req_rec *r, const char *text, uint32_t len, bool add_special,
+                    bool parse_special)
+{
+        size_t needed = 0;
+        int n = engine_tokenize(s->d->tok, text, len, add_special, parse_special, s->ids, s->ids_cap, &needed);
+        if (n == -ENOSPC || (n >= 0 && (uint32_t)n > s->lim.max_prompt_tokens)) {
+                reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, s->lim.max_prompt_tokens, DO_PROMPT_TOO_LONG,
+                       "prompt is %zu tokens, over the limit of %u", n >= 0 ? (size_t)n : needed,
+                       s->lim.max_prompt_tokens);
+                return -1;
+        }
+        if (n < 0) {
+                reject(s, r, DP_ERR_BAD_PARAM, 0, 0, DO_BAD_PARAM, "cannot tokenize the prompt: %s", strerror(-n));
+                return -1;
+        }
+        return n;
+}
+
+static void handle_generate(struct serve *s, const struct dp_req_rec *r)
+{
+        struct daemon *d = s->d;
+        struct sl_error err = {0};
+        struct dp_generate g;
+        if (atomic_load_explicit(&d->draining, memory_order_relaxed)) {
+                reject(s, r, DP_ERR_SHUTTING_DOWN, 1000, 0, DO_SHUTTING_DOWN, "server is shutting down");
+                return;
+        }
+        int rc = dp_generate_decode(r->payload, r->payload_len, &g, &err);
+        if (rc < 0) {
+                int code = -rc;
+                reject(s, r, code, 0, 0, code == DP_ERR_PROMPT_TOO_LONG ? DO_PROMPT_TOO_LONG : DO_BAD_PARAM, "%s",
+                       err.msg);
+                return;
+        }
+        const uint32_t max_ctx = d->sopts.max_ctx;
+        int n;
+        if (g.flags & DP_GEN_PROMPT_IDS) {
+                if (g.prompt_len > s->lim.max_prompt_tokens) {
+                        reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, s->lim.max_prompt_tokens, DO_PROMPT_TOO_LONG,
+                               "prompt is %u tokens, over the limit of %u", g.prompt_len, s->lim.max_prompt_tokens);
+                        return;
+                }
+                for (uint32_t i = 0; i < g.prompt_len; i++) {
+                        s->ids[i] = dp_id_get(g.prompt_ids, i);
+                        if (s->ids[i] < 0 || (uint32_t)s->ids[i] >= d->n_vocab) {
+                                reject(s, r, DP_ERR_BAD_PARAM, 0, 0, DO_BAD_PARAM,
+                                       "prompt token %u is %d, outside the vocabulary of %u", i, s->ids[i],
+                                       d->n_vocab);
+                                return;
+                        }
+                }
+                n = (int)g.prompt_len;
+        } else {
+                if (g.prompt_len > s->lim.max_prompt_bytes) {
+                        reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, s->lim.max_prompt_bytes, DO_PROMPT_TOO_LONG,
+                               "prompt is %u bytes, over the limit of %u", g.prompt_len, s->lim.max_prompt_bytes);
+                        return;
+                }
+                n = tokenize(s, r, g.prompt_text, g.prompt_len, g.flags & DP_GEN_ADD_SPECIAL,
+                             g.flags & DP_GEN_PARSE_SPECIAL);
+                if (n < 0)
+                        return;
+        }
+        if (n == 0) {
+                reject(s, r, DP_ERR_BAD_PARAM, 0, 0, DO_BAD_PARAM, "the prompt gives no tokens");
+                return;
+        }
+        if ((uint32_t)n >= max_ctx) {
+                reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, max_ctx - 1, DO_PROMPT_TOO_LONG,
+                       "prompt is %d tokens, the context holds %u", n, max_ctx);
+                return;
+        }
+        uint32_t mt = g.max_tokens;
+        if (mt > s->lim.max_new_tokens) {
+                reject(s, r, DP_ERR_BAD_PARAM, 0, s->lim.max_new_tokens, DO_BAD_PARAM,
+                       "max_tokens %u is over the limit of %u", mt, s->lim.max_new_tokens);
+                return;
+        }
+        if (mt == 0)
+                mt = SL_MIN(s->lim.default_max_tokens, max_ctx - (uint32_t)n);
+        else if ((uint64_t)n + mt > max_ctx) {
+                reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, max_ctx, DO_PROMPT_TOO_LONG,
+                       "prompt (%d tokens) + max_tokens (%u) is over the context of %u", n, mt, max_ctx);
+                return;
+        }
+        struct engine_request q = {.prompt = s->ids, .n_prompt = (uint32_t)n, .max_tokens = mt,
+                                   .n_stop = g.n_stop, .t_receipt_ns = r->rx_ns};
+        q.sampling = (struct engine_sampling){
+                .temperature = g.sampling.temperature, .top_k = g.sampling.top_k, .top_p = g.sampling.top_p,
+                .min_p = g.sampling.min_p, .repeat_penalty = g.sampling.repeat_penalty,
+                .presence_penalty = g.sampling.presence_penalty,
+                .frequency_penalty = g.sampling.frequency_penalty,
+                .penalty_last_n = g.sampling.penalty_last_n, .seed = g.sampling.seed};
+        if (engine_sampling_validate(&q.sampling, &err) < 0) {
+                reject(s, r, DP_ERR_BAD_PARAM, 0, 0, DO_BAD_PARAM, "%s", err.msg);
+                return;
+        }
+        if (q.sampling.top_k > 0 && (uint32_t)q.sampling.top_k > d->n_vocab) {
+                reject(s, r, DP_ERR_BAD_PARAM, 0, d->n_vocab, DO_BAD_PARAM, "top_k %d is over n_vocab %u",
+                       q.sampling.top_k, d->n_vocab);
+                return;
+        }
+        for (unsigned i = 0; i < g.n_stop && i < ENGINE_SCHED_MAX_STOP; i++) {
+                q.stop[i] = g.stop[i].ptr;
+                q.stop_len[i] = g.stop[i].len;
+        }
+        uint32_t dl = g.deadline_ms;
+        if (s->lim.request_timeout_ms && (dl == 0 || dl > s->lim.request_timeout_ms))
+                dl = s->lim.request_timeout_ms;
+        if (dl)
+                q.deadline_ns = r->rx_ns + (uint64_t)dl * 1000000u;
+
+        struct dreq *e = req_alloc(s, &q.tag);
+        if (!e) {
+                reject(s, r, DP_ERR_BUSY, 100, 0, DO_BUSY, "server request table full");
+                return;
+        }
+        e->tr = r->transport, e->client = r->client, e->rid = r->request_id, e->rx_ns = r->rx_ns;
+        e->no_text = g.flags & DP_GEN_NO_TEXT;
+        if (s->lim.audit_text && g.prompt_text) {
+                e->prompt_len = SL_MIN(g.prompt_len, AUDIT_TEXT_CAP);
+                memcpy(e->prompt, g.prompt_text, e->prompt_len);
+        }
+        if (g.flags & DP_GEN_ECHO_PROMPT)
+                send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_PROMPT, s->ids, (uint32_t)n, NULL, 0);
+        uint32_t retry_ms = 0;
+        rc = engine_sched_submit(d->sched, &q, &retry_ms, &err);
+        if (rc >= 0)
+                return;
+        req_free(s, e);
+        if (rc == -EBUSY)
+                reject(s, r, DP_ERR_BUSY, retry_ms ? retry_ms : 100, 0, DO_BUSY, "queue full (%u waiting)",
+                       d->sopts.max_queued);
+        else if (rc == -EINVAL)
+                reject(s, r, DP_ERR_BAD_PARAM, 0, 0, DO_BAD_PARAM, "%s", err.msg);
+        else if (rc == -EEXIST)
+                ctl_logf(SL_LOG_WARNING, "request %016llx: duplicate tag", (unsigned long long)r->request_id);
+        else
+                reject(s, r, DP_ERR_INTERNAL, 0, 0, DO_ERROR, "%s", err.msg[0] ? err.msg : strerror(-rc));
+}
+
+static void handle_tokenize(struct serve *s, const struct dp_req_rec *r)
+{
+        struct sl_error err = {0};
+        struct dp_tokenize t;
+        int rc = dp_tokenize_decode(r->payload, r->payload_len, &t, &err);
+        if (rc < 0) {
+                reject(s, r, -rc, 0, 0, -rc == DP_ERR_PROMPT_TOO_LONG ? DO_PROMPT_TOO_LONG : DO_BAD_PARAM, "%s",
+                       err.msg);
+                return;
+        }
+        if (t.text.len > s->lim.max_prompt_bytes) {
+                reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, s->lim.max_prompt_bytes, DO_PROMPT_TOO_LONG,
+                       "text is %u bytes, over the limit of %u", t.text.len, s->lim.max_prompt_bytes);
+                return;
+        }
+        int n = tokenize(s, r, t.text.ptr, t.text.len, t.flags & DP_TOK_ADD_SPECIAL, t.flags & DP_TOK_PARSE_SPECIAL);
+        if (n < 0)
+                return;
+        uint64_t t0 = r->rx_ns;
+        /* ids, with the text of each frame's ids unless NO_TEXT (frames of up to 64 ids keep
+         * the text of a frame small) */
+        char text[4096];
+        struct engine_detok dt;
+        engine_detok_init(&dt);
+        for (int i = 0; i < n;) {
+                uint32_t k = (uint32_t)SL_MIN(n - i, 64), tl = 0;
+                if (!(t.flags & DP_TOK_NO_TEXT)) {
+                        for (uint32_t j = 0; j < k; j++) {
+                                int w = engine_detok_push(s->d->tok, &dt, s->ids[i + j], text + tl,
+                                                          sizeof(text) - tl);
+                                if (w > 0)
+                                        tl += (uint32_t)w;
+                        }
+                        if (i + (int)k == n) {
+                                int w = engine_detok_flush(&dt, text + tl, sizeof(text) - tl);
+                                if (w > 0)
+                                        tl += (uint32_t)w;
+                        }
+                }
+                send_tokens(s, r->transport, r->client, r->request_id, DP_TOKENS_PROMPT, s->ids + i, k, text, tl);
+                i += (int)k;
+        }
+        uint64_t now = sl_now_ns();
+        struct dp_done dn = {.reason = DP_FINISH_NONE, .stop_index = DP_STOP_INDEX_NONE,
+                             .prompt_tokens = (uint32_t)n, .total_us = now > t0 ? (now - t0) / 1000 : 0};
+        send_done(s, r->transport, r->client, r->request_id, &dn);
+        ctl_counter_add(s->d->m.requests[DO_TOKENIZE], 1);
+}
+
+static void handle(struct serve *s, const struct dp_req_rec *r)
+{
+        if (r->transport >= DT_N)
+                return;
+        switch (r->kind) {
+        case DP_REQ_GENERATE:
+                handle_generate(s, r);
+                break;
+        case DP_REQ_TOKENIZE:
+                handle_tokenize(s, r);
+                break;
+        case DP_REQ_CANCEL:
+        case DP_REQ_CLIENT_GONE: {
+                int64_t tag = req_find(s, r->transport, r->client, r->request_id);
+                if (tag >= 0) /* unknown: already finished, ignore */
+                        engine_sched_cancel(s->d->sched, (uint64_t)tag, &s->ev, s);
+                break;
+        }
+        default:
+                break;
+        }
+}
+
+static unsigned drain(struct serve *s, uint8_t tr)
+{
+        struct dp_ring *ring = s->d->req_ring[tr];
+        unsigned n = 0;
+        const void *rec;
+        size_t len;
+        if (!ring)
+                return 0;
+        while (n < DRAIN_BURST && (rec = dp_ring_peek(ring, &len))) {
+                const struct dp_req_rec *r = rec;
+                if (len >= sizeof(*r) && len - sizeof(*r) >= r->payload_len)
+                        handle(s, r);
+                dp_ring_release(ring);
+                n++;
+        }
+        return n;
+}
+
+/* ---- load and metrics ---- */
+
+void serve_load(void *arg, struct dp_load *l)
+{
+        struct daemon *d = arg;
+        struct engine_sched_stats st;
+        engine_sched_stats(d->sched, &st);
+        l->queue_depth = st.queued;
+        l->active = st.running;
+        l->kv_blocks_total = st.kv_blocks_total;
+        l->kv_blocks_free = st.kv_blocks_total - st.kv_blocks_used;
+        l->max_inflight = d->cfg.limits.max_concurrent_per_client;
+        l->flags = atomic_load_explicit(&d->draining, memory_order_relaxed) ? DP_LOAD_DRAINING : 0;
+}
+
+/* Gauges from the scheduler's stats, and the transports' counters copied as deltas: done
+ * here on the engine thread every STATS_EVERY_NS, so /metrics lags by at most that. */
+static void update_metrics(struct serve *s)
+{
+        struct daemon *d = s->d;
+        struct d_metrics *m = &d->m;
+        struct engine_sched_stats st;
+        engine_sched_stats(d->sched, &st);
+        ctl_gauge_set(m->queue_depth, st.queued);
+        ctl_gauge_set(m->running, st.running);
+        ctl_gauge_set(m->kv_used, st.kv_blocks_used);
+        ctl_gauge_set(m->kv_total, st.kv_blocks_total);
+        ctl_gauge_set(m->live, atomic_load_explicit(&d->n_live, memory_order_relaxed));
+        ctl_gauge_set(m->draining, atomic_load_explicit(&d->draining, memory_order_relaxed));
+        static uint64_t last_steps, last_pre;
+        ctl_counter_add(m->steps, st.steps - last_steps);
+        ctl_counter_add(m->preemptions, st.preemptions - last_pre);
+        last_steps = st.steps, last_pre = st.preemptions;
+        for (int tr = 0; tr < DT_N; tr++) {
+                struct dp_transport_stats ts;
+                if (tr == DT_UDP && d->udp)
+                        dp_udp_stats(d->udp, &ts);
+                else if (tr == DT_TCP && d->tcp)
+                        dp_tcp_stats(d->tcp, &ts);
+                else
+                        continue;
+                uint64_t v[DTS_N] = {
+                        [DTS_RX_FRAMES] = ts.rx_frames, [DTS_TX_FRAMES] = ts.tx_frames,
+                        [DTS_RX_BYTES] = ts.rx_bytes, [DTS_TX_BYTES] = ts.tx_bytes,
+                        [DTS_MALFORMED] = ts.malformed,
+                        [DTS_DROPS] = ts.drop_bad_crc + ts.drop_short_hello + ts.drop_no_tx_buf +
+                                      ts.drop_ring_full + ts.drop_table_full + ts.drop_stale_resp +
+                                      ts.output_overflows,
+                        [DTS_ERRORS_SENT] = ts.errors_sent,
+                };
+                for (int k = 0; k < DTS_N; k++) {
+                        if (v[k] > m->tr_last[tr][k])
+                                ctl_counter_add(m->tr[tr][k], v[k] - m->tr_last[tr][k]);
+                        m->tr_last[tr][k] = v[k];
+                }
+        }
+}
+
+static void refresh_limits(struct serve *s)
+{
+        struct daemon *d = s->d;
+        uint32_t g = atomic_load_explicit(&d->lim_gen, memory_order_acquire);
+        if (g == s->lim_gen)
+                return;
+        pthread_mutex_lock(&d->lim_lock);
+        s->lim = d->lim;
+        s->lim_gen = atomic_load_explicit(&d->lim_gen, memory_order_relaxed);
+        pthread_mutex_unlock(&d->lim_lock);
+}
+
+static void cancel_all(struct serve *s)
+{
+        for (uint32_t i = 0; i < s->n_req; i++)
+                if (s->req[i].used)
+                        engine_sched_cancel(s->d->sched, (uint64_t)s->req[i].gen << 32 | i, &s->ev, s);
+}
+
+/* ---- the loop ---- */
+
+void *serve_main(void *arg)
+{
+        struct daemon *d = arg;
+        struct serve *s = d->serve;
+        struct sl_error err = {0};
+        uint64_t step_errors = 0;
+        s->lim_gen = UINT32_MAX;
+        while (!atomic_load_explicit(&d->stop, memory_order_relaxed)) {
+                __atomic_add_fetch(&d->heartbeat, 1, __ATOMIC_RELAXED);
+                ctl_notify_watchdog();
+                refresh_limits(s);
+                unsigned got = 0;
+                for (uint8_t tr = 0; tr < DT_N; tr++)
+                        got += drain(s, tr);
+                if (atomic_load_explicit(&d->cancel_all, memory_order_relaxed))
+                        cancel_all(s);
+                int r = engine_sched_step(d->sched, &s->ev, s, &err);
+                if (r < 0 && step_errors++ < 10)
+                        ctl_logf(SL_LOG_ERR, "engine step failed: %s", err.msg);
+                uint64_t now = sl_now_ns();
+                if (now >= s->next_stats_ns) {
+                        update_metrics(s);
+                        s->next_stats_ns = now + STATS_EVERY_NS;
+                }
+                if (got || r != 0) {
+                        kick(d, DT_UDP);
+                        kick(d, DT_TCP);
+                        continue;
+                }
+                /* live requests that computed nothing this step (cannot happen with a sane
+                 * scheduler) get a short nap rather than a spin */
+                int wait_ms = engine_sched_live(d->sched) > 0 ? 1 : IDLE_WAIT_MS;
+                dp_notify_prepare(&d->wake);
+                bool empty = true;
+                for (int tr = 0; tr < DT_N; tr++)
+                        if (d->req_ring[tr] && !dp_ring_empty(d->req_ring[tr]))
+                                empty = false;
+                if (empty)
+                        dp_notify_wait(&d->wake, wait_ms);
+                dp_notify_done(&d->wake);
+        }
+        update_metrics(s);
+        return NULL;
+}
+
+int serve_create(struct daemon *d, struct sl_error *err)
+{
+        struct serve *s = calloc(1, sizeof(*s));
+        if (!s)
+                return sl_errorf(err, -ENOMEM, "out of memory");
+        s->d = d;
+        s->n_req = d->sopts.max_running + d->sopts.max_queued + 8;
+        s->req = calloc(s->n_req, sizeof(*s->req));
+        s->ids_cap = DP_MAX_PROMPT_TOKENS + 16;
+        s->ids = malloc(s->ids_cap * sizeof(*s->ids));
+        s->stage = malloc(DP_TCP_MAX_PAYLOAD);
+        if (!s->req || !s->ids || !s->stage) {
+                uint32_t n = s->n_req;
+                free(s->req), free(s->ids), free(s->stage), free(s);
+                return sl_errorf(err, -ENOMEM, "out of memory for the request table (%u entries)", n);
+        }
+        s->ev.on_token = on_token;
+        s->ev.on_done = on_done;
+        d->serve = s;
+        return 0;
+}
+
+void serve_free(struct daemon *d)
+{
+        struct serve *s = d->serve;
+        if (!s)
+                return;
+        free(s->req), free(s->ids), free(s->stage), free(s);
+        d->serve = NULL;
+}
