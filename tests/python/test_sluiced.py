@@ -1,0 +1,407 @@
+"""sluiced end to end: the real daemon on 127.0.0.1 (ports from the kernel), the real `sluice`
+CLI and raw protocol frames (sluiced_helper.py). Greedy text through the server equals
+sluice-run's offline text over UDP and TCP; 32 concurrent clients; cancel and vanished
+clients free their KV blocks; overload gives BUSY, never a crash; bad frames get the
+documented answer and the server keeps serving; sd_notify, SIGHUP reload and SIGTERM drain
+against a real NOTIFY_SOCKET; --check-config. Every wait is bounded."""
+import concurrent.futures as cf
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import run
+from sluiced_helper import ERR, OP, Daemon, TcpConn, UdpConn, frame, generate_payload, parse_done, \
+    parse_error, parse_tokens
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Hello, my name is",
+           "The quick brown fox", "In 1492, Columbus", "Water boils at", "My favourite food is"]
+
+
+@pytest.fixture(scope="session")
+def sluiced(build_dir):
+    p = build_dir / "daemon" / "sluiced"
+    if not p.exists():
+        pytest.fail(f"sluiced not built in {build_dir}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def cli(build_dir):
+    return build_dir / "client" / "sluice"
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A 2-layer llama with a real SentencePiece vocabulary: fast on 2 cores."""
+    try:
+        import genmodel
+    except ImportError as e:
+        pytest.skip(f"genmodel needs numpy and gguf: {e}")
+    if not (genmodel.VOCAB_DIR / "ggml-vocab-llama-spm.gguf").exists():
+        pytest.skip(f"reference vocabularies not found in {genmodel.VOCAB_DIR}")
+    p = tmp_path_factory.mktemp("model") / "llama2-q8.gguf"
+    genmodel.write_model(p, "llama2", "Q8_0")
+    return p
+
+
+@pytest.fixture
+def daemon(sluiced, small_model, tmp_path):
+    started = []
+
+    def start(overrides=(), model=None, env=None, config_text=None, ready=True):
+        d = Daemon(sluiced, model or small_model, tmp_path, overrides, env, config_text)
+        started.append(d)
+        return d.wait_ready() if ready else d
+
+    yield start
+    for d in started:
+        if d.alive():
+            d.p.kill()
+            d.p.wait(5)
+
+
+def offline(tool, model, prompt, n):
+    r = run([tool("sluice-run"), "-m", model, "-p", prompt, "-n", n, "--temp", "0", "-t", 2,
+             "--no-display-prompt"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def cli_generate(cli, d, transport, prompt, n, extra=(), timeout=60):
+    return run([cli, f"--{transport}", "-H", "127.0.0.1", "-p", d.port(transport), "--timeout", 30000,
+                "generate", "-n", n, "--temp", 0, *extra, prompt], timeout=timeout)
+
+
+# ---- correctness ----
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_greedy_equals_sluice_run(daemon, cli, tool, small_model, transport):
+    d = daemon()
+    want = offline(tool, small_model, PROMPTS[0], 24)
+    r = cli_generate(cli, d, transport, PROMPTS[0], 24)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want, f"server {r.stdout!r}\noffline {want!r}"
+    assert "finish length" in r.stderr and "generated 24 tokens" in r.stderr
+
+
+def test_demo_model_greedy_equals_sluice_run(daemon, cli, tool, demo_model):
+    d = daemon(model=demo_model, overrides=["engine.kv_blocks=128"])
+    want = offline(tool, demo_model, PROMPTS[0], 16)
+    for transport in ("udp", "tcp"):
+        r = cli_generate(cli, d, transport, PROMPTS[0], 16)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == want, f"{transport}: server {r.stdout!r}\noffline {want!r}"
+
+
+def test_32_concurrent_clients(daemon, cli, tool, small_model):
+    d = daemon()
+    n = 16
+    want = {p: offline(tool, small_model, p, n) for p in PROMPTS}
+    jobs = [(("udp", "tcp")[i % 2], PROMPTS[i % len(PROMPTS)]) for i in range(32)]
+    with cf.ThreadPoolExecutor(32) as ex:
+        res = list(ex.map(lambda j: cli_generate(cli, d, j[0], j[1], n, timeout=120), jobs))
+    for (transport, prompt), r in zip(jobs, res):
+        assert r.returncode == 0, f"{transport} {prompt!r}: {r.stderr}"
+        assert r.stdout == want[prompt], f"{transport} {prompt!r}: {r.stdout!r} != {want[prompt]!r}"
+    m = d.metrics()
+    assert m['sluice_requests_total{outcome="length"}'] == 32
+    assert m["sluice_generated_tokens_total"] == 32 * n
+    assert m['sluice_transport_rx_frames_total{transport="udp"}'] > 0
+    assert m['sluice_transport_rx_frames_total{transport="tcp"}'] > 0
+
+
+def test_tokenize_info_ping(daemon, cli):
+    d = daemon()
+    for t in ("udp", "tcp"):
+        base = [cli, f"--{t}", "-H", "127.0.0.1", "-p", d.port(t)]
+        r = run(base + ["tokenize", "Hello world"], timeout=20)
+        assert r.returncode == 0 and len(r.stdout.split()) >= 2, r.stderr
+        r = run(base + ["info"], timeout=20)
+        assert r.returncode == 0 and "model: sluice-test-llama2-Q8_0" in r.stdout, r.stdout + r.stderr
+        assert "kv_blocks_total: 512" in r.stdout
+        r = run(base + ["ping"], timeout=20)
+        assert r.returncode == 0 and "kv_blocks_free 512/512" in r.stdout, r.stdout + r.stderr
+
+
+# ---- cancellation and leases ----
+
+def test_cancel_mid_stream_frees_kv(daemon):
+    d = daemon(overrides=["limits.max_new_tokens=4000", "engine.threads=1"])
+    c = TcpConn(d.tcp)
+    c.send(frame(OP["GENERATE"], 77, generate_payload(b"Once upon a time", max_tokens=4000), crc=False))
+    got = 0
+    while got < 5:
+        op, fl, rid, seq, p = c.recv_frame()
+        assert op == OP["TOKENS"] and rid == 77
+        got += 1
+    d.wait_metric("sluice_kv_blocks_used", lambda v: v > 0, 5)
+    c.send(frame(OP["CANCEL"], 77, crc=False))
+    while True:
+        op, fl, rid, seq, p = c.recv_frame()
+        if op != OP["TOKENS"]:
+            break
+    assert op == OP["DONE"], (op, p)
+    assert parse_done(p)["reason"] == 4  # cancelled
+    d.wait_metric("sluice_kv_blocks_used", lambda v: v == 0, 5)
+    assert d.metrics()['sluice_requests_total{outcome="cancelled"}'] == 1
+    c.close()
+
+
+def test_vanished_udp_client_cleaned_after_lease(daemon):
+    d = daemon(overrides=["limits.max_new_tokens=4000", "limits.udp_lease_ms=1000", "engine.threads=1"])
+    u = UdpConn(d.udp)
+    u.send(frame(OP["GENERATE"], 99, generate_payload(b"Once upon a time", max_tokens=4000)))
+    op, *_ = u.recv_frame()
+    assert op == OP["TOKENS"]
+    u.close()  # gone: no ACK, no RESEND
+    d.wait_metric("sluice_kv_blocks_used", lambda v: v == 0, 8)
+    d.wait_metric('sluice_requests_total{outcome="cancelled"}', lambda v: v == 1, 3)
+    assert d.metrics()['sluice_requests_total{outcome="length"}'] == 0
+
+
+def test_vanished_tcp_client_cleaned(daemon):
+    d = daemon(overrides=["limits.max_new_tokens=4000", "engine.threads=1"])
+    c = TcpConn(d.tcp)
+    c.send(frame(OP["GENERATE"], 5, generate_payload(b"Once upon a time", max_tokens=4000), crc=False))
+    assert c.recv_frame()[0] == OP["TOKENS"]
+    c.close()
+    d.wait_metric("sluice_kv_blocks_used", lambda v: v == 0, 5)
+    d.wait_metric('sluice_requests_total{outcome="cancelled"}', lambda v: v == 1, 3)
+
+
+# ---- overload ----
+
+def test_overload_busy_then_normal(daemon, cli, tool, small_model):
+    # 2 running + 2 queued, 16 KV blocks (~3 requests of 70 tokens): 40 clients at once
+    d = daemon(overrides=["engine.max_running=2", "engine.max_queued=2", "engine.kv_blocks=16",
+                          "engine.token_budget=64", "engine.prefill_chunk=64"])
+    jobs = [("udp", "tcp")[i % 2] for i in range(40)]
+    with cf.ThreadPoolExecutor(40) as ex:
+        res = list(ex.map(lambda t: cli_generate(cli, d, t, PROMPTS[1], 64, timeout=120), jobs))
+    codes = [r.returncode for r in res]
+    assert set(codes) <= {0, 4}, [(r.returncode, r.stderr) for r in res if r.returncode not in (0, 4)]
+    assert codes.count(4) > 0 and codes.count(0) >= 4, codes
+    assert all("BUSY" in r.stderr or "busy" in r.stderr for r in res if r.returncode == 4)
+    assert d.alive()
+    want = offline(tool, small_model, PROMPTS[1], 64)
+    assert all(r.stdout == want for r in res if r.returncode == 0)
+    m = d.metrics()
+    assert m['sluice_requests_total{outcome="busy"}'] == codes.count(4)
+    r = cli_generate(cli, d, "tcp", PROMPTS[1], 64)
+    assert r.returncode == 0 and r.stdout == want
+    d.wait_metric("sluice_kv_blocks_used", lambda v: v == 0, 5)
+
+
+# ---- bad input ----
+
+def test_bad_input_keeps_serving(daemon, cli, tool, small_model):
+    import random
+    rng = random.Random(1234)
+    d = daemon(overrides=["limits.max_prompt_tokens=32"])
+    good = frame(OP["GENERATE"], 11, generate_payload(b"Hello", max_tokens=4))
+    # UDP: random and mutated datagrams, bad CRC (dropped), wrong version (answered)
+    u = UdpConn(d.udp, timeout=0.3)
+    for i in range(300):
+        if i % 3 == 0:
+            b = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 1400)))
+        else:
+            b = bytearray(good)
+            for _ in range(rng.randrange(1, 6)):
+                b[rng.randrange(len(b))] = rng.getrandbits(8)
+        u.send(bytes(b))
+    bad_crc = bytearray(good)
+    bad_crc[28] ^= 0xFF
+    u.send(bytes(bad_crc))
+    u.send(frame(OP["PING"], 0, b"\0" * 32, version=9))
+    seen = []
+    try:
+        while True:
+            seen.append(u.recv_frame())
+    except socket.timeout:
+        pass
+    errs = [parse_error(p) for op, fl, rid, seq, p in seen if op == OP["ERROR"]]
+    assert any(e["code"] == ERR["BAD_VERSION"] for e in errs), errs
+    # prompt over the limit, bad sampling: terminal errors
+    u.s.settimeout(5)
+    u.send(frame(OP["GENERATE"], 21, generate_payload(b"word " * 200, max_tokens=4)))
+    u.send(frame(OP["GENERATE"], 22, generate_payload(b"Hello", max_tokens=4, top_p=-1.0)))
+    u.send(frame(OP["GENERATE"], 23, generate_payload(ids=[1, 99999999], max_tokens=4)))
+    want = {21: ERR["PROMPT_TOO_LONG"], 22: ERR["BAD_PARAM"], 23: ERR["BAD_PARAM"]}
+    got = {}
+    end = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < end:
+        op, fl, rid, seq, p = u.recv_frame()
+        if op == OP["ERROR"] and rid in want:
+            got[rid] = parse_error(p)
+    assert {k: v["code"] for k, v in got.items()} == want, got
+    assert all(v["terminal"] for v in got.values())
+    assert "32" in got[21]["msg"], got[21]
+    # TCP: random bytes close that connection; oversize frame: TOO_LARGE then close
+    for payload in (bytes(rng.getrandbits(8) for _ in range(200)),
+                    frame(OP["GENERATE"], 3, b"", crc=False, payload_len=1 << 20)):
+        c = TcpConn(d.tcp, timeout=5)
+        c.send(payload)
+        try:
+            f = c.recv_frame()
+        except ConnectionResetError:
+            f = None
+        if f is not None and f[0] == OP["ERROR"]:
+            assert parse_error(f[4])["code"] in (ERR["BAD_FRAME"], ERR["TOO_LARGE"], ERR["BAD_VERSION"])
+        c.close()
+    # a mutated-frame storm over TCP, one connection per frame
+    for i in range(50):
+        b = bytearray(frame(OP["GENERATE"], 11, generate_payload(b"Hello", max_tokens=4), crc=False))
+        b[rng.randrange(len(b))] = rng.getrandbits(8)
+        c = TcpConn(d.tcp, timeout=2)
+        c.send(bytes(b))
+        try:
+            while c.recv_frame() is not None:
+                pass
+        except (socket.timeout, ConnectionResetError):
+            pass
+        c.close()
+    # the CLI: prompt over the limit is a server error (exit 1) with the reason
+    r = cli_generate(cli, d, "tcp", "word " * 200, 4)
+    assert r.returncode == 1 and "PROMPT" in r.stderr.upper(), r.stderr
+    assert d.alive()
+    r = cli_generate(cli, d, "udp", PROMPTS[0], 8)
+    assert r.returncode == 0 and r.stdout == offline(tool, small_model, PROMPTS[0], 8)
+    m = d.metrics()
+    assert m['sluice_transport_drops_total{transport="udp"}'] + m['sluice_transport_malformed_total{transport="udp"}'] > 0
+
+
+# ---- lifecycle ----
+
+class NotifyListener:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.s.bind(str(path))
+        self.s.settimeout(0.2)
+        self.msgs = []
+        self.stop = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop:
+            try:
+                m = self.s.recv(4096).decode()
+                self.msgs.append((time.monotonic(), m))  # stamped on arrival, not before recv
+            except socket.timeout:
+                pass
+
+    def wait_for(self, pred, timeout=10, after=0.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for t, m in list(self.msgs):
+                if t >= after and pred(m):
+                    return m
+            time.sleep(0.05)
+        other = [(round(t - after, 3), m) for t, m in self.msgs if m != "WATCHDOG=1"]
+        raise AssertionError(f"no matching sd_notify message in {timeout} s: {other}")
+
+    def close(self):
+        self.stop = True
+        self.t.join(2)
+        self.s.close()
+
+
+def test_sd_notify_reload_and_drain(daemon, cli, tool, small_model, tmp_path):
+    sock = tmp_path / "notify.sock"
+    n = NotifyListener(sock)
+    try:
+        d = daemon(env={"NOTIFY_SOCKET": str(sock), "WATCHDOG_USEC": "400000"})
+        n.wait_for(lambda m: "READY=1" in m and "STATUS=serving" in m)
+        assert any("STATUS=loading" in m for _, m in n.msgs), n.msgs
+        n.wait_for(lambda m: "WATCHDOG=1" in m)
+        t0 = time.monotonic()
+        n.wait_for(lambda m: "WATCHDOG=1" in m, after=t0 + 0.1, timeout=3)  # keeps coming
+        assert d.health() == (200, "ready")
+
+        # SIGHUP with a live change
+        conf = d.conf.read_text()
+        d.conf.write_text(conf + "[limits]\nmax_new_tokens = 100\ndefault_max_tokens = 50\n")
+        t1 = time.monotonic()
+        d.signal(signal.SIGHUP)
+        m = n.wait_for(lambda m: "RELOADING=1" in m, after=t1)
+        assert "MONOTONIC_USEC=" in m, m
+        n.wait_for(lambda m: "READY=1" in m, after=t1)
+        r = cli_generate(cli, d, "tcp", PROMPTS[0], 200)
+        assert r.returncode == 1 and "100" in r.stderr, r.stderr  # the new limit is in force
+
+        # SIGHUP with a bad config: rejected, old one stays, still serving
+        d.conf.write_text(conf.replace("[model]", "[model]\nbogus_key = 1"))
+        t2 = time.monotonic()
+        d.signal(signal.SIGHUP)
+        n.wait_for(lambda m: "READY=1" in m, after=t2)
+        time.sleep(0.2)
+        assert "reload rejected" in d.log()
+        assert d.alive()
+        r = cli_generate(cli, d, "udp", PROMPTS[0], 8)
+        assert r.returncode == 0 and r.stdout == offline(tool, small_model, PROMPTS[0], 8)
+        d.conf.write_text(conf)
+
+        # SIGTERM drains an in-flight request
+        want = offline(tool, small_model, PROMPTS[2], 100)
+        with cf.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(cli_generate, cli, d, "tcp", PROMPTS[2], 100, ("--temp", "0"))
+            d.wait_metric("sluice_live_requests", lambda v: v >= 1, 10)
+            t3 = time.monotonic()
+            d.signal(signal.SIGTERM)
+            n.wait_for(lambda m: "STOPPING=1" in m, after=t3)
+            r = fut.result(60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == want
+        assert d.p.wait(20) == 0
+        assert "draining 1 in-flight" in d.log()
+    finally:
+        n.close()
+
+
+def test_shutting_down_refuses_new_requests(daemon, cli):
+    d = daemon(overrides=["limits.max_new_tokens=4000", "engine.threads=1", "server.drain_timeout_ms=3000"])
+    c = TcpConn(d.tcp)
+    c.send(frame(OP["GENERATE"], 1, generate_payload(b"Once upon a time", max_tokens=4000), crc=False))
+    assert c.recv_frame()[0] == OP["TOKENS"]
+    d.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert d.health()[1] == "draining"
+    r = cli_generate(cli, d, "udp", PROMPTS[0], 4)
+    assert r.returncode == 4, r.stderr  # SHUTTING_DOWN counts as busy
+    # the long request is cancelled at the drain timeout: DONE cancelled
+    while True:
+        op, fl, rid, seq, p = c.recv_frame()
+        if op != OP["TOKENS"]:
+            break
+    assert op == OP["DONE"] and parse_done(p)["reason"] == 4
+    assert d.p.wait(20) == 0
+
+
+# ---- configuration ----
+
+def test_check_config(sluiced, small_model, tmp_path):
+    good = tmp_path / "good.conf"
+    good.write_text(f"[model]\npath = {small_model}\n")
+    r = run([sluiced, "--check-config", "-c", good], timeout=10)
+    assert r.returncode == 0, r.stderr
+    bad = tmp_path / "bad.conf"
+    bad.write_text(f"[model]\npath = {small_model}\n[limits]\nmax_new_tokens = abc\n")
+    r = run([sluiced, "--check-config", "-c", bad], timeout=10)
+    assert r.returncode == 1
+    assert "bad.conf:4" in r.stderr and "max_new_tokens" in r.stderr, r.stderr
+    r = run([sluiced, "--check-config", "-c", good, "-o", "limits.max_new_tokens=0"], timeout=10)
+    assert r.returncode == 1 and "command line" in r.stderr, r.stderr
+    r = run([sluiced, "--check-config", "-c", tmp_path / "missing.conf"], timeout=10)
+    assert r.returncode == 1 and "missing.conf" in r.stderr
+
+
+def test_backend_cuda_fails_clearly(daemon):
+    d = daemon(overrides=["engine.backend=cuda"], ready=False)
+    assert d.p.wait(30) == 1
+    assert "backend = cuda" in d.log() and ("not built with CUDA" in d.log() or "not implemented" in d.log())
