@@ -595,3 +595,31 @@ void dp_tcp_kick(struct dp_tcp *t);
 int dp_tcp_local_addr(const struct dp_tcp *t, unsigned i, struct sockaddr_storage *ss, unsigned *len);
 void dp_tcp_stats(const struct dp_tcp *t, struct dp_transport_stats *out);
 #define DP_TCP_MAX_PAYLOAD (DP_MAX_FRAME_TCP - DP_HEADER_SIZE)
+
+/* ---- the client's address on request records (dataplane/transport.c) ----
+ * The kernel-socket transports put the client's socket address after a request record's
+ * payload (at the next 8-byte boundary), so that the engine thread can name the client (the
+ * audit log) without reading transport tables that the transport thread mutates. UDP: the
+ * datagram's source; TCP: the connection's peer. An IPv4-mapped IPv6 address (a v4 client
+ * of a dual-stack socket) is stored as plain IPv4: the address names the client, it is
+ * never used to reply. Records pushed with plain dp_req_push() carry none. */
+#include <netinet/in.h>
+
+struct dp_req_peer {
+        uint32_t len;           /* bytes of addr in use: sizeof(struct sockaddr_in) or _in6 */
+        uint32_t reserved;
+        union {
+                struct sockaddr sa;
+                struct sockaddr_in in;
+                struct sockaddr_in6 in6;
+        } addr;
+};
+
+/* dp_req_push() plus the client's address (sa may be NULL or of another family: then the
+ * record carries none). Returns 0, or -ENOBUFS when the ring is full. */
+int dp_req_push_peer(struct dp_ring *r, const struct dp_req_rec *h, const void *payload, size_t len,
+                     const struct sockaddr *sa, socklen_t salen);
+/* The address a record carries, or NULL. rec_len is the length dp_ring_peek() returned. */
+const struct dp_req_peer *dp_req_peer(const struct dp_req_rec *r, size_t rec_len);
+/* "127.0.0.1:45678", "[::1]:45678", or "-" when p is NULL. Returns snprintf's count. */
+int dp_req_peer_format(const struct dp_req_peer *p, char *buf, size_t cap);

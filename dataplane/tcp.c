@@ -44,6 +44,8 @@ struct conn {
         struct tcp_req *req;
         bool reasm_used;
         struct dp_reasm reasm;
+        struct sockaddr_storage peer;   /* stamped on request records (the audit log) */
+        socklen_t peer_len;
 };
 
 struct dp_tcp {
@@ -162,7 +164,8 @@ static void push_ctl(struct dp_tcp *t, struct conn *c, struct tcp_req *q, uint8_
         uint8_t bit = kind == DP_REQ_CANCEL ? PEND_CANCEL : PEND_GONE;
         struct dp_req_rec h = { .kind = kind, .transport = t->cfg.index, .client = handle(t, c, q),
                                 .request_id = q->rid, .rx_ns = sl_now_ns() };
-        if (dp_req_push(t->cfg.req_ring, &h, NULL, 0) < 0) {
+        if (dp_req_push_peer(t->cfg.req_ring, &h, NULL, 0, (const struct sockaddr *)&c->peer,
+                             c->peer_len) < 0) {
                 q->pend |= bit;
                 return;
         }
@@ -276,7 +279,8 @@ static void on_request(struct dp_tcp *t, struct conn *c, const struct dp_frame *
         struct dp_req_rec h = { .kind = f->h.opcode == DP_OP_GENERATE ? DP_REQ_GENERATE : DP_REQ_TOKENIZE,
                                 .transport = t->cfg.index, .client = handle(t, c, q),
                                 .request_id = rid, .rx_ns = now };
-        if (dp_req_push(t->cfg.req_ring, &h, msg, mlen) < 0) {
+        if (dp_req_push_peer(t->cfg.req_ring, &h, msg, mlen, (const struct sockaddr *)&c->peer,
+                             c->peer_len) < 0) {
                 DPT_STAT(&t->st, drop_ring_full, 1);
                 out_error(t, c, rid, 0, DP_ERR_BUSY, true, 100, "request ring full");
                 return;
@@ -414,6 +418,10 @@ static void on_accept(struct dp_tcp *t, int fd)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (t->cfg.sndbuf > 0)
                 setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &t->cfg.sndbuf, sizeof(t->cfg.sndbuf));
+        /* once per connection, so that no request record needs a syscall */
+        c->peer_len = sizeof(c->peer);
+        if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peer_len) < 0)
+                c->peer_len = 0;
         c->fd = fd;
         c->state = C_OPEN;
         c->shut = c->send_busy = c->recv_busy = c->reasm_used = false;

@@ -1,5 +1,6 @@
 /* transport.c — what the kernel-socket transports share: wakeups between the engine and
- * transport threads (eventfd + a sleeping flag), and listen-address parsing. */
+ * transport threads (eventfd + a sleeping flag), listen-address parsing, and the client's
+ * address carried on request records. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
@@ -223,4 +224,73 @@ void dpt_thread_stop(struct dpt_thread *t, int wake_fd)
         (void)w; /* the eventfd counter cannot overflow from one write; the join waits anyway */
         pthread_join(t->thread, NULL);
         t->running = false;
+}
+
+/* ---- the client's address on request records ---- */
+
+static size_t peer_offset(size_t payload_len)
+{
+        return SL_ALIGN_UP(sizeof(struct dp_req_rec) + payload_len, 8);
+}
+
+int dp_req_push_peer(struct dp_ring *r, const struct dp_req_rec *h, const void *payload, size_t len,
+                     const struct sockaddr *sa, socklen_t salen)
+{
+        struct dp_req_peer p = {0};
+        if (sa && sa->sa_family == AF_INET && salen >= sizeof(p.addr.in)) {
+                memcpy(&p.addr.in, sa, sizeof(p.addr.in));
+                p.len = sizeof(p.addr.in);
+        } else if (sa && sa->sa_family == AF_INET6 && salen >= sizeof(p.addr.in6)) {
+                memcpy(&p.addr.in6, sa, sizeof(p.addr.in6));
+                p.len = sizeof(p.addr.in6);
+                if (IN6_IS_ADDR_V4MAPPED(&p.addr.in6.sin6_addr)) {
+                        struct sockaddr_in in = {.sin_family = AF_INET,
+                                                 .sin_port = p.addr.in6.sin6_port};
+                        memcpy(&in.sin_addr, &p.addr.in6.sin6_addr.s6_addr[12], 4);
+                        memset(&p.addr, 0, sizeof(p.addr));
+                        p.addr.in = in;
+                        p.len = sizeof(in);
+                }
+        }
+        if (!p.len)
+                return dp_req_push(r, h, payload, len);
+
+        size_t off = peer_offset(len);
+        uint8_t *rec = dp_ring_reserve(r, off + sizeof(p));
+        if (!rec)
+                return -ENOBUFS;
+        struct dp_req_rec *hr = (struct dp_req_rec *)rec;
+        *hr = *h;
+        hr->payload_len = (uint32_t)len;
+        if (len)
+                memcpy(hr->payload, payload, len);
+        memcpy(rec + off, &p, sizeof(p));
+        dp_ring_commit(r, off + sizeof(p));
+        return 0;
+}
+
+const struct dp_req_peer *dp_req_peer(const struct dp_req_rec *r, size_t rec_len)
+{
+        if (rec_len < sizeof(*r) || rec_len - sizeof(*r) < r->payload_len)
+                return NULL;
+        size_t off = peer_offset(r->payload_len);
+        if (rec_len < off || rec_len - off < sizeof(struct dp_req_peer))
+                return NULL;
+        const struct dp_req_peer *p = (const void *)((const uint8_t *)r + off);
+        if ((p->len != sizeof(p->addr.in) || p->addr.sa.sa_family != AF_INET) &&
+            (p->len != sizeof(p->addr.in6) || p->addr.sa.sa_family != AF_INET6))
+                return NULL;
+        return p;
+}
+
+int dp_req_peer_format(const struct dp_req_peer *p, char *buf, size_t cap)
+{
+        char host[INET6_ADDRSTRLEN];
+        if (p && p->addr.sa.sa_family == AF_INET &&
+            inet_ntop(AF_INET, &p->addr.in.sin_addr, host, sizeof(host)))
+                return snprintf(buf, cap, "%s:%u", host, ntohs(p->addr.in.sin_port));
+        if (p && p->addr.sa.sa_family == AF_INET6 &&
+            inet_ntop(AF_INET6, &p->addr.in6.sin6_addr, host, sizeof(host)))
+                return snprintf(buf, cap, "[%s]:%u", host, ntohs(p->addr.in6.sin6_port));
+        return snprintf(buf, cap, "-");
 }

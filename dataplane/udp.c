@@ -274,7 +274,8 @@ static int push_ctl(struct dp_udp *u, struct udp_req *q, uint8_t kind)
 {
         struct dp_req_rec h = { .kind = kind, .transport = u->cfg.index, .client = req_handle(u, q),
                                 .request_id = q->rid, .rx_ns = sl_now_ns() };
-        if (dp_req_push(u->cfg.req_ring, &h, NULL, 0) < 0) {
+        if (dp_req_push_peer(u->cfg.req_ring, &h, NULL, 0, (const struct sockaddr *)&q->peer.ss,
+                             q->peer.len) < 0) {
                 q->pend |= kind == DP_REQ_CANCEL ? PEND_CANCEL : PEND_GONE;
                 return -ENOBUFS;
         }
@@ -379,7 +380,8 @@ static void on_request(struct dp_udp *u, const struct peer *p, const struct dp_f
                 .transport = u->cfg.index, .client = req_handle(u, q),
                 .request_id = f->h.request_id, .rx_ns = now,
         };
-        if (dp_req_push(u->cfg.req_ring, &h, msg, mlen) < 0) {
+        if (dp_req_push_peer(u->cfg.req_ring, &h, msg, mlen, (const struct sockaddr *)&p->ss,
+                             p->len) < 0) {
                 req_free(u, q);
                 DPT_STAT(&u->st, drop_ring_full, 1);
                 send_error(u, p, dlen, f->h.request_id, DP_ERR_BUSY, true, 100, "request ring full");

@@ -1,7 +1,8 @@
 /* test-tcp.c — the TCP transport on 127.0.0.1 and ::1 with a fake engine: 16 requests
  * multiplexed on one connection, a framing error closing only that connection, a
  * connection that never reads hitting the output bound (its request fails, the engine gets
- * CANCEL) while another connection is served, and close -> CLIENT_GONE. */
+ * CANCEL) while another connection is served, close -> CLIENT_GONE, and request records
+ * naming the connection's peer address. */
 #include <netinet/tcp.h>
 
 #include "transport-test.h"
@@ -104,6 +105,11 @@ static void run(const char *addr)
         }
         for (int k = 0; k < 16; k++)
                 CHECK(next[k] == 4 && atomic_load(&e.runs[100 + k]) == 1);
+        /* each request record names the connection's peer (for the audit log) */
+        char name_a[64], name_c[64];
+        sock_name(a, name_a, sizeof(name_a));
+        for (int k = 0; k < 16; k++)
+                CHECK(strcmp(e.peer[100 + k], name_a) == 0);
         /* a live id reused on the connection: non-terminal BAD_PARAM */
         n = gen_payload(pl, sizeof(pl), "hold", 4);
         send_frame(a, DP_OP_GENERATE, 120, pl, (size_t)n);
@@ -160,6 +166,9 @@ static void run(const char *addr)
         n = gen_payload(pl, sizeof(pl), "hold", 4);
         send_frame(c, DP_OP_GENERATE, 140, pl, (size_t)n);
         CHECK(wait_until(&e.runs[140], 1, 2000));
+        sock_name(c, name_c, sizeof(name_c));
+        CHECK(strcmp(e.peer[140], name_c) == 0 && strcmp(name_a, name_c) != 0);
+        CHECK(strcmp(e.peer[131], name_a) == 0);
         close(c);
         CHECK(wait_until(&e.gone[140], 1, 2000));
 

@@ -1,7 +1,8 @@
 /* test-udp.c — the UDP transport on 127.0.0.1 and ::1 with a fake engine: CRC'd framing
  * and sequence numbers, PING/PONG, HELLO/INFO, fragmented GENERATE, a repeated request id
  * not run twice, RESEND of a datagram the client ignored, lease expiry -> CLIENT_GONE, and
- * garbage / oversize / bad-CRC datagrams counted while the transport keeps serving. */
+ * garbage / oversize / bad-CRC datagrams counted while the transport keeps serving; request
+ * records carry the client's address. */
 #include "transport-test.h"
 
 static struct dp_udp *g_u;
@@ -109,6 +110,9 @@ static void run(const char *addr)
         n = gen_payload(pl, sizeof(pl), "hi", 2);
         send_frame(fd, DP_OP_GENERATE, 1, 0, pl, (size_t)n);
         read_stream(fd, 1, -1, NULL, NULL);
+        char name[64];
+        sock_name(fd, name, sizeof(name));
+        CHECK(strcmp(e.peer[1], name) == 0); /* the record names the datagram's source */
         send_frame(fd, DP_OP_GENERATE, 1, 0, pl, (size_t)n);
         CHECK(!wait_readable(fd, 150));
         CHECK(atomic_load(&e.runs[1]) == 1);
@@ -239,10 +243,59 @@ static void run(const char *addr)
         dp_ring_free(resp);
 }
 
+/* The address trailer on request records: after payloads of every alignment, v4-mapped
+ * IPv6 written as IPv4, and none on plain dp_req_push() records or other families. */
+static void check_peer_records(void)
+{
+        struct dp_ring *r;
+        char buf[64], pl[13] = "0123456789ab";
+        const void *rec;
+        size_t len;
+        CHECK(dp_ring_create(&r, 1 << 16, NULL) == 0);
+        struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(45678) };
+        inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
+        struct sockaddr_in6 in6 = { .sin6_family = AF_INET6, .sin6_port = htons(5) };
+        inet_pton(AF_INET6, "::1", &in6.sin6_addr);
+        struct sockaddr_in6 mapped = { .sin6_family = AF_INET6, .sin6_port = htons(7) };
+        inet_pton(AF_INET6, "::ffff:10.1.2.3", &mapped.sin6_addr);
+        struct dp_req_rec h = { .kind = DP_REQ_GENERATE, .request_id = 9 };
+        for (size_t n = 0; n <= 12; n++) {
+                CHECK(dp_req_push_peer(r, &h, pl, n, (const struct sockaddr *)&in, sizeof(in)) == 0);
+                CHECK((rec = dp_ring_peek(r, &len)));
+                const struct dp_req_rec *rr = rec;
+                CHECK(rr->payload_len == n && memcmp(rr->payload, pl, n) == 0 && rr->request_id == 9);
+                dp_req_peer_format(dp_req_peer(rr, len), buf, sizeof(buf));
+                CHECK(strcmp(buf, "127.0.0.1:45678") == 0);
+                dp_ring_release(r);
+        }
+        CHECK(dp_req_push_peer(r, &h, pl, 3, (const struct sockaddr *)&in6, sizeof(in6)) == 0);
+        CHECK((rec = dp_ring_peek(r, &len)));
+        dp_req_peer_format(dp_req_peer(rec, len), buf, sizeof(buf));
+        CHECK(strcmp(buf, "[::1]:5") == 0);
+        dp_ring_release(r);
+        CHECK(dp_req_push_peer(r, &h, NULL, 0, (const struct sockaddr *)&mapped, sizeof(mapped)) == 0);
+        CHECK((rec = dp_ring_peek(r, &len)));
+        CHECK(dp_req_peer(rec, len)->addr.sa.sa_family == AF_INET);
+        dp_req_peer_format(dp_req_peer(rec, len), buf, sizeof(buf));
+        CHECK(strcmp(buf, "10.1.2.3:7") == 0);
+        dp_ring_release(r);
+        struct sockaddr un = { .sa_family = AF_UNIX };
+        CHECK(dp_req_push_peer(r, &h, pl, 5, &un, sizeof(un)) == 0);
+        CHECK((rec = dp_ring_peek(r, &len)) && len == sizeof(h) + 5 && !dp_req_peer(rec, len));
+        dp_ring_release(r);
+        CHECK(dp_req_push(r, &h, pl, 8) == 0);
+        CHECK((rec = dp_ring_peek(r, &len)) && !dp_req_peer(rec, len));
+        dp_req_peer_format(NULL, buf, sizeof(buf));
+        CHECK(strcmp(buf, "-") == 0);
+        dp_ring_release(r);
+        dp_ring_free(r);
+}
+
 int main(void)
 {
         srand(1);
         alarm(60);
+        check_peer_records();
         run("127.0.0.1:0");
         run("[::1]:0");
         return 0;

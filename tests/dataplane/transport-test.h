@@ -42,6 +42,9 @@ struct fake_engine {
         _Atomic unsigned gone[256];
         _Atomic unsigned cancels[256];
         _Atomic size_t plen[256];
+        /* per request id: the client address on its last GENERATE/TOKENIZE record ("-": none),
+         * written before runs[] is bumped */
+        char peer[256][64];
 };
 
 static int fake_push(struct fake_engine *e, struct fake_req *q, uint8_t op, const void *pl, size_t n)
@@ -91,7 +94,7 @@ static void *fake_main(void *arg)
                 bool did = false;
                 while ((rec = dp_ring_peek(e->req, &len))) {
                         const struct dp_req_rec *r = rec;
-                        CHECK(len == sizeof(*r) + r->payload_len);
+                        CHECK(len >= sizeof(*r) + r->payload_len); /* + the client's address */
                         unsigned slot = (unsigned)(r->request_id & 255);
                         struct fake_req *q = NULL;
                         for (unsigned i = 0; i < 64; i++)
@@ -102,6 +105,7 @@ static void *fake_main(void *arg)
                                 struct dp_generate g;
                                 CHECK(r->kind != DP_REQ_GENERATE ||
                                       dp_generate_decode(r->payload, r->payload_len, &g, NULL) == 0);
+                                dp_req_peer_format(dp_req_peer(r, len), e->peer[slot], sizeof(e->peer[slot]));
                                 atomic_fetch_add(&e->runs[slot], 1);
                                 atomic_store(&e->plen[slot], r->kind == DP_REQ_GENERATE ? g.prompt_len : 0);
                                 for (unsigned i = 0; i < 64 && !q; i++)
@@ -186,6 +190,24 @@ static long gen_payload(uint8_t *buf, size_t cap, const char *prompt, size_t ple
         g.sampling.top_p = 1.0f;
         g.sampling.repeat_penalty = 1.0f;
         return dp_generate_encode(buf, cap, &g);
+}
+
+/* "127.0.0.1:45678" / "[::1]:45678" for a socket's own address, as the server sees it. */
+static void sock_name(int fd, char *buf, size_t cap)
+{
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        char host[INET6_ADDRSTRLEN];
+        CHECK(getsockname(fd, (struct sockaddr *)&ss, &len) == 0);
+        if (ss.ss_family == AF_INET) {
+                const struct sockaddr_in *a = (const void *)&ss;
+                CHECK(inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)));
+                snprintf(buf, cap, "%s:%u", host, ntohs(a->sin_port));
+        } else {
+                const struct sockaddr_in6 *a = (const void *)&ss;
+                CHECK(inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)));
+                snprintf(buf, cap, "[%s]:%u", host, ntohs(a->sin6_port));
+        }
 }
 
 static bool wait_readable(int fd, int ms)
