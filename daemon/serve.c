@@ -35,6 +35,7 @@ struct dreq {
         uint8_t tr;
         uint32_t gen;
         uint64_t client, rid, rx_ns, last_tok_ns;
+        struct dp_req_peer peer;         /* the client's address (len 0: unknown) */
         uint32_t prompt_len, out_len;    /* audit text kept (with-text mode) */
         char prompt[AUDIT_TEXT_CAP];
         char out[AUDIT_TEXT_CAP];
@@ -52,6 +53,7 @@ struct serve {
         uint32_t lim_gen;
         uint64_t next_stats_ns;
         struct engine_sched_events ev;
+        const struct dp_req_peer *rx_peer; /* address on the record being handled, or NULL */
 };
 
 /* ---- responses ---- */
@@ -142,8 +144,10 @@ static void send_done(struct serve *s, uint8_t tr, uint64_t client, uint64_t rid
 
 /* ---- audit ---- */
 
-static void audit(struct serve *s, uint8_t tr, uint64_t rid, uint32_t prompt_tokens, uint32_t gen_tokens,
-                  const char *outcome, uint64_t ttft_ns, uint64_t rx_ns, const struct dreq *e)
+/* peer: the client's address as the transport recorded it (NULL or len 0: written "-"). */
+static void audit(struct serve *s, uint8_t tr, uint64_t rid, const struct dp_req_peer *peer,
+                  uint32_t prompt_tokens, uint32_t gen_tokens, const char *outcome, uint64_t ttft_ns,
+                  uint64_t rx_ns, const struct dreq *e)
 {
         uint64_t now = sl_now_ns();
         struct ctl_audit_record a = {
@@ -151,6 +155,10 @@ static void audit(struct serve *s, uint8_t tr, uint64_t rid, uint32_t prompt_tok
                 .generated_tokens = gen_tokens, .outcome = outcome, .ttft_us = ttft_ns / 1000,
                 .latency_us = rx_ns && now > rx_ns ? (now - rx_ns) / 1000 : 0,
         };
+        if (peer && peer->len) {
+                a.client = &peer->addr.sa;
+                a.client_len = peer->len;
+        }
         if (e && s->lim.audit_text) {
                 a.prompt = e->prompt, a.prompt_len = e->prompt_len;
                 a.output = e->out, a.output_len = e->out_len;
@@ -173,7 +181,8 @@ static void reject(struct serve *s, const struct dp_req_rec *r, int code, uint32
         ctl_counter_add(s->d->m.requests[oc], 1);
         char outcome[48];
         snprintf(outcome, sizeof(outcome), "error:%s", dp_err_name(code));
-        audit(s, r->transport, r->request_id, 0, 0, oc == DO_BUSY ? "busy" : outcome, 0, r->rx_ns, NULL);
+        audit(s, r->transport, r->request_id, s->rx_peer, 0, 0, oc == DO_BUSY ? "busy" : outcome, 0,
+              r->rx_ns, NULL);
         ctl_logf(SL_LOG_DEBUG, "request %016llx (%s): %s: %s", (unsigned long long)r->request_id,
                  tr_name[r->transport], dp_err_name(code), msg);
 }
@@ -300,7 +309,8 @@ static void on_done(void *user, uint64_t tag, const struct engine_sched_done *dn
         if (dn->ttft_ns)
                 ctl_histogram_observe(d->m.ttft, (double)dn->ttft_ns / 1e9);
         ctl_histogram_observe(d->m.latency, (double)dn->total_ns / 1e9);
-        audit(s, e->tr, e->rid, dn->prompt_tokens, dn->generated_tokens, outcome, dn->ttft_ns, e->rx_ns, e);
+        audit(s, e->tr, e->rid, &e->peer, dn->prompt_tokens, dn->generated_tokens, outcome, dn->ttft_ns,
+              e->rx_ns, e);
         req_free(s, e);
 }
 
@@ -426,6 +436,10 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
         }
         e->tr = r->transport, e->client = r->client, e->rid = r->request_id, e->rx_ns = r->rx_ns;
         e->no_text = g.flags & DP_GEN_NO_TEXT;
+        if (s->rx_peer)
+                e->peer = *s->rx_peer;
+        else
+                e->peer.len = 0;
         if (s->lim.audit_text && g.prompt_text) {
                 e->prompt_len = SL_MIN(g.prompt_len, AUDIT_TEXT_CAP);
                 memcpy(e->prompt, g.prompt_text, e->prompt_len);
@@ -530,8 +544,11 @@ static unsigned drain(struct serve *s, uint8_t tr)
                 return 0;
         while (n < DRAIN_BURST && (rec = dp_ring_peek(ring, &len))) {
                 const struct dp_req_rec *r = rec;
-                if (len >= sizeof(*r) && len - sizeof(*r) >= r->payload_len)
+                if (len >= sizeof(*r) && len - sizeof(*r) >= r->payload_len) {
+                        s->rx_peer = dp_req_peer(r, len);
                         handle(s, r);
+                        s->rx_peer = NULL;
+                }
                 dp_ring_release(ring);
                 n++;
         }

@@ -6,6 +6,7 @@ documented answer and the server keeps serving; sd_notify, SIGHUP reload and SIG
 against a real NOTIFY_SOCKET; --check-config. Every wait is bounded."""
 import concurrent.futures as cf
 import os
+import re
 import signal
 import socket
 import struct
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from conftest import run
-from sluiced_helper import ERR, OP, Daemon, TcpConn, UdpConn, frame, generate_payload, parse_done, \
+from sluiced_helper import ERR, OP, Daemon, TcpConn, UdpConn, frame, generate_payload, parse, parse_done, \
     parse_error, parse_tokens
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Hello, my name is",
@@ -406,3 +407,109 @@ def test_backend_cuda_fails_clearly(daemon):
     d = daemon(overrides=["engine.backend=cuda"], ready=False)
     assert d.p.wait(30) == 1
     assert "backend = cuda" in d.log() and ("not built with CUDA" in d.log() or "not implemented" in d.log())
+
+
+# ---- audit log ----
+
+AUDIT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z client=(?P<client>\S+) transport=(?P<transport>udp|tcp) "
+                        r"id=(?P<id>[0-9a-f]{16}) prompt_tokens=(?P<prompt>\d+) generated_tokens=(?P<gen>\d+) "
+                        r"outcome=(?P<outcome>\S+) ttft_ms=[\d.]+ latency_ms=[\d.]+$")
+
+
+def next_audit_line(path, seen, timeout=10):
+    """The audit line after the first `seen` ones: the engine writes it just after DONE."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) > seen:
+            assert len(lines) == seen + 1, lines
+            m = AUDIT_LINE.match(lines[-1])
+            assert m, lines[-1]
+            return m.groupdict()
+        time.sleep(0.02)
+    raise AssertionError(f"no audit line {seen + 1} in {timeout} s")
+
+
+def raw_request(transport, family, port, rid, payload):
+    """One GENERATE over a plain socket: (the client's address as the server sees it, the
+    last frame: op and payload)."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    s = socket.socket(family, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect((host, port))
+    name = s.getsockname()
+    addr = f"{name[0]}:{name[1]}" if family == socket.AF_INET else f"[{name[0]}]:{name[1]}"
+    s.sendall(frame(OP["GENERATE"], rid, payload, crc=transport == "udp"))
+    buf = b""
+    try:
+        while True:
+            if transport == "udp":
+                op, fl, r, seq, p = parse(s.recv(65536))
+            else:
+                while len(buf) < 32 or len(buf) < 32 + struct.unpack_from("<I", buf, 20)[0]:
+                    d = s.recv(65536)
+                    assert d, "connection closed"
+                    buf += d
+                n = 32 + struct.unpack_from("<I", buf, 20)[0]
+                (op, fl, r, seq, p), buf = parse(buf[:n]), buf[n:]
+            assert r == rid
+            if op in (OP["DONE"], OP["ERROR"]):
+                return addr, op, p
+    finally:
+        s.close()
+
+
+def test_audit_log_names_the_client(daemon, cli, small_model, tmp_path):
+    audit = tmp_path / "audit.log"
+    conf = (f"[model]\npath = {small_model}\n[dataplane]\nudp_listen = 127.0.0.1:0, [::1]:0\n"
+            "tcp_listen = 127.0.0.1:0, [::1]:0\n[metrics]\nhttp_listen = 127.0.0.1:0\n"
+            "[engine]\nthreads = 2\nkv_blocks = 512\nmax_running = 16\nmax_queued = 64\n"
+            f"[log]\ntarget = stderr\naudit = on\naudit_path = {audit}\n")
+    d = daemon(config_text=conf)
+    v6 = {}
+    for t in ("udp", "tcp"):
+        m = re.search(rf"{t} \[::1\]:(\d+)", d.log())
+        if m:
+            v6[t] = int(m.group(1))
+    seen, ids = 0, set()
+
+    # the sluice CLI over each transport (and over ::1 when the host has it): the line names
+    # a loopback client on an ephemeral port, with the token counts and finish the CLI got
+    for t in ("udp", "tcp"):
+        for host, port in [("127.0.0.1", d.port(t))] + ([("::1", v6[t])] if t in v6 else []):
+            r = run([cli, f"--{t}", "-H", host, "-p", port, "--timeout", 30000, "generate", "-n", 8, "--temp", 0,
+                     PROMPTS[1]], timeout=60)
+            assert r.returncode == 0, r.stderr
+            m = re.search(r"finish (\w+), prompt (\d+) tokens, generated (\d+) tokens", r.stderr)
+            assert m, r.stderr
+            a = next_audit_line(audit, seen)
+            seen += 1
+            chost, cport = a["client"].rsplit(":", 1)
+            assert chost == (host if host[0] != ":" else f"[{host}]"), a
+            assert 1024 <= int(cport) <= 65535 and int(cport) != port, a
+            assert a["transport"] == t and a["outcome"] == m.group(1) == "length", a
+            assert int(a["prompt"]) == int(m.group(2)) and int(a["gen"]) == int(m.group(3)) == 8, a
+            assert a["id"] not in ids, a
+            ids.add(a["id"])
+
+    # plain sockets, where the test knows the client's port and the request id exactly;
+    # a rejected request (max_tokens over the limit) is audited with its client too
+    fams = [(socket.AF_INET, lambda t: d.port(t))] + ([(socket.AF_INET6, lambda t: v6[t])] if len(v6) == 2 else [])
+    rid = 0x5100000000000001
+    for t in ("udp", "tcp"):
+        for fam, port in fams:
+            addr, op, p = raw_request(t, fam, port(t), rid, generate_payload(b"Hello world", max_tokens=5))
+            assert op == OP["DONE"], parse_error(p)
+            done = parse_done(p)
+            a = next_audit_line(audit, seen)
+            seen += 1
+            assert a == dict(client=addr, transport=t, id=f"{rid:016x}", prompt=str(done["prompt_tokens"]),
+                             gen="5", outcome="length"), a
+            rid += 1
+            addr, op, p = raw_request(t, fam, port(t), rid, generate_payload(b"Hello", max_tokens=4000))
+            assert op == OP["ERROR"] and parse_error(p)["code"] == ERR["BAD_PARAM"]
+            a = next_audit_line(audit, seen)
+            seen += 1
+            assert a == dict(client=addr, transport=t, id=f"{rid:016x}", prompt="0", gen="0",
+                             outcome="error:BAD_PARAM"), a
+            rid += 1
