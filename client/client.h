@@ -13,6 +13,7 @@
 
 #define SLUICE_WINDOW 1024u   /* stream frames held ahead of the reader, per request */
 #define SLUICE_RTO_MAX_MS 2000u
+#define SLUICE_ACK_FRAMES 16u  /* ACK after this many in-order frames; well inside the server's window */
 
 /* One received stream frame, decoded and copied out of the datagram. */
 struct sluice_item {

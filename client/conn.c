@@ -488,10 +488,12 @@ static void req_timers(struct sluice_conn *c, struct sluice_req *r, uint64_t now
                 if (quiet_ms >= r->rto_ms)
                         r->rto_ms = SL_MIN(r->rto_ms * 2, SLUICE_RTO_MAX_MS);
         }
-        /* ACK: renews the lease and frees the server's copies. */
+        /* ACK: renews the lease and frees the server's copies. The server keeps at most a
+         * window of unacknowledged frames per request (docs/protocol.md), so acknowledge well
+         * inside it: every SLUICE_ACK_FRAMES frames received in order. */
         uint32_t ack_every = SL_MAX(c->lease_ms / 3, 1u);
         if ((now - r->t_last_ack) / 1000000ull >= ack_every ||
-            (r->next_missing - r->acked >= 64)) {
+            (r->next_missing - r->acked >= SLUICE_ACK_FRAMES)) {
                 tx->ack = true;
                 tx->ack_seq = r->next_missing;
                 r->acked = r->next_missing;

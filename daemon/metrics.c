@@ -57,7 +57,7 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                 [DTS_TX_BYTES] = {"sluice_transport_tx_bytes_total", "Bytes sent"},
                 [DTS_MALFORMED] = {"sluice_transport_malformed_total", "Malformed frames received"},
                 [DTS_DROPS] = {"sluice_transport_drops_total",
-                               "Frames dropped (bad CRC, short HELLO, full buffers or tables, slow readers)"},
+                               "Frames dropped (bad CRC, short HELLO, full buffers or tables, slow readers, unacknowledged UDP windows)"},
                 [DTS_ERRORS_SENT] = {"sluice_transport_errors_sent_total",
                                      "ERROR frames sent by the transport itself"},
         };

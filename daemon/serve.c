@@ -602,7 +602,7 @@ static void update_metrics(struct serve *s)
                         [DTS_MALFORMED] = ts.malformed,
                         [DTS_DROPS] = ts.drop_bad_crc + ts.drop_short_hello + ts.drop_no_tx_buf +
                                       ts.drop_ring_full + ts.drop_table_full + ts.drop_stale_resp +
-                                      ts.output_overflows,
+                                      ts.output_overflows + ts.window_full,
                         [DTS_ERRORS_SENT] = ts.errors_sent,
                 };
                 for (int k = 0; k < DTS_N; k++) {

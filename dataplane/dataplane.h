@@ -545,6 +545,7 @@ struct dp_transport_stats {
         uint64_t requests;              /* request records pushed */
         uint64_t conns_accepted, conns_closed, framing_closes; /* TCP */
         uint64_t output_overflows;      /* TCP: requests failed because a reader was slow */
+        uint64_t window_full;           /* UDP: requests failed: a window of frames unacknowledged */
         uint64_t io_errors;             /* failed io_uring completions */
 };
 
@@ -562,7 +563,8 @@ struct dp_transport_config {
         unsigned max_requests;          /* live + recently finished requests (UDP), per
                                            connection (TCP); default 256 / 64 */
         unsigned lease_ms;              /* UDP lease; default 10000 */
-        unsigned history;               /* UDP frames kept per request for RESEND; default 32 */
+        unsigned history;               /* UDP window: unacknowledged frames kept per request for
+                                         * RESEND; default 64 (the client ACKs every 16) */
         unsigned max_reasm;             /* UDP concurrent reassemblies; default 16 */
         unsigned max_conns;             /* TCP connections; default 64 */
         unsigned out_bytes;             /* TCP per-connection output bound; default 262144 */

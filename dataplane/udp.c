@@ -589,9 +589,21 @@ static void drain_responses(struct dp_udp *u, uint64_t now)
                 struct dp_header h = { .opcode = rr->opcode, .flags = DP_F_CRC, .request_id = q->rid,
                                        .seq = seq, .frag_count = 1 };
                 long n = -EINVAL;
-                if (rr->opcode == DP_OP_TOKENS || terminal)
+                if (seq - q->acked >= u->hist) {
+                        /* The slot holds a frame the client has not acknowledged: overwriting
+                         * it could lose data silently. A client that falls a whole window
+                         * behind loses this request instead, with a reason (docs/protocol.md
+                         * §5.2), as a slow TCP reader does. */
+                        DPT_STAT(&u->st, window_full, 1);
+                        n = dpt_error_frame(hb, DP_MAX_FRAME_UDP, DP_F_CRC, q->rid, seq, DP_ERR_CANCELLED,
+                                            true, q->acked, "client did not acknowledge the stream");
+                        if (!terminal && q->state == RQ_LIVE)
+                                push_ctl(u, q, DP_REQ_CANCEL);
+                        terminal = true;
+                } else if (rr->opcode == DP_OP_TOKENS || terminal) {
                         n = dp_frame_encode(hb, DP_MAX_FRAME_UDP, DP_MAX_FRAME_UDP, &h, rr->payload,
                                             rr->payload_len, NULL, NULL);
+                }
                 if (n < 0) {
                         /* the engine broke the contract (too large, bad opcode): end the stream
                          * for the client, and tell the engine to stop */
@@ -722,7 +734,7 @@ int dp_udp_create(struct dp_udp **out, const struct dp_transport_config *cfg, st
         for (unsigned i = 0; i < DP_MAX_LISTEN; i++)
                 u->fd[i] = -1;
         u->n_req = cfg->max_requests ? cfg->max_requests : 256;
-        u->hist = cfg->history ? cfg->history : 32;
+        u->hist = cfg->history ? cfg->history : 64;
         u->n_reasm = cfg->max_reasm ? cfg->max_reasm : 16;
         u->lease_ns = (uint64_t)(cfg->lease_ms ? cfg->lease_ms : 10000) * 1000000ull;
         if (u->n_req > (1u << 20) || u->hist > 4096 || u->n_reasm > 1024) {
