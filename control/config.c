@@ -475,9 +475,9 @@ void ctl_config_defaults(struct ctl_config *cfg)
         cfg->engine.prefill_chunk = 256;
         cfg->dataplane.transports = CTL_TRANSPORT_UDP | CTL_TRANSPORT_TCP;
         cfg->dataplane.udp_listen.n = 1;
-        ctl_addr_parse("127.0.0.1:7000", &cfg->dataplane.udp_listen.a[0], &e);
+        ctl_addr_parse("127.0.0.1:7400", &cfg->dataplane.udp_listen.a[0], &e);
         cfg->dataplane.tcp_listen.n = 1;
-        ctl_addr_parse("127.0.0.1:7000", &cfg->dataplane.tcp_listen.a[0], &e);
+        ctl_addr_parse("127.0.0.1:7400", &cfg->dataplane.tcp_listen.a[0], &e);
         cfg->dpdk.queues = 1;
         cfg->dpdk.mbufs = 8192;
         cfg->limits.max_prompt_tokens = 4096;
