@@ -91,8 +91,9 @@ static const struct key keys[] = {
         U32("limits", "max_frame", limits.max_frame, 1024, 65536, false),
         U32("limits", "max_concurrent_per_client", limits.max_concurrent_per_client, 1, 65536, true),
         U32("limits", "request_timeout_ms", limits.request_timeout_ms, 0, 86400000, true),
-        U32("limits", "udp_lease_ms", limits.udp_lease_ms, 1000, 600000, true),
-        U64("limits", "tcp_output_limit", limits.tcp_output_limit, 65536, 1ull << 30, true),
+        /* the transports size their tables and timers from these at start */
+        U32("limits", "udp_lease_ms", limits.udp_lease_ms, 1000, 600000, false),
+        U64("limits", "tcp_output_limit", limits.tcp_output_limit, 65536, 1ull << 30, false),
 
         ENUM("auth", "mode", auth.mode, auth_names, true),
         STR("auth", "keys_file", auth.keys_file, true),

@@ -257,8 +257,12 @@ static void test_reload_diff(void)
         CHECK(parse("[model]\npath = /m\n[metrics]\nhttp_listen = off\n", &err) == 0);
         CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == -EPERM);
         /* The same value written differently is no change. */
-        CHECK(parse("[model]\npath = /m\n[engine]\nkv_memory = 1024M\n[dataplane]\nudp_listen = 127.0.0.1:7000\n", &err) == 0);
+        CHECK(parse("[model]\npath = /m\n[engine]\nkv_memory = 1024M\n[dataplane]\nudp_listen = 127.0.0.1:7400\n", &err) == 0);
         CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == 0);
+        /* The transports size their timers and buffers at start. */
+        CHECK(parse("[model]\npath = /m\n[limits]\nudp_lease_ms = 2000\n", &err) == 0);
+        CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == -EPERM);
+        CHECK(!strcmp(err.msg, "[limits] udp_lease_ms changed: it cannot change on reload (restart sluiced)"));
 }
 
 int main(int argc, char **argv)
