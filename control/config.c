@@ -641,12 +641,11 @@ int ctl_config_parse_string(const char *name, const char *text, size_t len, stru
         return 0;
 }
 
-int ctl_config_load(const char *path, struct ctl_config *cfg, struct sl_error *err)
+int ctl_config_parse_file(const char *path, struct ctl_config *cfg, struct sl_error *err)
 {
         char *buf = NULL;
         ssize_t n = 0;
         int r, fd = open(path, O_RDONLY | O_CLOEXEC);
-        ctl_config_defaults(cfg);
         if (fd < 0)
                 return sl_errorf(err, -errno, "%s: %s", path, strerror(errno));
         buf = malloc(CONFIG_MAX_BYTES + 1);
@@ -671,13 +670,17 @@ int ctl_config_load(const char *path, struct ctl_config *cfg, struct sl_error *e
                 }
         }
         r = ctl_config_parse_string(path, buf, (size_t)n, cfg, err);
-        if (r < 0)
-                goto fail;
-        r = ctl_config_validate(cfg, err);
 fail:
         free(buf);
         close(fd);
         return r;
+}
+
+int ctl_config_load(const char *path, struct ctl_config *cfg, struct sl_error *err)
+{
+        ctl_config_defaults(cfg);
+        int r = ctl_config_parse_file(path, cfg, err);
+        return r < 0 ? r : ctl_config_validate(cfg, err);
 }
 
 int ctl_config_apply_override(struct ctl_config *cfg, const char *assignment, struct sl_error *err)

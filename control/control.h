@@ -115,6 +115,10 @@ void ctl_config_defaults(struct ctl_config *cfg);
  * "sluice.conf:12: [limits] max_new_tokens: 'abc' is not a number". -ENOENT/-EACCES/...
  * when the file cannot be read, -EINVAL for a bad file. cfg is undefined on error. */
 int ctl_config_load(const char *path, struct ctl_config *cfg, struct sl_error *err);
+/* Reads path and parses it over cfg (no defaults first, no cross-key checks after), for
+ * callers that apply command-line overrides before ctl_config_validate(). -ENOENT when
+ * the file does not exist. */
+int ctl_config_parse_file(const char *path, struct ctl_config *cfg, struct sl_error *err);
 
 /* Parses INI text (named name in errors) over what cfg holds; no validate(). */
 int ctl_config_parse_string(const char *name, const char *text, size_t len, struct ctl_config *cfg,

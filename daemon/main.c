@@ -22,7 +22,6 @@
 
 #define MAX_OVERRIDES 64
 #define RING_BYTES (1u << 20)   /* max record 512 KiB: a whole reassembled request fits */
-#define CONFIG_MAX_BYTES (1u << 20)
 
 struct args {
         const char *config;      /* -c, or NULL: the default path if it exists */
@@ -49,62 +48,17 @@ static void usage(FILE *f)
 
 /* ---- config ---- */
 
-static int read_text(const char *path, char **out, size_t *len, struct sl_error *err)
-{
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return sl_errorf(err, -errno, "%s: %s", path, strerror(errno));
-        char *buf = malloc(CONFIG_MAX_BYTES + 1);
-        size_t n = 0;
-        int r = 0;
-        if (!buf) {
-                r = sl_errorf(err, -ENOMEM, "%s: out of memory", path);
-                goto fail;
-        }
-        for (;;) {
-                ssize_t got = read(fd, buf + n, CONFIG_MAX_BYTES + 1 - n);
-                if (got < 0 && errno == EINTR)
-                        continue;
-                if (got < 0) {
-                        r = sl_errorf(err, -errno, "%s: %s", path, strerror(errno));
-                        goto fail;
-                }
-                if (got == 0)
-                        break;
-                n += (size_t)got;
-                if (n > CONFIG_MAX_BYTES) {
-                        r = sl_errorf(err, -EFBIG, "%s: larger than %u bytes", path, CONFIG_MAX_BYTES);
-                        goto fail;
-                }
-        }
-        *out = buf, *len = n;
-        close(fd);
-        return 0;
-fail:
-        free(buf);
-        close(fd);
-        return r;
-}
-
 /* Defaults, the file (an explicit -c must exist; the default path may not), the overrides,
  * then the checks between keys. Also what SIGHUP runs again. */
 static int build_config(const struct args *a, struct ctl_config *cfg, struct sl_error *err)
 {
         const char *path = a->config ? a->config : CTL_DEFAULT_CONFIG;
-        char *text = NULL;
-        size_t len = 0;
         ctl_config_defaults(cfg);
-        int r = read_text(path, &text, &len, err);
+        int r = ctl_config_parse_file(path, cfg, err);
         if (r == -ENOENT && !a->config)
-                r = 0; /* no file at the default place: defaults and overrides */
+                ctl_config_defaults(cfg); /* no file at the default place: defaults and overrides */
         else if (r < 0)
                 return r;
-        if (text) {
-                r = ctl_config_parse_string(path, text, len, cfg, err);
-                free(text);
-                if (r < 0)
-                        return r;
-        }
         for (unsigned i = 0; i < a->n_ovr; i++)
                 if ((r = ctl_config_apply_override(cfg, a->ovr[i], err)) < 0)
                         return r;

@@ -373,17 +373,27 @@ def test_sd_notify_reload_and_drain(daemon, cli, tool, small_model, tmp_path):
         assert r.returncode == 0 and r.stdout == offline(tool, small_model, PROMPTS[0], 8)
         d.conf.write_text(conf)
 
-        # SIGTERM drains an in-flight request
+        # SIGTERM drains an in-flight request: signalled once its first token has arrived, so
+        # it is certainly running (the metrics gauges lag by up to 200 ms)
         want = offline(tool, small_model, PROMPTS[2], 100)
-        with cf.ThreadPoolExecutor(1) as ex:
-            fut = ex.submit(cli_generate, cli, d, "tcp", PROMPTS[2], 100, ("--temp", "0"))
-            d.wait_metric("sluice_live_requests", lambda v: v >= 1, 10)
-            t3 = time.monotonic()
-            d.signal(signal.SIGTERM)
-            n.wait_for(lambda m: "STOPPING=1" in m, after=t3)
-            r = fut.result(60)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout == want
+        c = TcpConn(d.tcp)
+        c.send(frame(OP["GENERATE"], 55, generate_payload(PROMPTS[2].encode(), max_tokens=100), crc=False))
+        op, fl, rid, seq, p = c.recv_frame()
+        assert op == OP["TOKENS"] and rid == 55, (op, p)
+        text = parse_tokens(p)[1]
+        t3 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        while True:
+            op, fl, rid, seq, p = c.recv_frame()
+            if op != OP["TOKENS"]:
+                break
+            text += parse_tokens(p)[1]
+        assert op == OP["DONE"], (op, p)
+        done = parse_done(p)
+        assert done["reason"] == 2 and done["generated_tokens"] == 100, done  # length
+        assert text.decode() == want.removesuffix("\n")  # sluice-run ends its output with a newline
+        n.wait_for(lambda m: "STOPPING=1" in m, after=t3)
+        c.close()
         assert d.p.wait(20) == 0
         assert "draining 1 in-flight" in d.log()
     finally:
