@@ -1,0 +1,117 @@
+/* common.cuh — what every CUDA file in engine/cuda shares: checking CUDA calls (the failing
+ * call, file and line are kept for the caller to log; library code never prints), the
+ * mapping of CUDA errors to negative errno, and small device helpers. */
+#pragma once
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+/* Where the last failing CUDA call of this thread was: the caller logs it at the edge. */
+struct cuda_err_site {
+        cudaError_t err;
+        const char *call;
+        const char *file;
+        int line;
+};
+
+/* One per thread, shared by every translation unit (an inline function's static). */
+inline struct cuda_err_site *cuda_err_last(void)
+{
+        static thread_local struct cuda_err_site site;
+        return &site;
+}
+
+/* Negative errno for a CUDA error, so CUDA failures travel the engine's usual error path. */
+static inline int cuda_errno(cudaError_t e)
+{
+        switch (e) {
+        case cudaSuccess:
+                return 0;
+        case cudaErrorMemoryAllocation:
+                return -ENOMEM;
+        case cudaErrorInvalidValue:
+        case cudaErrorInvalidConfiguration:
+        case cudaErrorInvalidDevicePointer:
+        case cudaErrorInvalidResourceHandle:
+                return -EINVAL;
+        case cudaErrorNoDevice:
+        case cudaErrorInsufficientDriver:
+        case cudaErrorInvalidDevice:
+        case cudaErrorNoKernelImageForDevice:
+                return -ENODEV;
+        case cudaErrorNotSupported:
+                return -EOPNOTSUPP;
+        default:
+                return -EIO;
+        }
+}
+
+static inline int cuda_check_(cudaError_t e, const char *call, const char *file, int line)
+{
+        if (e == cudaSuccess)
+                return 0;
+        struct cuda_err_site *s = cuda_err_last();
+        s->err = e;
+        s->call = call;
+        s->file = file;
+        s->line = line;
+        return cuda_errno(e);
+}
+
+/* r = CUDA_CHECK(cudaMalloc(&p, n)); if (r < 0) goto fail;
+ * Evaluates to 0 or a negative errno and records the call, file and line on failure. */
+#define CUDA_CHECK(call) cuda_check_((call), #call, __FILE__, __LINE__)
+/* After a kernel launch: launch-configuration errors show up here, not at the launch. */
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+/* Tests and tools: print what failed and where, then abort (a core beats a wrong number). */
+#define CUDA_CHECK_ABORT(call)                                                                 \
+        do {                                                                                   \
+                cudaError_t e_ = (call);                                                       \
+                if (e_ != cudaSuccess) {                                                       \
+                        fprintf(stderr, "%s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__,     \
+                                #call, cudaGetErrorString(e_), cudaGetErrorName(e_));          \
+                        abort();                                                               \
+                }                                                                              \
+        } while (0)
+
+/* Tests and tools: abort when a library call returned a negative errno, naming the CUDA
+ * call that failed inside it, if any. */
+#define CUDA_OK_OR_ABORT(expr)                                                                 \
+        do {                                                                                   \
+                int r_ = (expr);                                                               \
+                if (r_ < 0) {                                                                  \
+                        const struct cuda_err_site *s_ = cuda_err_last();                      \
+                        fprintf(stderr, "%s:%d: %s = %d; last CUDA failure: %s at %s:%d: %s\n", \
+                                __FILE__, __LINE__, #expr, r_, s_->call ? s_->call : "none",   \
+                                s_->file ? s_->file : "-", s_->line,                           \
+                                s_->call ? cudaGetErrorString(s_->err) : "-");                 \
+                        abort();                                                               \
+                }                                                                              \
+        } while (0)
+
+/* ---- device helpers ---- */
+
+/* 16-byte load that skips L1: weights are read once per call, so L1 is kept for the
+ * activations that every row reuses. */
+static __device__ __forceinline__ uint4 ld_stream_u4(const void *p)
+{
+        uint4 v;
+        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+        return v;
+}
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+}

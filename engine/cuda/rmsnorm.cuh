@@ -1,0 +1,14 @@
+/* rmsnorm.cuh — RMSNorm with a weight: y[t][i] = x[t][i] / sqrt(mean_i(x[t]²) + eps) · w[i],
+ * float in and out. cuda_rmsnorm_ref is the plain version the tests compare against. */
+#pragma once
+
+#include <cuda_runtime.h>
+
+/* x, y: ntok × n floats (y may equal x); w: n floats. Returns 0, -EINVAL, or the negative
+ * errno of a failed launch (the CUDA call is in cuda_err_last()). Asynchronous on stream. */
+int cuda_rmsnorm(const float *x, const float *w, float *y, int n, int ntok, float eps,
+                 cudaStream_t stream);
+
+/* One thread per token, serial sums. */
+int cuda_rmsnorm_ref(const float *x, const float *w, float *y, int n, int ntok, float eps,
+                     cudaStream_t stream);
