@@ -253,6 +253,24 @@ static void tx_send(struct dp_udp *u, struct txb *b, const struct peer *p, size_
         DPT_STAT(&u->st, tx_bytes, len);
 }
 
+/* A control reply (INFO, PONG) framed and sent only if it is no larger than the datagram
+ * that asked for it, so an unproven source address cannot be used for amplification. */
+static void reply_no_larger(struct dp_udp *u, const struct peer *p, uint8_t opcode, uint64_t rid,
+                            uint32_t seq, const uint8_t *pl, long n, size_t dlen)
+{
+        struct txb *t = n < 0 ? NULL : tx_get(u);
+        if (!t)
+                return;
+        struct dp_header h = { .opcode = opcode, .flags = DP_F_CRC, .request_id = rid, .seq = seq,
+                               .frag_count = 1 };
+        long fl = dp_frame_encode(t->buf, sizeof(t->buf), DP_MAX_FRAME_UDP, &h, pl, (size_t)n, NULL, NULL);
+        if (fl < 0 || (size_t)fl > dlen) {
+                u->tx_free[u->n_tx_free++] = (uint16_t)(t - u->tx);
+                return;
+        }
+        tx_send(u, t, p, (size_t)fl);
+}
+
 /* An ERROR to p, never larger than the datagram (dlen bytes) that caused it (§7.2). */
 static void send_error(struct dp_udp *u, const struct peer *p, size_t dlen, uint64_t rid, int code,
                        bool terminal, uint32_t detail, const char *msg)
@@ -472,17 +490,7 @@ static void on_datagram(struct dp_udp *u, unsigned sock, struct rxb *b, size_t d
                 uint8_t pl[512];
                 dpt_fill_info(&u->cfg, &info, DP_MAX_FRAME_UDP, (uint32_t)(u->lease_ns / 1000000));
                 long n = dp_info_encode(pl, sizeof(pl), &info);
-                struct txb *t = n < 0 ? NULL : tx_get(u);
-                if (!t)
-                        return;
-                struct dp_header h = { .opcode = DP_OP_INFO, .flags = DP_F_CRC, .request_id = rid,
-                                       .seq = f.h.seq, .frag_count = 1 };
-                long fl = dp_frame_encode(t->buf, sizeof(t->buf), DP_MAX_FRAME_UDP, &h, pl, (size_t)n, NULL, NULL);
-                if (fl < 0 || (size_t)fl > dlen) {
-                        u->tx_free[u->n_tx_free++] = (uint16_t)(t - u->tx);
-                        return;
-                }
-                tx_send(u, t, &p, (size_t)fl);
+                reply_no_larger(u, &p, DP_OP_INFO, rid, f.h.seq, pl, n, dlen);
                 return;
         }
         case DP_OP_PING: {
@@ -494,17 +502,7 @@ static void on_datagram(struct dp_udp *u, unsigned sock, struct rxb *b, size_t d
                 dpt_load(&u->cfg, &pong.load);
                 uint8_t pl[64];
                 long n = dp_pong_encode(pl, sizeof(pl), &pong);
-                struct txb *t = n < 0 ? NULL : tx_get(u);
-                if (!t)
-                        return;
-                struct dp_header h = { .opcode = DP_OP_PONG, .flags = DP_F_CRC, .request_id = rid,
-                                       .seq = f.h.seq, .frag_count = 1 };
-                long fl = dp_frame_encode(t->buf, sizeof(t->buf), DP_MAX_FRAME_UDP, &h, pl, (size_t)n, NULL, NULL);
-                if (fl < 0 || (size_t)fl > dlen) {
-                        u->tx_free[u->n_tx_free++] = (uint16_t)(t - u->tx);
-                        return;
-                }
-                tx_send(u, t, &p, (size_t)fl);
+                reply_no_larger(u, &p, DP_OP_PONG, rid, f.h.seq, pl, n, dlen);
                 return;
         }
         case DP_OP_GENERATE:
