@@ -3,8 +3,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
+#include "sl.h"
 
 static const char *cli_prog = "sluice";
 
@@ -69,4 +71,17 @@ int cli_hexval(char c)
         if (c >= 'A' && c <= 'F')
                 return c - 'A' + 10;
         return -1;
+}
+
+void cli_bad_option(char *const argv[], int optind, int optopt, int missing_value)
+{
+        char opt[64];
+        const char *a = argv[optind - 1];
+        if (a[0] == '-' && a[1] == '-') /* a long option stands alone in its argument */
+                snprintf(opt, sizeof(opt), "%.*s", (int)SL_MIN(strcspn(a, "="), 60), a);
+        else if (optopt)
+                snprintf(opt, sizeof(opt), "-%c", optopt);
+        else
+                snprintf(opt, sizeof(opt), "%.60s", a);
+        cli_usage_error(missing_value ? "option '%s' needs a value" : "unknown option '%s'", opt);
 }

@@ -661,15 +661,8 @@ int main(int argc, char **argv)
                 case 't': n_threads = cli_parse_long(optarg, "--threads", 1, MAX_THREADS); break;
                 case 'f': force = true; break;
                 case 'h': usage(stdout); return 0;
-                case ':': cli_usage_error("option '%s' needs a value", argv[optind - 1]); break;
-                default: {
-                        char opt[64];
-                        if (optopt)
-                                snprintf(opt, sizeof(opt), "-%c", optopt);
-                        else
-                                snprintf(opt, sizeof(opt), "%.60s", argv[optind - 1]);
-                        cli_usage_error("unknown option '%s'", opt);
-                }
+                case ':': cli_bad_option(argv, optind, optopt, 1);
+                default: cli_bad_option(argv, optind, optopt, 0);
                 }
         }
         if (optind < argc)

@@ -638,8 +638,8 @@ int main(int argc, char **argv)
                 case OPT_STREAM: stream = true; break;
                 case OPT_NO_DIRECT: no_direct = true; break;
                 case 'h': usage(stdout); return 0;
-                case ':': cli_usage_error("option '%s' needs a value", argv[optind - 1]); break;
-                default: cli_usage_error("unknown option '%s'", argv[optind - 1]);
+                case ':': cli_bad_option(argv, optind, optopt, 1);
+                default: cli_bad_option(argv, optind, optopt, 0);
                 }
         }
         if (optind < argc)

@@ -210,23 +210,8 @@ int main(int argc, char **argv)
                 case OPT_NO_DISPLAY: display_prompt = false; break;
                 case 'h': usage(stdout); return 0;
                 case OPT_VERSION: printf("sluice-run %s\n", SLUICE_VERSION); return 0;
-                case ':': {
-                        char opt[64];
-                        if (optopt)
-                                snprintf(opt, sizeof(opt), "-%c", optopt);
-                        else
-                                snprintf(opt, sizeof(opt), "%s", argv[optind - 1]);
-                        cli_usage_error("option '%s' needs a value", opt);
-                        break;
-                }
-                default: {
-                        char opt[64];
-                        if (optopt)
-                                snprintf(opt, sizeof(opt), "-%c", optopt);
-                        else
-                                snprintf(opt, sizeof(opt), "%.60s", argv[optind - 1]);
-                        cli_usage_error("unknown option '%s'", opt);
-                }
+                case ':': cli_bad_option(argv, optind, optopt, 1);
+                default: cli_bad_option(argv, optind, optopt, 0);
                 }
         }
         if (optind < argc)
