@@ -25,6 +25,7 @@ struct slot {
         uint64_t done; /* bytes of the chunk read so far, from its start */
         uint64_t pos;  /* chunk-relative position of the read in flight */
         bool busy;
+        bool handed;   /* its data went to the sink: hooks->reuse() before the next read */
 };
 
 struct storage_reader {
@@ -38,6 +39,9 @@ struct storage_reader {
         uint32_t chunk;
         uint8_t *bufs; /* qd * chunk bytes, 4096-aligned */
         struct slot *slots;
+        struct storage_staging_hooks hooks;
+        bool has_hooks;
+        bool pinned;
         struct io_uring ring;
 };
 
@@ -114,6 +118,19 @@ int storage_reader_open(const char *path, const struct storage_reader_opts *opts
                 goto fail;
         }
         r->size = (uint64_t)st.st_size;
+        if (opts && opts->hooks) {
+                r->hooks = *opts->hooks;
+                r->has_hooks = true;
+                if (r->hooks.pin) {
+                        ret = r->hooks.pin(r->hooks.user, r->bufs, (size_t)r->qd * r->chunk);
+                        if (ret < 0) {
+                                ret = sl_errorf(err, ret, "cannot pin %u staging buffers of %u bytes", r->qd,
+                                                r->chunk);
+                                goto fail;
+                        }
+                        r->pinned = true;
+                }
+        }
         ret = io_uring_queue_init(r->qd, &r->ring, 0);
         if (ret < 0) {
                 ret = sl_errorf(err, ret, "io_uring setup: %s", strerror(-ret));
@@ -150,6 +167,8 @@ void storage_reader_close(struct storage_reader *r)
         }
         if (r->fd >= 0)
                 close(r->fd);
+        if (r->pinned && r->hooks.unpin)
+                r->hooks.unpin(r->hooks.user, r->bufs);
         free(r->slots);
         free(r->bufs);
         free(r);
@@ -222,10 +241,19 @@ deliver:;
         uint64_t from = SL_MAX(off, s->off);
         uint64_t to = SL_MIN(end, s->off + s->done);
         s->busy = false;
+        s->handed = true;
         int ret = sink(user, from, r->bufs + (size_t)i * r->chunk + (from - s->off), (size_t)(to - from));
         if (ret < 0)
                 return sl_errorf(err, ret, "sink failed at offset %llu", (unsigned long long)from);
         return 1;
+}
+
+int storage_reader_buffer_index(const struct storage_reader *r, const void *data)
+{
+        const uint8_t *p = data;
+        if (!r || p < r->bufs || p >= r->bufs + (size_t)r->qd * r->chunk)
+                return -1;
+        return (int)((size_t)(p - r->bufs) / r->chunk);
 }
 
 int storage_reader_stream(struct storage_reader *r, uint64_t off, uint64_t len,
@@ -245,8 +273,10 @@ int storage_reader_stream(struct storage_reader *r, uint64_t off, uint64_t len,
                 return 0;
         next = off / DIO_ALIGN * DIO_ALIGN;
         aend = SL_ALIGN_UP(end, (uint64_t)DIO_ALIGN);
-        for (uint32_t i = 0; i < r->qd; i++)
+        for (uint32_t i = 0; i < r->qd; i++) {
                 r->slots[i].busy = false;
+                r->slots[i].handed = false;
+        }
 
         for (;;) {
                 /* fill free slots with the next chunks */
@@ -254,6 +284,14 @@ int storage_reader_stream(struct storage_reader *r, uint64_t off, uint64_t len,
                         struct slot *s = &r->slots[i];
                         if (s->busy)
                                 continue;
+                        if (s->handed && r->has_hooks && r->hooks.reuse) {
+                                int e = r->hooks.reuse(r->hooks.user, i);
+                                if (e < 0) {
+                                        ret = sl_errorf(err, e, "waiting for staging buffer %u", i);
+                                        break;
+                                }
+                        }
+                        s->handed = false;
                         s->off = next;
                         s->len = SL_MIN((uint64_t)r->chunk, aend - next);
                         s->need = SL_MIN(s->off + s->len, end) - s->off;

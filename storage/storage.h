@@ -143,10 +143,25 @@ const char *ggml_type_name(uint32_t type); /* "?" when unknown */
 
 /* ---- tensor data streaming ---- */
 
+/* Hooks for a consumer that hands staging data to an asynchronous copy engine (a GPU's DMA):
+ * the sink starts a copy out of the staging buffer and returns at once; before the reader
+ * reads into that buffer again it calls reuse(), which waits for the copy. */
+struct storage_staging_hooks {
+        void *user;
+        /* Once, after the staging memory exists (e.g. to page-lock it for DMA). < 0 aborts
+         * the open with that error. */
+        int (*pin)(void *user, void *base, size_t len);
+        void (*unpin)(void *user, void *base); /* at close, when pin succeeded */
+        /* Before staging buffer `index` (of queue_depth, each chunk_size bytes from base)
+         * is filled again after its data went to the sink. < 0 aborts the stream. */
+        int (*reuse)(void *user, uint32_t index);
+};
+
 struct storage_reader_opts {
         uint32_t queue_depth; /* reads in flight; 0 = default (8) */
         uint32_t chunk_size;  /* bytes per read; multiple of 4096; 0 = default (4 MiB) */
         bool no_direct;       /* force buffered reads */
+        const struct storage_staging_hooks *hooks; /* NULL: the sink copies synchronously */
 };
 
 struct storage_reader;
@@ -159,6 +174,8 @@ bool storage_reader_is_direct(const struct storage_reader *r);
 /* False when registering the staging buffers failed (RLIMIT_MEMLOCK, ...) and reads are
  * plain READs instead of READ_FIXED. */
 bool storage_reader_uses_fixed_buffers(const struct storage_reader *r);
+/* The staging buffer a sink's data pointer lies in (0..queue_depth-1), or -1. */
+int storage_reader_buffer_index(const struct storage_reader *r, const void *data);
 
 /* Receives a piece of the requested range. Pieces may come in any order; together they
  * cover the range exactly once. data is valid only during the call. Return < 0 to abort. */
