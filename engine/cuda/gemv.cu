@@ -1,7 +1,15 @@
 /* gemv.cu — decode GEMV for F16/BF16 weights (gemv.cuh). Memory-bound by design: a block of
  * GEMV_WARPS warps owns R consecutive rows and splits k among its warps; each lane streams
  * 16-byte weight vectors (8 elements) with R·U loads in flight, and reuses every activation
- * vector it loads (through L1) for all R rows; partial sums meet in shared memory. */
+ * vector it loads (through L1) for all R rows; partial sums meet in shared memory.
+ * cuda_gemv_fused applies an RMSNorm or a gated activation to each activation as it is
+ * loaded (template parameter PRO; PRO_NONE is cuda_gemv_beta itself): one launch instead of
+ * two, and bitwise the same result, since each row's sum runs in the same order whatever
+ * R, U or PRO are (thread (warp, lane) owns k0 ≡ (warp·32 + lane)·8 mod STRIDE, in k order;
+ * warps meet in warp order). */
+#include <algorithm>
+#include <atomic>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -39,12 +47,151 @@ template <> __device__ __forceinline__ float w_to_float<CUDA_WTYPE_F16>(const ui
         return __half2float(__ushort_as_half(*p));
 }
 
+template <int WTYPE> static __device__ __forceinline__ float round_act(float v);
+template <> __device__ __forceinline__ float round_act<CUDA_WTYPE_BF16>(float v)
+{
+        return __bfloat162float(__float2bfloat16_rn(v));
+}
+template <> __device__ __forceinline__ float round_act<CUDA_WTYPE_F16>(float v)
+{
+        return __half2float(__float2half_rn(v));
+}
+
+/* ---- prologues: what cuda_gemv_fused applies to x ---- */
+
+/* ops.cu's activations, copied verbatim (they are static there): the fused value must be
+ * bitwise cuda_glu's, so the formulas (and the compiler's contraction of them) must match. */
+static __device__ __forceinline__ float act_silu(float g)
+{
+        return g / (1.0f + expf(-g));
+}
+
+/* tanh-GELU with ggml's table ends: 0 at or below -10, identity at or above 10 */
+static __device__ __forceinline__ float act_gelu(float g)
+{
+        if (g <= -10.0f)
+                return 0.0f;
+        if (g >= 10.0f)
+                return g;
+        return 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
+}
+
+template <int PRO> static __device__ __forceinline__ float glu_act(float g)
+{
+        return PRO == CUDA_GEMV_PRO_GLU_GELU ? act_gelu(g) : act_silu(g);
+}
+
+/* rmsnorm.cu's block size: its reduction is reproduced here exactly, 256 virtual threads
+ * (this block's 128 threads being two each), so the per-token scale is bitwise its. */
+#define RMS_VTHREADS 256
+
+/* scale[t] = rsqrtf(Σ x[t]² / k + eps) for the block's T tokens, summed exactly as
+ * rmsnorm.cu's vectorized kernel does: virtual thread v (v < 256) adds float4 number
+ * v, v + 256, … of the row (the same expression, so the same FMA contraction), warps
+ * butterfly-sum their lanes, and the eight warp sums meet in a second butterfly. Thread
+ * tid plays virtual threads tid (sums a) and tid + 128 (sums b): same lane, warps w, w + 4. */
+template <int T>
+static __device__ __forceinline__ void rms_scales(const float *x, int k, float eps,
+                                                  float (&scale)[T])
+{
+        static_assert(GEMV_THREADS * 2 == RMS_VTHREADS, "two virtual threads per thread");
+        __shared__ float warp_part[T][RMS_VTHREADS / 32];
+        __shared__ float tok_scale[T];
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int n4 = k / 4;
+        float ssa[T], ssb[T];
+#pragma unroll
+        for (int t = 0; t < T; t++)
+                ssa[t] = ssb[t] = 0.0f;
+        /* all tokens' loads of one step together (one latency per step, not per token) */
+        for (int i = threadIdx.x; i < n4; i += RMS_VTHREADS)
+#pragma unroll
+                for (int t = 0; t < T; t++) {
+                        const float4 v = ((const float4 *)(x + (size_t)t * k))[i];
+                        ssa[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                }
+        for (int i = threadIdx.x + GEMV_THREADS; i < n4; i += RMS_VTHREADS)
+#pragma unroll
+                for (int t = 0; t < T; t++) {
+                        const float4 v = ((const float4 *)(x + (size_t)t * k))[i];
+                        ssb[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                }
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+                const float a = warp_sum(ssa[t]), b = warp_sum(ssb[t]);
+                if (lane == 0) {
+                        warp_part[t][warp] = a;
+                        warp_part[t][warp + GEMV_WARPS] = b;
+                }
+        }
+        __syncthreads();
+        for (int t = warp; t < T; t += GEMV_WARPS) {
+                float v = lane < RMS_VTHREADS / 32 ? warp_part[t][lane] : 0.0f;
+                v = warp_sum(v);
+                if (lane == 0)
+                        tok_scale[t] = rsqrtf(v / (float)k + eps);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int t = 0; t < T; t++)
+                scale[t] = tok_scale[t];
+}
+
+/* The 8 activations f(x)[t][k0 .. k0+8), unrounded. gw: norm_w[k0 .. k0+8) (RMSNORM). */
+template <int PRO>
+static __device__ __forceinline__ void load_act(float (&xv)[GEMV_VEC], const float *__restrict__ x,
+                                                int k, int t, int k0, float scale,
+                                                const float (&gw)[GEMV_VEC])
+{
+        if constexpr (PRO == CUDA_GEMV_PRO_GLU_SILU || PRO == CUDA_GEMV_PRO_GLU_GELU) {
+                const float *row = x + (size_t)t * 2 * k; /* gate [0, k), up [k, 2k) */
+                const float4 *gp = (const float4 *)(row + k0), *up = (const float4 *)(row + k + k0);
+                const float4 ga = __ldg(gp), gb = __ldg(gp + 1), ua = __ldg(up), ub = __ldg(up + 1);
+                const float g[GEMV_VEC] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+                const float u[GEMV_VEC] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
+#pragma unroll
+                for (int j = 0; j < GEMV_VEC; j++)
+                        xv[j] = glu_act<PRO>(g[j]) * u[j]; /* as glu_kernel */
+        } else {
+                const float4 *xp = (const float4 *)(x + (size_t)t * k + k0);
+                const float4 a = __ldg(xp), b = __ldg(xp + 1);
+                const float v[GEMV_VEC] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                for (int j = 0; j < GEMV_VEC; j++) {
+                        if constexpr (PRO == CUDA_GEMV_PRO_RMSNORM)
+                                xv[j] = v[j] * scale * gw[j]; /* as rmsnorm_kernel */
+                        else
+                                xv[j] = v[j];
+                }
+        }
+}
+
 /* ---- fast kernel ---- */
 
-/* acc[t][r] += Σ_{j<8} w[r][j] · x[t][k0 + j] for one 16-byte vector per row. */
-template <int WTYPE, int T, int R>
+/* acc[r] += Σ_{j<8} w[r][j] · xv[j], xv rounded first. */
+template <int WTYPE, int R>
+static __device__ __forceinline__ void round_fma(float (&acc)[R], const float (&wf)[R][GEMV_VEC],
+                                                 float (&xv)[GEMV_VEC])
+{
+        /* Activations rounded to the weight's type, as the CPU backend (ggml's
+         * vec_dot_type) and the cuBLASLt path do: the products are then exact and
+         * the backends differ only in summation order. */
+#pragma unroll
+        for (int j = 0; j < GEMV_VEC; j++)
+                xv[j] = round_act<WTYPE>(xv[j]);
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int j = 0; j < GEMV_VEC; j++)
+                        acc[r] = fmaf(wf[r][j], xv[j], acc[r]);
+}
+
+/* acc[t][r] += Σ_{j<8} w[r][j] · f(x)[t][k0 + j] for one 16-byte vector per row. */
+template <int WTYPE, int T, int R, int PRO>
 static __device__ __forceinline__ void gemv_vec(float (&acc)[T][R], const uint4 (&wv)[R],
-                                                const float *__restrict__ x, int k, int k0)
+                                                const float *__restrict__ x, int k, int k0,
+                                                const float (&scale)[T],
+                                                const float *__restrict__ norm_w)
 {
         float wf[R][GEMV_VEC];
 #pragma unroll
@@ -57,16 +204,29 @@ static __device__ __forceinline__ void gemv_vec(float (&acc)[T][R], const uint4 
                         wf[r][2 * j + 1] = f.y;
                 }
         }
+        float gw[GEMV_VEC];
+        if constexpr (PRO == CUDA_GEMV_PRO_RMSNORM) {
+                const float4 a = __ldg((const float4 *)(norm_w + k0)),
+                             b = __ldg((const float4 *)(norm_w + k0) + 1);
+                const float g[GEMV_VEC] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                for (int j = 0; j < GEMV_VEC; j++)
+                        gw[j] = g[j];
+        }
 #pragma unroll
         for (int t = 0; t < T; t++) {
-                const float4 *xp = (const float4 *)(x + (size_t)t * k + k0);
-                const float4 a = __ldg(xp), b = __ldg(xp + 1);
-                const float xv[GEMV_VEC] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-                for (int r = 0; r < R; r++)
-#pragma unroll
-                        for (int j = 0; j < GEMV_VEC; j++)
-                                acc[t][r] = fmaf(wf[r][j], xv[j], acc[t][r]);
+                /* (PRO_NONE spelled out: this exact form keeps cuda_gemv's code as it was) */
+                if constexpr (PRO == CUDA_GEMV_PRO_NONE) {
+                        const float4 *xp = (const float4 *)(x + (size_t)t * k + k0);
+                        const float4 a = __ldg(xp), b = __ldg(xp + 1);
+                        float xv[GEMV_VEC] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                        round_fma<WTYPE, R>(acc[t], wf, xv);
+                } else {
+                        float xv[GEMV_VEC];
+                        load_act<PRO>(xv, x, k, t, k0, PRO == CUDA_GEMV_PRO_RMSNORM ? scale[t] : 1.0f,
+                                      gw);
+                        round_fma<WTYPE, R>(acc[t], wf, xv);
+                }
         }
 }
 
@@ -81,7 +241,7 @@ template <int T> struct gemv_shape {
 template <int WTYPE, int T>
 static __global__ void __launch_bounds__(GEMV_THREADS)
 gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
-            int rows, int k)
+            int rows, int k, int accumulate)
 {
         constexpr int R = gemv_shape<T>::R, U = gemv_shape<T>::U;
         constexpr int STRIDE = GEMV_THREADS * GEMV_VEC; /* elements the block covers per step */
@@ -100,6 +260,7 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
                 for (int r = 0; r < R; r++)
                         acc[t][r] = 0.0f;
 
+        float scale[T]; /* (unused: gemv_vec's RMSNORM argument) */
         int k0 = (warp * 32 + lane) * GEMV_VEC;
         for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
                 uint4 wv[U][R];
@@ -110,14 +271,15 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
                                 wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
 #pragma unroll
                 for (int u = 0; u < U; u++)
-                        gemv_vec<WTYPE, T, R>(acc, wv[u], x, k, k0 + u * STRIDE);
+                        gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE,
+                                                                  scale, NULL);
         }
         for (; k0 < k; k0 += STRIDE) {
                 uint4 wv[R];
 #pragma unroll
                 for (int r = 0; r < R; r++)
                         wv[r] = ld_stream_u4(wr[r] + k0);
-                gemv_vec<WTYPE, T, R>(acc, wv, x, k, k0);
+                gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
         }
 
         __shared__ float part[GEMV_WARPS][T * R];
@@ -136,29 +298,189 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
 #pragma unroll
                 for (int i = 0; i < GEMV_WARPS; i++)
                         s += part[i][threadIdx.x];
-                if (row0 + r < rows)
-                        y[(size_t)t * rows + row0 + r] = s;
+                if (row0 + r < rows) {
+                        float *yp = y + (size_t)t * rows + row0 + r;
+                        *yp = accumulate ? *yp + s : s;
+                }
         }
 }
 
+/* ---- fused kernel: prologue + product ---- */
+
+/* RMSNORM: gemv_shape. GLU: every block evaluates act() on all T·k of its inputs (expf or
+ * tanhf and a division, two MUFU ops each), T/(2R) evaluations per weight byte, so blocks
+ * take as many rows as the registers allow without spilling (tanh-GELU is the tighter:
+ * beyond 8 tokens it needs all 255 registers even at R = 2, U = 1). R = 16 for one token
+ * fits too but measured slower on H200 (15.1 vs 13.4 µs, 1B down). MINB, the minimum
+ * blocks per SM of __launch_bounds__: 1 lifts ptxas's own register target (without it, it
+ * spills to fit three or four blocks), 3 keeps three blocks where that fits, 0 leaves ptxas
+ * alone (the RMSNORM kernels for ≤ 4 tokens fit in 64 to 96 registers). */
+template <int T, int PRO> struct fused_shape {
+        static constexpr bool GLU = PRO == CUDA_GEMV_PRO_GLU_SILU || PRO == CUDA_GEMV_PRO_GLU_GELU;
+        static constexpr int R = !GLU ? gemv_shape<T>::R : T <= 4 ? 8 : T <= 8 ? 6 : 2;
+        static constexpr int U = !GLU ? gemv_shape<T>::U : 1;
+        static constexpr int MINB = GLU ? 1 : T <= 4 ? 0 : T <= 7 ? 3 : 1;
+        static_assert(T * R <= GEMV_THREADS, "one thread per output in the final sum");
+};
+
+/* The weight vectors of one step at k0 (u < U with k0 + u·STRIDE < k) of the rows from row0. */
+template <int R, int U>
+static __device__ __forceinline__ void load_step(uint4 (&wv)[U][R], const uint16_t *w, int rows,
+                                                 int k, int row0, int k0)
+{
+        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+                if (k0 + u * STRIDE < k)
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                                wv[u][r] = ld_stream_u4(w + (size_t)min(row0 + r, rows - 1) * k +
+                                                        k0 + u * STRIDE);
+}
+
+/* gemv_kernel with f applied to x, and persistent: block b takes row groups b, b + gridDim.x,
+ * … so RMSNORM's scales (a pass over the tokens' x rows, two barriers) are computed once per
+ * block, not once per group. A group visits k0 = kb, kb + STRIDE, … in ascending order as
+ * gemv_kernel's two loops do (here one loop of U-vector steps, the last one partial), so each
+ * output is bitwise gemv_kernel's on f(x). A group's first step is loaded early: for the
+ * block's first group before the scales are computed, for the others before the previous
+ * group's final sum, so those latencies overlap. */
+template <int WTYPE, int T, int PRO>
+static __global__ void __launch_bounds__(GEMV_THREADS, (fused_shape<T, PRO>::MINB))
+gemv_fused_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x,
+                  float *__restrict__ y, int rows, int k, int accumulate,
+                  const float *__restrict__ norm_w, float eps)
+{
+        constexpr int R = fused_shape<T, PRO>::R, U = fused_shape<T, PRO>::U;
+        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int groups = (rows + R - 1) / R;
+        const int kb = (warp * 32 + lane) * GEMV_VEC; /* this lane's first k */
+
+        uint4 wv[U][R];
+        load_step<R, U>(wv, w, rows, k, blockIdx.x * R, kb);
+        float scale[T];
+        if constexpr (PRO == CUDA_GEMV_PRO_RMSNORM)
+                rms_scales<T>(x, k, eps, scale);
+
+        __shared__ float part[GEMV_WARPS][T * R];
+        for (int g = blockIdx.x; g < groups; g += gridDim.x) {
+                const int row0 = g * R;
+                float acc[T][R];
+#pragma unroll
+                for (int t = 0; t < T; t++)
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                                acc[t][r] = 0.0f;
+                for (int k0 = kb;;) {
+#pragma unroll
+                        for (int u = 0; u < U; u++)
+                                if (k0 + u * STRIDE < k)
+                                        gemv_vec<WTYPE, T, R, PRO>(acc, wv[u], x, k,
+                                                                   k0 + u * STRIDE, scale, norm_w);
+                        k0 += U * STRIDE;
+                        if (k0 >= k)
+                                break;
+                        load_step<R, U>(wv, w, rows, k, row0, k0);
+                }
+                if (g + (int)gridDim.x < groups)
+                        load_step<R, U>(wv, w, rows, k, (g + gridDim.x) * R, kb);
+
+#pragma unroll
+                for (int t = 0; t < T; t++)
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                                const float s = warp_sum(acc[t][r]);
+                                if (lane == 0)
+                                        part[warp][t * R + r] = s;
+                        }
+                __syncthreads();
+                if (threadIdx.x < T * R) {
+                        const int t = threadIdx.x / R, r = threadIdx.x % R;
+                        float s = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < GEMV_WARPS; i++)
+                                s += part[i][threadIdx.x];
+                        if (row0 + r < rows) {
+                                float *yp = y + (size_t)t * rows + row0 + r;
+                                *yp = accumulate ? *yp + s : s;
+                        }
+                }
+                __syncthreads(); /* part is the next group's */
+        }
+}
+
+/* ---- launch ---- */
+
 template <int WTYPE, int T>
-static void gemv_launch(const void *w, const float *x, float *y, int rows, int k,
+static void gemv_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
                         cudaStream_t stream)
 {
         constexpr int R = gemv_shape<T>::R;
         const unsigned blocks = (unsigned)((rows + R - 1) / R);
         gemv_kernel<WTYPE, T><<<blocks, GEMV_THREADS, 0, stream>>>((const uint16_t *)w, x, y,
-                                                                  rows, k);
+                                                                  rows, k, acc);
+}
+
+/* Blocks for the persistent kernel: as many as fit on the device at once (its occupancy,
+ * asked once per kernel), never more than there are groups. Plain queries, no stream work:
+ * fine inside graph capture. On any failure, one block per group (still correct). */
+template <int WTYPE, int T, int PRO>
+static void fused_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
+                         const float *norm_w, float eps, cudaStream_t stream)
+{
+        constexpr int R = fused_shape<T, PRO>::R;
+        const int groups = (rows + R - 1) / R;
+        static std::atomic<int> per_sm{0};
+        int n = per_sm.load(std::memory_order_relaxed);
+        if (n == 0) {
+                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                            &n, gemv_fused_kernel<WTYPE, T, PRO>, GEMV_THREADS, 0) != cudaSuccess ||
+                    n <= 0) {
+                        (void)cudaGetLastError();
+                        n = -1;
+                }
+                per_sm.store(n, std::memory_order_relaxed);
+        }
+        int dev = 0, sms = 0, blocks = groups;
+        if (n > 0 && cudaGetDevice(&dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
+            sms > 0)
+                blocks = (int)std::min<long long>(groups, (long long)sms * n);
+        else
+                (void)cudaGetLastError();
+        gemv_fused_kernel<WTYPE, T, PRO><<<(unsigned)blocks, GEMV_THREADS, 0, stream>>>(
+                (const uint16_t *)w, x, y, rows, k, acc, norm_w, eps);
+}
+
+template <int WTYPE, int T>
+static void launch_p(int pro, const void *w, const float *x, float *y, int rows, int k, int acc,
+                     const float *norm_w, float eps, cudaStream_t s)
+{
+        switch (pro) {
+        case CUDA_GEMV_PRO_NONE:
+                gemv_launch<WTYPE, T>(w, x, y, rows, k, acc, s);
+                break;
+        case CUDA_GEMV_PRO_RMSNORM:
+                fused_launch<WTYPE, T, CUDA_GEMV_PRO_RMSNORM>(w, x, y, rows, k, acc, norm_w, eps, s);
+                break;
+        case CUDA_GEMV_PRO_GLU_SILU:
+                fused_launch<WTYPE, T, CUDA_GEMV_PRO_GLU_SILU>(w, x, y, rows, k, acc, norm_w, eps, s);
+                break;
+        case CUDA_GEMV_PRO_GLU_GELU:
+                fused_launch<WTYPE, T, CUDA_GEMV_PRO_GLU_GELU>(w, x, y, rows, k, acc, norm_w, eps, s);
+                break;
+        }
 }
 
 template <int WTYPE>
-static void gemv_launch_t(int ntok, const void *w, const float *x, float *y, int rows, int k,
-                          cudaStream_t s)
+static void gemv_launch_t(int ntok, int pro, const void *w, const float *x, float *y, int rows,
+                          int k, int acc, const float *norm_w, float eps, cudaStream_t s)
 {
         switch (ntok) {
 #define GEMV_CASE(T)                                                                           \
         case T:                                                                                \
-                gemv_launch<WTYPE, T>(w, x, y, rows, k, s);                                    \
+                launch_p<WTYPE, T>(pro, w, x, y, rows, k, acc, norm_w, eps, s);                \
                 break;
                 GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
                 GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
@@ -181,15 +503,51 @@ static int gemv_args_ok(uint32_t wtype, const void *w, const float *x, const flo
 int cuda_gemv(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k, int ntok,
               cudaStream_t stream)
 {
+        return cuda_gemv_fused(wtype, w, x, y, rows, k, ntok, 0.0f, NULL, stream);
+}
+
+int cuda_gemv_beta(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
+                   int ntok, float beta, cudaStream_t stream)
+{
+        return cuda_gemv_fused(wtype, w, x, y, rows, k, ntok, beta, NULL, stream);
+}
+
+int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
+                    int ntok, float beta, const struct cuda_gemv_prologue *pro,
+                    cudaStream_t stream)
+{
+        if (beta != 0.0f && beta != 1.0f)
+                return -EINVAL;
+        const int acc = beta != 0.0f;
         if (!gemv_args_ok(wtype, w, x, y, rows, k, ntok))
                 return -EINVAL;
         /* 16-byte vectors: every row and every activation row starts 16-byte aligned */
         if (k % GEMV_VEC || ((uintptr_t)w | (uintptr_t)x) % 16)
                 return -EINVAL;
+        const int kind = pro ? pro->kind : CUDA_GEMV_PRO_NONE;
+        const float *norm_w = NULL;
+        float eps = 0.0f;
+        switch (kind) {
+        case CUDA_GEMV_PRO_NONE:
+        case CUDA_GEMV_PRO_GLU_SILU:
+        case CUDA_GEMV_PRO_GLU_GELU:
+                break;
+        case CUDA_GEMV_PRO_RMSNORM:
+                /* aligned: cuda_rmsnorm's float4 path, whose reduction order this one is */
+                if (!pro->norm_w || (uintptr_t)pro->norm_w % 16 || !(pro->eps >= 0.0f))
+                        return -EINVAL;
+                norm_w = pro->norm_w;
+                eps = pro->eps;
+                break;
+        default:
+                return -EINVAL;
+        }
         if (wtype == CUDA_WTYPE_BF16)
-                gemv_launch_t<CUDA_WTYPE_BF16>(ntok, w, x, y, rows, k, stream);
+                gemv_launch_t<CUDA_WTYPE_BF16>(ntok, kind, w, x, y, rows, k, acc, norm_w, eps,
+                                               stream);
         else
-                gemv_launch_t<CUDA_WTYPE_F16>(ntok, w, x, y, rows, k, stream);
+                gemv_launch_t<CUDA_WTYPE_F16>(ntok, kind, w, x, y, rows, k, acc, norm_w, eps,
+                                              stream);
         return CUDA_CHECK_LAUNCH();
 }
 
@@ -204,7 +562,7 @@ static __global__ void gemv_ref_kernel(const uint16_t *w, const float *x, float 
                 return;
         float s = 0.0f;
         for (int i = 0; i < k; i++)
-                s += w_to_float<WTYPE>(w + (size_t)r * k + i) * x[(size_t)t * k + i];
+                s += w_to_float<WTYPE>(w + (size_t)r * k + i) * round_act<WTYPE>(x[(size_t)t * k + i]);
         y[(size_t)t * rows + r] = s;
 }
 

@@ -23,6 +23,44 @@ enum cuda_wtype {
 int cuda_gemv(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k, int ntok,
               cudaStream_t stream);
 
+/* y = beta·y + W·x with beta 0 or 1 (1: accumulate, e.g. a residual add). */
+int cuda_gemv_beta(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
+                   int ntok, float beta, cudaStream_t stream);
+
+/* What is applied to the activations on their way into the product (cuda_gemv_fused). */
+enum cuda_gemv_pro {
+        CUDA_GEMV_PRO_NONE = 0,
+        CUDA_GEMV_PRO_RMSNORM = 1,  /* rmsnorm.cuh's cuda_rmsnorm, weight norm_w, eps */
+        CUDA_GEMV_PRO_GLU_SILU = 2, /* ops.cuh's cuda_glu with CUDA_ACT_SILU */
+        CUDA_GEMV_PRO_GLU_GELU = 3, /* ops.cuh's cuda_glu with CUDA_ACT_GELU */
+};
+
+struct cuda_gemv_prologue {
+        int kind;             /* enum cuda_gemv_pro */
+        const float *norm_w;  /* RMSNORM: k floats, 16-byte aligned; otherwise unused */
+        float eps;            /* RMSNORM: ≥ 0; otherwise unused */
+};
+
+/* y = beta·y + W·f(x), beta 0 or 1, f as pro says (pro NULL: NONE); one kernel launch.
+ *   NONE:    x is ntok × k, f(x) = x: exactly cuda_gemv_beta.
+ *   RMSNORM: x is ntok × k, f(x)[t][i] = x[t][i] / sqrt(mean_i(x[t]²) + eps) · norm_w[i],
+ *            each block computing its tokens' scales itself with cuda_rmsnorm's reduction.
+ *   GLU_*:   x is ntok × 2k (gate then up, cuda_glu's gu), f(x)[t][i] = act(gate)·up.
+ * f(x) is then rounded to the weight type as in cuda_gemv. The result is bitwise the one of
+ * cuda_rmsnorm / cuda_glu into a buffer followed by cuda_gemv_beta on it (same reduction,
+ * same formulas, same per-row summation order), so callers may fuse or not per call.
+ * RMSNORM blocks are persistent (each computes its tokens' scales once, then takes several
+ * row groups); GLU blocks evaluate act() on all ntok·k inputs each (one block per 8, 6 or 2
+ * rows), which costs more than cuda_glu's one pass as ntok grows. Measured on H200 in
+ * graphs (tests/gpu/test_kernels.cu): about even with the separate pair at ntok 1 (GLU on an
+ * 8B-sized down projection 1.8 µs faster), slower from ntok 4 on; pick per batch size.
+ * Same arguments, errors and alignment as cuda_gemv_beta, plus -EINVAL for an unknown kind,
+ * a NULL or unaligned norm_w or a negative or NaN eps. Graph-capturable (its launch asks
+ * the occupancy and SM count, no stream work). */
+int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
+                    int ntok, float beta, const struct cuda_gemv_prologue *pro,
+                    cudaStream_t stream);
+
 /* Same function, one thread per output, serial float sum over k: slow and obviously right. */
 int cuda_gemv_ref(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
                   int ntok, cudaStream_t stream);

@@ -1,8 +1,11 @@
 /* test_kernels.cu — checks and times the CUDA kernels of engine/cuda (llm.c dev/cuda style):
  * every kernel, fast and plain versions, against a CPU double-precision reference on fresh
  * random data with poisoned outputs; then GEMV timing at the issue-4 shapes against the
- * measured read bandwidth. Built and run by tests/gpu/run. Exit 0 all checks pass, 1 any
- * failed, 77 no GPU.  Options: --json PATH, --check-only (no timing; for compute-sanitizer). */
+ * measured read bandwidth; then cuda_gemv_fused (RMSNorm / GLU prologues) against the
+ * separate kernels followed by cuda_gemv_beta, bitwise, and timed against them. Built and
+ * run by tests/gpu/run. Exit 0 all checks pass, 1 any failed, 77 no GPU.
+ * Options: --json PATH, --check-only (no timing; for compute-sanitizer), --fused-only (only
+ * the fused GEMV's checks and timings), --no-check (timings only). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,11 +15,13 @@
 #include <algorithm>
 #include <string>
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "bandwidth.cuh"
 #include "common.cuh"
 #include "gemv.cuh"
+#include "ops.cuh"
 #include "rmsnorm.cuh"
 
 #define GEMV_TOL 1e-5 /* float accumulation of exact products: far under this */
@@ -106,8 +111,16 @@ struct bench {
         double us, gbs, frac, err;
 };
 
+/* cuda_gemv_fused against its two-kernel equivalent, same data, both as CUDA graphs */
+struct fbench {
+        std::string model, what, wtype;
+        int k, rows, ntok, nsets;
+        double us_fused, us_sep, us_gemv, gbs_fused, gbs_sep;
+};
+
 static std::vector<check> checks;
 static std::vector<bench> benches;
+static std::vector<fbench> fbenches;
 
 static float *dev_alloc_f32(size_t n)
 {
@@ -214,8 +227,13 @@ static void gemv_cpu_ref(uint32_t wtype, const void *w, const float *x, int rows
                         wd[i] = w16_to_double(hw[i], wtype);
                 for (int t = 0; t < ntok; t++) {
                         double s = 0.0;
-                        for (int i = 0; i < k; i++)
-                                s += wd[i] * hx[(size_t)t * k + i];
+                        /* the kernel rounds activations to the weight's type first */
+                        for (int i = 0; i < k; i++) {
+                                const float v = hx[(size_t)t * k + i];
+                                const float xr = wtype == CUDA_WTYPE_BF16 ? __bfloat162float(__float2bfloat16_rn(v))
+                                                                          : __half2float(__float2half_rn(v));
+                                s += wd[i] * xr;
+                        }
                         ref[(size_t)t * rows_sel.size() + j] = s;
                         idx[(size_t)t * rows_sel.size() + j] = (size_t)t * rows + r;
                 }
@@ -340,6 +358,283 @@ static void bench_gemv(const char *model, uint32_t wtype, int k, int rows, int n
         }
 }
 
+/* ---- fused GEMV: prologue + product in one kernel ---- */
+
+static const char *pro_name(int kind)
+{
+        switch (kind) {
+        case CUDA_GEMV_PRO_RMSNORM:
+                return "rmsnorm";
+        case CUDA_GEMV_PRO_GLU_SILU:
+                return "glu_silu";
+        case CUDA_GEMV_PRO_GLU_GELU:
+                return "glu_gelu";
+        default:
+                return "none";
+        }
+}
+
+#define FUSED_EPS 1e-5f
+
+/* What the engine runs unfused: the prologue's own kernel into f, then cuda_gemv_beta. */
+static int separate_gemv(uint32_t wtype, const void *w, const float *x, float *f,
+                         const float *norm_w, float *y, int rows, int k, int ntok, float beta,
+                         int kind, cudaStream_t st)
+{
+        int r = 0;
+        const float *in = x;
+        if (kind == CUDA_GEMV_PRO_RMSNORM)
+                r = cuda_rmsnorm(x, norm_w, f, k, ntok, FUSED_EPS, st);
+        else if (kind == CUDA_GEMV_PRO_GLU_SILU || kind == CUDA_GEMV_PRO_GLU_GELU)
+                r = cuda_glu(kind == CUDA_GEMV_PRO_GLU_GELU ? CUDA_ACT_GELU : CUDA_ACT_SILU, x, f,
+                             k, ntok, st);
+        if (r < 0)
+                return r;
+        if (kind != CUDA_GEMV_PRO_NONE)
+                in = f;
+        return cuda_gemv_beta(wtype, w, in, y, rows, k, ntok, beta, st);
+}
+
+static __global__ void copy_f32(float *dst, const float *src, size_t n)
+{
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+             i += (size_t)gridDim.x * blockDim.x)
+                dst[i] = src[i];
+}
+
+/* Every prologue, tokens in toks, beta 0 and 1 on one weight matrix: cuda_gemv_fused must be
+ * bitwise the separate kernels' result (every element, poisoned guard intact). For the small
+ * shape also against the CPU (double dot of the separate prologue's output) as a sanity check
+ * of beta = 1 itself. One summary line per (type, shape, prologue). */
+static void check_fused_shape(uint32_t wtype, int rows, int k, const std::vector<int> &toks)
+{
+        const int T = CUDA_GEMV_MAX_TOKENS;
+        const size_t wn = (size_t)rows * k, yn_max = (size_t)T * rows;
+        void *w;
+        CUDA_CHECK_ABORT(cudaMalloc(&w, 2 * wn));
+        float *x = dev_alloc_f32((size_t)T * 2 * k), *nw = dev_alloc_f32(k);
+        float *f = dev_alloc_f32((size_t)T * k), *y0 = dev_alloc_f32(yn_max);
+        float *ys = dev_alloc_f32(yn_max + GUARD), *yf = dev_alloc_f32(yn_max + GUARD);
+        rand_w16(w, wn, wtype);
+        /* gate and up in [-12, 12): GELU's saturated ends (|g| ≥ 10) are hit too */
+        rand_f32(x, (size_t)T * 2 * k, 12.0f);
+        rand_f32(nw, k, 0.5f, 1.0f);
+        rand_f32(y0, yn_max, 4.0f);
+        const bool cpu = (size_t)rows * k <= 65536;
+        for (int kind = CUDA_GEMV_PRO_NONE; kind <= CUDA_GEMV_PRO_GLU_GELU; kind++) {
+                const struct cuda_gemv_prologue pro = {kind, nw, FUSED_EPS};
+                size_t runs = 0, exact = 0, clean = 0, diff_total = 0;
+                double max_rel = 0.0;
+                for (int t : toks)
+                        for (float beta : {0.0f, 1.0f}) {
+                                const size_t yn = (size_t)t * rows;
+                                poison(ys, yn);
+                                poison(yf, yn);
+                                if (beta != 0.0f) {
+                                        copy_f32<<<256, 256>>>(ys, y0, yn);
+                                        copy_f32<<<256, 256>>>(yf, y0, yn);
+                                        CUDA_CHECK_ABORT(cudaGetLastError());
+                                }
+                                CUDA_OK_OR_ABORT(separate_gemv(wtype, w, x, f, nw, ys, rows, k, t,
+                                                               beta, kind, 0));
+                                CUDA_OK_OR_ABORT(cuda_gemv_fused(wtype, w, x, yf, rows, k, t, beta,
+                                                                 &pro, 0));
+                                CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+                                std::vector<float> hs = to_host(ys, yn + GUARD),
+                                                   hf = to_host(yf, yn + GUARD);
+                                check c{"", 0.0, 0.0, 0, 0, false};
+                                size_t ndiff = 0;
+                                for (size_t i = 0; i < yn; i++) {
+                                        uint32_t a, b;
+                                        memcpy(&a, &hs[i], 4);
+                                        memcpy(&b, &hf[i], 4);
+                                        if (a != b) {
+                                                ndiff++;
+                                                const double d = fabs((double)hs[i] - hf[i]) /
+                                                                 std::max(1e-30, fabs((double)hs[i]));
+                                                max_rel = std::max(max_rel, d);
+                                        }
+                                        if (isnan(hf[i]))
+                                                c.unwritten++;
+                                }
+                                for (size_t i = yn; i < yn + GUARD; i++) {
+                                        uint32_t u;
+                                        memcpy(&u, &hf[i], 4);
+                                        c.guard_hit += u != 0xffffffffu;
+                                }
+                                char name[128];
+                                snprintf(name, sizeof(name), "gemv_fused %s %s %d->%d t=%d beta=%g bitwise",
+                                         wtype_name(wtype), pro_name(kind), k, rows, t, beta);
+                                c.name = name;
+                                c.err = (double)ndiff;
+                                c.pass = ndiff == 0 && c.unwritten == 0 && c.guard_hit == 0;
+                                checks.push_back(c);
+                                runs++;
+                                exact += ndiff == 0;
+                                clean += c.unwritten == 0 && c.guard_hit == 0;
+                                diff_total += ndiff;
+                                if (!c.pass)
+                                        printf("check %s: %zu of %zu differ, unwritten %zu guard %zu  FAIL\n",
+                                               name, ndiff, yn, c.unwritten, c.guard_hit);
+                                if (cpu) { /* the fused result against a double dot of f */
+                                        std::vector<int> sel(rows);
+                                        for (int r = 0; r < rows; r++)
+                                                sel[r] = r;
+                                        std::vector<double> ref;
+                                        std::vector<size_t> idx;
+                                        gemv_cpu_ref(wtype, w, kind == CUDA_GEMV_PRO_NONE ? x : f,
+                                                     rows, k, t, sel, ref, idx);
+                                        if (beta != 0.0f) {
+                                                std::vector<float> h0 = to_host(y0, yn);
+                                                for (size_t i = 0; i < ref.size(); i++)
+                                                        ref[i] += h0[idx[i]];
+                                        }
+                                        snprintf(name, sizeof(name), "gemv_fused %s %s %d->%d t=%d beta=%g vs cpu",
+                                                 wtype_name(wtype), pro_name(kind), k, rows, t, beta);
+                                        const check cc = compare(name, hf, ref, {}, yn, GEMV_TOL);
+                                        (void)cc;
+                                }
+                        }
+                printf("check gemv_fused %-4s %-8s %5d->%-6d %zu runs (t=%d..%d, beta 0/1): bitwise %zu/%zu,"
+                       " %zu differing elements (max rel %.1e), outputs complete %zu/%zu  %s\n",
+                       wtype_name(wtype), pro_name(kind), k, rows, runs, toks.front(), toks.back(),
+                       exact, runs, diff_total, max_rel, clean, runs,
+                       exact == runs && clean == runs ? "ok" : "FAIL");
+        }
+        CUDA_CHECK_ABORT(cudaFree(w));
+        CUDA_CHECK_ABORT(cudaFree(x));
+        CUDA_CHECK_ABORT(cudaFree(nw));
+        CUDA_CHECK_ABORT(cudaFree(f));
+        CUDA_CHECK_ABORT(cudaFree(y0));
+        CUDA_CHECK_ABORT(cudaFree(ys));
+        CUDA_CHECK_ABORT(cudaFree(yf));
+}
+
+/* Argument checks of cuda_gemv_fused (no launch happens for any of these). */
+static void check_fused_args(void)
+{
+        void *w;
+        float *x, *y, *nw;
+        CUDA_CHECK_ABORT(cudaMalloc(&w, 2 * 64 * 64));
+        x = dev_alloc_f32(2 * 64 * 2);
+        y = dev_alloc_f32(64 * 2);
+        nw = dev_alloc_f32(64 + 4);
+        struct {
+                const char *name;
+                struct cuda_gemv_prologue pro;
+        } bad[] = {
+                {"kind 4", {4, nw, 1e-5f}},
+                {"kind -1", {-1, nw, 1e-5f}},
+                {"rmsnorm norm_w NULL", {CUDA_GEMV_PRO_RMSNORM, NULL, 1e-5f}},
+                {"rmsnorm norm_w unaligned", {CUDA_GEMV_PRO_RMSNORM, nw + 1, 1e-5f}},
+                {"rmsnorm eps < 0", {CUDA_GEMV_PRO_RMSNORM, nw, -1.0f}},
+                {"rmsnorm eps NaN", {CUDA_GEMV_PRO_RMSNORM, nw, NAN}},
+        };
+        for (auto &b : bad) {
+                const int r = cuda_gemv_fused(CUDA_WTYPE_BF16, w, x, y, 64, 64, 2, 0.0f, &b.pro, 0);
+                check c{std::string("gemv_fused args ") + b.name, (double)r, 0.0, 0, 0, r == -EINVAL};
+                printf("check %-44s returns %d  %s\n", c.name.c_str(), r, c.pass ? "ok" : "FAIL");
+                checks.push_back(c);
+        }
+        const struct cuda_gemv_prologue glu = {CUDA_GEMV_PRO_GLU_SILU, NULL, NAN}; /* unused fields */
+        int r = cuda_gemv_fused(CUDA_WTYPE_F16, w, x, y, 64, 64, 2, 1.0f, &glu, 0);
+        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+        check c{"gemv_fused args glu ignores norm_w/eps", (double)r, 0.0, 0, 0, r == 0};
+        printf("check %-44s returns %d  %s\n", c.name.c_str(), r, c.pass ? "ok" : "FAIL");
+        checks.push_back(c);
+        r = cuda_gemv_fused(CUDA_WTYPE_F16, w, x, y, 64, 64, 2, 0.5f, NULL, 0);
+        check c2{"gemv_fused args beta 0.5", (double)r, 0.0, 0, 0, r == -EINVAL};
+        printf("check %-44s returns %d  %s\n", c2.name.c_str(), r, c2.pass ? "ok" : "FAIL");
+        checks.push_back(c2);
+        CUDA_CHECK_ABORT(cudaFree(w));
+        CUDA_CHECK_ABORT(cudaFree(x));
+        CUDA_CHECK_ABORT(cudaFree(y));
+        CUDA_CHECK_ABORT(cudaFree(nw));
+}
+
+/* Median of 51 replays of a graph of nsets calls, per call, in µs. */
+static double graph_us(cudaGraphExec_t ge, cudaStream_t st, int nsets)
+{
+        cudaEvent_t e0, e1;
+        CUDA_CHECK_ABORT(cudaEventCreate(&e0));
+        CUDA_CHECK_ABORT(cudaEventCreate(&e1));
+        for (int i = 0; i < 5; i++)
+                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
+        const int reps = 51;
+        std::vector<float> ms(reps);
+        for (int i = 0; i < reps; i++) {
+                CUDA_CHECK_ABORT(cudaEventRecord(e0, st));
+                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
+                CUDA_CHECK_ABORT(cudaEventRecord(e1, st));
+                CUDA_CHECK_ABORT(cudaEventSynchronize(e1));
+                CUDA_CHECK_ABORT(cudaEventElapsedTime(&ms[i], e0, e1));
+        }
+        std::sort(ms.begin(), ms.end());
+        CUDA_CHECK_ABORT(cudaEventDestroy(e0));
+        CUDA_CHECK_ABORT(cudaEventDestroy(e1));
+        return ms[reps / 2] * 1e3 / nsets;
+}
+
+/* Fused vs separate (prologue kernel into a scratch buffer, then cuda_gemv_beta), each a
+ * graph over nsets weight/activation sets whose weights exceed the L2 several times; and
+ * cuda_gemv_beta alone on the prologue's output (the floor). GB/s: weight bytes per second. */
+static void bench_fused(const char *model, const char *what, uint32_t wtype, int kind, int k,
+                        int rows, int ntok, size_t l2_bytes)
+{
+        const size_t wbytes = (size_t)rows * k * 2;
+        const int xw = kind == CUDA_GEMV_PRO_GLU_SILU || kind == CUDA_GEMV_PRO_GLU_GELU ? 2 * k : k;
+        int nsets = (int)std::min<size_t>(64, (4 * l2_bytes + wbytes - 1) / wbytes);
+        nsets = std::max(nsets, wbytes > 4 * l2_bytes ? 1 : 2);
+        std::vector<void *> w(nsets);
+        std::vector<float *> x(nsets), y(nsets);
+        float *nw = dev_alloc_f32(k), *f = dev_alloc_f32((size_t)ntok * k);
+        rand_f32(nw, k, 0.5f, 1.0f);
+        for (int s = 0; s < nsets; s++) {
+                CUDA_CHECK_ABORT(cudaMalloc(&w[s], wbytes));
+                x[s] = dev_alloc_f32((size_t)ntok * xw);
+                y[s] = dev_alloc_f32((size_t)ntok * rows);
+                rand_w16(w[s], (size_t)rows * k, wtype);
+                rand_f32(x[s], (size_t)ntok * xw, 4.0f);
+        }
+        const struct cuda_gemv_prologue pro = {kind, nw, FUSED_EPS};
+        cudaStream_t st;
+        CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+        double us[3];
+        for (int v = 0; v < 3; v++) {
+                cudaGraph_t g;
+                cudaGraphExec_t ge;
+                CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+                for (int s = 0; s < nsets; s++)
+                        CUDA_OK_OR_ABORT(v == 2 ? cuda_gemv_beta(wtype, w[s], f, y[s], rows, k, ntok,
+                                                                 0.0f, st)
+                                         : v ? separate_gemv(wtype, w[s], x[s], f, nw, y[s], rows,
+                                                             k, ntok, 0.0f, kind, st)
+                                             : cuda_gemv_fused(wtype, w[s], x[s], y[s], rows, k,
+                                                               ntok, 0.0f, &pro, st));
+                CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
+                CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
+                us[v] = graph_us(ge, st, nsets);
+                CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
+                CUDA_CHECK_ABORT(cudaGraphDestroy(g));
+        }
+        fbench b{model, std::string(what) + "+" + pro_name(kind), wtype_name(wtype), k, rows,
+                 ntok, nsets, us[0], us[1], us[2], wbytes / us[0] * 1e-3, wbytes / us[1] * 1e-3};
+        printf("bench gemv_fused %-3s %-16s %s %6d->%-6d t=%-2d sets %2d  fused %8.2f us %7.1f GB/s"
+               "  separate %8.2f us %7.1f GB/s  gemv alone %8.2f us\n",
+               model, b.what.c_str(), b.wtype.c_str(), k, rows, ntok, nsets, b.us_fused,
+               b.gbs_fused, b.us_sep, b.gbs_sep, b.us_gemv);
+        fbenches.push_back(b);
+        CUDA_CHECK_ABORT(cudaStreamDestroy(st));
+        for (int s = 0; s < nsets; s++) {
+                CUDA_CHECK_ABORT(cudaFree(w[s]));
+                CUDA_CHECK_ABORT(cudaFree(x[s]));
+                CUDA_CHECK_ABORT(cudaFree(y[s]));
+        }
+        CUDA_CHECK_ABORT(cudaFree(nw));
+        CUDA_CHECK_ABORT(cudaFree(f));
+}
+
 /* ---- main ---- */
 
 struct shape {
@@ -355,14 +650,19 @@ static const shape shapes[] = {
 int main(int argc, char **argv)
 {
         const char *json = NULL;
-        bool check_only = false;
+        bool check_only = false, fused_only = false, no_check = false;
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "--json") && i + 1 < argc)
                         json = argv[++i];
                 else if (!strcmp(argv[i], "--check-only"))
                         check_only = true;
+                else if (!strcmp(argv[i], "--fused-only"))
+                        fused_only = true;
+                else if (!strcmp(argv[i], "--no-check"))
+                        no_check = true;
                 else {
-                        fprintf(stderr, "usage: %s [--json PATH] [--check-only]\n", argv[0]);
+                        fprintf(stderr, "usage: %s [--json PATH] [--check-only] [--fused-only]"
+                                        " [--no-check]\n", argv[0]);
                         return 2;
                 }
         }
@@ -380,26 +680,43 @@ int main(int argc, char **argv)
                prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize >> 20,
                prop.totalGlobalMem / 1e9, drv, rt);
 
-        /* correctness: odd shapes (partial row groups, k not a multiple of the block's step) */
-        for (int n : {8, 1000, 2048, 4096, 8192})
-                for (int t : {1, 7, 16})
-                        check_rmsnorm(n, t, false);
-        check_rmsnorm(4098, 3, true);
-        check_rmsnorm(1001, 2, false);
-        const int small[][2] = {{1, 8}, {37, 264}, {130, 1032}, {257, 4104}, {64, 2048}, {3, 9000}};
-        for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
-                for (auto &s : small)
-                        for (int t = 1; t <= CUDA_GEMV_MAX_TOKENS; t++)
-                                check_gemv(wt, s[0], s[1], t, "");
-        /* the benchmark shapes themselves, at the batches timed */
         std::vector<double> shape_err;
-        for (const shape &s : shapes)
-                for (int t : {1, 8, 16}) {
-                        double e = check_gemv(CUDA_WTYPE_BF16, s.rows, s.k, t, s.model);
-                        double e2 = check_gemv(CUDA_WTYPE_F16, s.rows, s.k, t, s.model);
-                        shape_err.push_back(e);
-                        shape_err.push_back(e2);
-                }
+        if (!fused_only && !no_check) {
+                /* correctness: odd shapes (partial row groups, k not a multiple of the block's
+                 * step) */
+                for (int n : {8, 1000, 2048, 4096, 8192})
+                        for (int t : {1, 7, 16})
+                                check_rmsnorm(n, t, false);
+                check_rmsnorm(4098, 3, true);
+                check_rmsnorm(1001, 2, false);
+                const int small[][2] = {{1, 8}, {37, 264}, {130, 1032}, {257, 4104}, {64, 2048}, {3, 9000}};
+                for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
+                        for (auto &s : small)
+                                for (int t = 1; t <= CUDA_GEMV_MAX_TOKENS; t++)
+                                        check_gemv(wt, s[0], s[1], t, "");
+                /* the benchmark shapes themselves, at the batches timed */
+                for (const shape &s : shapes)
+                        for (int t : {1, 8, 16}) {
+                                double e = check_gemv(CUDA_WTYPE_BF16, s.rows, s.k, t, s.model);
+                                double e2 = check_gemv(CUDA_WTYPE_F16, s.rows, s.k, t, s.model);
+                                shape_err.push_back(e);
+                                shape_err.push_back(e2);
+                        }
+        }
+        /* cuda_gemv_fused: bitwise against the separate kernels on the 1B/8B shapes (gate+up
+         * stacked; down with x 2k wide for GLU) and an odd small one */
+        if (!no_check) {
+                check_fused_args();
+                const int fshapes[][2] = {{37, 264},    {2048, 2048}, {3072, 2048}, {16384, 2048},
+                                          {2048, 8192}, {6144, 4096}, {4096, 14336}};
+                std::vector<int> all, some = {1, 2, 3, 4, 5, 7, 8, 9, 12, 16};
+                for (int t = 1; t <= CUDA_GEMV_MAX_TOKENS; t++)
+                        all.push_back(t);
+                for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
+                        for (auto &s : fshapes)
+                                check_fused_shape(wt, s[0], s[1],
+                                                  (size_t)s[0] * s[1] <= ((size_t)8 << 20) ? all : some);
+        }
 
         struct cuda_bandwidth bw = {0, 0, 0, 0};
         if (!check_only) {
@@ -410,14 +727,35 @@ int main(int argc, char **argv)
                 printf("bandwidth: read %.1f GB/s, copy (read+write) %.1f GB/s, %zu MB buffer\n",
                        bw.read_gbs, bw.copy_gbs, bw.bytes >> 20);
                 size_t i = 0;
-                for (const shape &s : shapes)
-                        for (int t : {1, 8, 16}) {
-                                bench_gemv(s.model, CUDA_WTYPE_BF16, s.k, s.rows, t,
-                                           prop.l2CacheSize, bw.read_gbs, shape_err[i]);
-                                bench_gemv(s.model, CUDA_WTYPE_F16, s.k, s.rows, t,
-                                           prop.l2CacheSize, bw.read_gbs, shape_err[i + 1]);
-                                i += 2;
-                        }
+                if (!fused_only)
+                        for (const shape &s : shapes)
+                                for (int t : {1, 8, 16}) {
+                                        const double e = i < shape_err.size() ? shape_err[i] : NAN;
+                                        const double e2 = i + 1 < shape_err.size() ? shape_err[i + 1] : NAN;
+                                        bench_gemv(s.model, CUDA_WTYPE_BF16, s.k, s.rows, t,
+                                                   prop.l2CacheSize, bw.read_gbs, e);
+                                        bench_gemv(s.model, CUDA_WTYPE_F16, s.k, s.rows, t,
+                                                   prop.l2CacheSize, bw.read_gbs, e2);
+                                        i += 2;
+                                }
+                /* fused vs separate: the norm before qkv and before gate+up, GLU before down */
+                struct fshape {
+                        const char *model, *what;
+                        int kind, k, rows;
+                };
+                static const fshape fs[] = {
+                        {"1B", "qkv", CUDA_GEMV_PRO_RMSNORM, 2048, 3072},
+                        {"1B", "gate_up", CUDA_GEMV_PRO_RMSNORM, 2048, 16384},
+                        {"1B", "down", CUDA_GEMV_PRO_GLU_SILU, 8192, 2048},
+                        {"1B", "down", CUDA_GEMV_PRO_GLU_GELU, 8192, 2048},
+                        {"8B", "qkv", CUDA_GEMV_PRO_RMSNORM, 4096, 6144},
+                        {"8B", "gate_up", CUDA_GEMV_PRO_RMSNORM, 4096, 28672},
+                        {"8B", "down", CUDA_GEMV_PRO_GLU_SILU, 14336, 4096},
+                };
+                for (const fshape &f : fs)
+                        for (int t : {1, 4, 8, 16})
+                                bench_fused(f.model, f.what, CUDA_WTYPE_BF16, f.kind, f.k, f.rows, t,
+                                            prop.l2CacheSize);
         }
 
         size_t failed = 0;
@@ -456,6 +794,17 @@ int main(int argc, char **argv)
                                 b.reps, b.us, b.gbs, b.frac, b.err,
                                 i + 1 < benches.size() ? "," : "");
                 }
+                fprintf(f, "  ],\n  \"gemv_fused\": [\n");
+                for (size_t i = 0; i < fbenches.size(); i++) {
+                        const fbench &b = fbenches[i];
+                        fprintf(f, "    {\"model\": \"%s\", \"what\": \"%s\", \"wtype\": \"%s\", \"k\": %d,"
+                                   " \"rows\": %d, \"ntok\": %d, \"sets\": %d, \"us_fused\": %.3f,"
+                                   " \"us_separate\": %.3f, \"us_gemv_only\": %.3f, \"gbs_fused\": %.2f,"
+                                   " \"gbs_separate\": %.2f}%s\n",
+                                b.model.c_str(), b.what.c_str(), b.wtype.c_str(), b.k, b.rows, b.ntok,
+                                b.nsets, b.us_fused, b.us_sep, b.us_gemv, b.gbs_fused, b.gbs_sep,
+                                i + 1 < fbenches.size() ? "," : "");
+                }
                 fprintf(f, "  ]\n}\n");
                 fclose(f);
         }
@@ -472,6 +821,20 @@ int main(int argc, char **argv)
                         snprintf(kr, sizeof(kr), "%d->%d", b.k, b.rows);
                         printf("%-5s %-4s %13s %3d %10.2f %9.1f %6.1f%% %9.2e\n", b.model.c_str(),
                                b.wtype.c_str(), kr, b.ntok, b.us, b.gbs, 100 * b.frac, b.err);
+                }
+        }
+        if (!fbenches.empty()) {
+                printf("\nfused GEMV vs separate kernels (graphs, weights from HBM; GB/s of weights)\n");
+                printf("%-5s %-16s %-4s %12s %3s %9s %7s %9s %7s %8s %9s\n", "model", "what", "type",
+                       "k->rows", "t", "fused us", "GB/s", "sep us", "GB/s", "saved us",
+                       "gemv only");
+                for (const fbench &b : fbenches) {
+                        char kr[32];
+                        snprintf(kr, sizeof(kr), "%d->%d", b.k, b.rows);
+                        printf("%-5s %-16s %-4s %12s %3d %9.2f %7.1f %9.2f %7.1f %8.2f %9.2f\n",
+                               b.model.c_str(), b.what.c_str(), b.wtype.c_str(), kr, b.ntok,
+                               b.us_fused, b.gbs_fused, b.us_sep, b.gbs_sep, b.us_sep - b.us_fused,
+                               b.us_gemv);
                 }
         }
         for (const check &c : checks)
