@@ -51,10 +51,28 @@ struct engine_load_progress {
 };
 typedef void (*engine_progress_fn)(void *user, const struct engine_load_progress *p);
 
+/* Where the forward pass runs. AUTO takes CUDA when this build has it, a usable GPU is
+ * present and the model's tensor types are supported there; otherwise the CPU, and
+ * engine_model_backend_reason() says why. */
+enum engine_backend { ENGINE_BACKEND_AUTO = 0, ENGINE_BACKEND_CPU = 1, ENGINE_BACKEND_CUDA = 2 };
+
 struct engine_load_opts {
         engine_progress_fn progress; /* may be NULL; called from the loading thread */
         void *progress_user;
         struct storage_reader_opts reader;
+        enum engine_backend backend;
+        int cuda_device;             /* GPU index for the CUDA backend */
+};
+
+struct engine_gpu_info {
+        char name[96];
+        int device;
+        int cc_major, cc_minor;
+        int n_sm;
+        uint64_t mem_total;
+        uint64_t mem_free;           /* at probe (or after the weights, once loaded) */
+        uint64_t weight_bytes;       /* device memory the weights take */
+        uint64_t upload_ns;          /* disk to GPU, wall time */
 };
 
 struct engine_load_stats {
@@ -71,6 +89,14 @@ void engine_model_free(struct engine_model *m); /* NULL is a no-op */
 const struct engine_hparams *engine_model_hparams(const struct engine_model *m);
 const struct engine_load_stats *engine_model_load_stats(const struct engine_model *m);
 const struct engine_tokenizer *engine_model_tokenizer(const struct engine_model *m);
+enum engine_backend engine_model_backend(const struct engine_model *m); /* CPU or CUDA */
+const char *engine_backend_name(enum engine_backend b);                /* "auto", "cpu", "cuda" */
+/* One line: the backend chosen and why (the GPU, or why not the GPU). */
+const char *engine_model_backend_reason(const struct engine_model *m);
+/* -ENODEV when the model is not on a GPU. */
+int engine_model_gpu_info(const struct engine_model *m, struct engine_gpu_info *out);
+/* Is a usable GPU present for this build? (-ENODEV with the reason when not.) */
+int engine_gpu_probe(int device, struct engine_gpu_info *out, struct sl_error *err);
 
 /* ---- tokenizer (SentencePiece-style "llama" and byte-level BPE "gpt2") ---- */
 
@@ -159,6 +185,7 @@ struct engine_kv_opts {
         uint32_t n_blocks;   /* pool size */
         uint32_t max_seqs;   /* sequence slots */
         uint32_t max_seq_len;/* positions per sequence; 0 = the model's n_ctx_train */
+        bool tables_only;    /* block tables and free list only: the K/V storage lives on a GPU */
 };
 
 struct engine_kv;
@@ -228,6 +255,12 @@ struct engine_sched_opts {
                                      * n_ctx_train); also capped by the pool's size */
         uint32_t max_prompt_tokens; /* 0 = max_ctx - 1 */
         uint32_t max_new_tokens;    /* cap and default for max_tokens; 0 = max_ctx - 1 */
+        /* CUDA backend only */
+        double kv_gpu_fraction;     /* of GPU memory free after weights, for the KV pool when
+                                     * kv_blocks and kv_bytes are 0; 0 = 0.9 */
+        bool no_graphs;             /* decode without CUDA Graphs */
+        bool batch_invariant;       /* a request's tokens do not depend on what shares its
+                                     * batch (fixed kernels for every batch size; slower) */
 };
 
 struct engine_request {
@@ -241,6 +274,7 @@ struct engine_request {
         uint32_t stop_len[ENGINE_SCHED_MAX_STOP];     /* 1..ENGINE_SCHED_MAX_STOP_LEN */
         uint64_t deadline_ns;       /* absolute CLOCK_MONOTONIC (sl_now_ns()); 0 = none */
         uint64_t t_receipt_ns;      /* when the request arrived (for queue/ttft/total); 0 = now */
+        bool ignore_eos;            /* generate through end-of-generation tokens (benchmarks) */
 };
 
 /* Values 1..6 are those of enum dp_finish, so the serving layer can pass them through. */
@@ -294,6 +328,11 @@ struct engine_sched_stats {
         uint64_t finished[8];       /* by enum engine_finish (index 1..7) */
         uint64_t preemptions;
         uint64_t step_ns_last;      /* wall time of the last step's forward + sampling */
+        /* CUDA backend */
+        uint64_t graph_steps;       /* decode steps replayed from a captured graph */
+        uint64_t eager_steps;
+        uint32_t launches_last;     /* kernel launches the host enqueued in the last step */
+        uint64_t gpu_errors;        /* steps failed by a CUDA error */
 };
 
 struct engine_sched;
@@ -324,5 +363,9 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
                       struct sl_error *err);
 /* Requests queued or running. */
 uint32_t engine_sched_live(const struct engine_sched *s);
+/* True once the backend failed in a way that needs a restart (a CUDA error left the GPU
+ * context unusable). Every request in flight has already got its on_done (ERROR). */
+bool engine_sched_broken(const struct engine_sched *s);
+enum engine_backend engine_sched_backend(const struct engine_sched *s);
 /* Safe from any thread (relaxed atomic reads of a copy the engine thread updates). */
 void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats *out);

@@ -523,13 +523,12 @@ void engine_ctx_free(struct engine_ctx *c)
 
 /* Checks the batch against the cache before anything is computed, so a rejected batch
  * changes nothing but (possibly) block reservations of valid sequences. */
-static int check_batch(struct engine_ctx *c, struct engine_kv *kv, const struct engine_batch *b,
-                       struct sl_error *err)
+int engine_batch_prepare(const struct engine_hparams *hp, uint32_t max_tokens, uint32_t max_ctx,
+                         struct engine_kv *kv, const struct engine_batch *b, struct sl_error *err)
 {
-        const struct engine_hparams *hp = &c->m->hp;
-        if (b->n_tokens > c->max_tokens)
+        if (b->n_tokens > max_tokens)
                 return sl_errorf(err, -EINVAL, "batch of %u tokens exceeds max_tokens %u", b->n_tokens,
-                                 c->max_tokens);
+                                 max_tokens);
         if (!b->token || !b->pos || !b->seq)
                 return sl_errorf(err, -EINVAL, "batch lacks token, pos or seq arrays");
         if (kv->n_layer != hp->n_layer || kv->kv_dim_k != hp->n_head_kv * hp->head_dim_k ||
@@ -545,9 +544,9 @@ static int check_batch(struct engine_ctx *c, struct engine_kv *kv, const struct 
                 if (b->pos[t] < 0 || (uint32_t)b->pos[t] >= kv->max_seq_len)
                         return sl_errorf(err, -EINVAL, "token %u: position %d outside 0..%u", t, b->pos[t],
                                          kv->max_seq_len - 1);
-                if ((uint32_t)b->pos[t] >= c->max_ctx)
+                if ((uint32_t)b->pos[t] >= max_ctx)
                         return sl_errorf(err, -EINVAL, "token %u: position %d past the model's context of %u",
-                                         t, b->pos[t], c->max_ctx);
+                                         t, b->pos[t], max_ctx);
                 kv->seq_next[s] = UINT32_MAX;
         }
         for (uint32_t t = 0; t < b->n_tokens; t++) {
@@ -574,6 +573,12 @@ static int check_batch(struct engine_ctx *c, struct engine_kv *kv, const struct 
         return 0;
 }
 
+void engine_batch_commit(struct engine_kv *kv, const struct engine_batch *b)
+{
+        for (uint32_t t = 0; t < b->n_tokens; t++)
+                kv->seq_len[b->seq[t]] = kv->seq_next[b->seq[t]];
+}
+
 int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engine_batch *b, float *out,
                    struct sl_error *err)
 {
@@ -582,7 +587,7 @@ int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engi
                 return sl_errorf(err, -EINVAL, "engine_forward: NULL argument");
         if (b->n_tokens == 0)
                 return 0;
-        r = check_batch(c, kv, b, err);
+        r = engine_batch_prepare(&c->m->hp, c->max_tokens, c->max_ctx, kv, b, err);
         if (r < 0)
                 return r;
         uint32_t n_out = 0;
@@ -596,8 +601,7 @@ int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engi
         c->out = out;
         c->n_out = n_out;
         threadpool_run(c->tp, forward_worker, c);
-        for (uint32_t t = 0; t < b->n_tokens; t++)
-                kv->seq_len[b->seq[t]] = kv->seq_next[b->seq[t]];
+        engine_batch_commit(kv, b);
         c->kv = NULL;
         c->b = NULL;
         c->out = NULL;

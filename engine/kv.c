@@ -46,15 +46,17 @@ int engine_kv_create(const struct engine_model *m, const struct engine_kv_opts *
         }
         kv->layer_stride_k = ek;
         kv->layer_stride_v = ev;
-        kv->k = aligned_alloc(64, SL_ALIGN_UP(bk, 64));
-        kv->v = aligned_alloc(64, SL_ALIGN_UP(bv, 64));
+        if (!opts->tables_only) {
+                kv->k = aligned_alloc(64, SL_ALIGN_UP(bk, 64));
+                kv->v = aligned_alloc(64, SL_ALIGN_UP(bv, 64));
+        }
         kv->free_list = malloc(sizeof(uint32_t) * kv->n_blocks);
         kv->table = malloc(sizeof(int32_t) * (size_t)kv->max_seqs * kv->max_blocks_per_seq);
         kv->seq_blocks = calloc(kv->max_seqs, sizeof(uint32_t));
         kv->seq_len = calloc(kv->max_seqs, sizeof(uint32_t));
         kv->seq_next = calloc(kv->max_seqs, sizeof(uint32_t));
         kv->seq_open = calloc(kv->max_seqs, sizeof(bool));
-        if (!kv->k || !kv->v || !kv->free_list || !kv->table || !kv->seq_blocks || !kv->seq_len || !kv->seq_next || !kv->seq_open) {
+        if ((!opts->tables_only && (!kv->k || !kv->v)) || !kv->free_list || !kv->table || !kv->seq_blocks || !kv->seq_len || !kv->seq_next || !kv->seq_open) {
                 r = sl_errorf(err, -ENOMEM, "kv: cannot allocate %llu bytes of cache",
                               (unsigned long long)(bk + bv));
                 goto fail;

@@ -7,8 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/mman.h>
+
+#include "sluice_config.h"
+
 #include "model.h"
 #include "quant.h"
+#if SLUICE_HAVE_CUDA
+#include "cuda/ecu.h"
+#endif
 
 #define MAX_LAYERS 512
 #define MAX_DIM (1u << 20)
@@ -331,18 +338,48 @@ static int bind_all(struct binder *b)
 
 struct load_sink {
         struct engine_model *m;
+        struct storage_reader *rd;
         uint64_t base;
         uint64_t done;
         uint64_t total;
         const struct engine_load_opts *opts;
 };
 
+#if SLUICE_HAVE_CUDA
+/* The CUDA backend keeps only the 1-D tensors on the host: they are dequantized to f32 there
+ * and uploaded at the end; everything else goes from the staging buffers to the GPU. */
+static void copy_host_tensors(struct engine_model *m, uint64_t off, const uint8_t *data, size_t len)
+{
+        const struct gguf_file *g = m->gguf;
+        for (uint64_t i = 0; i < g->n_tensors; i++) {
+                const struct gguf_tensor *t = &g->tensors[i];
+                if (t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
+                        continue;
+                const uint64_t lo = SL_MAX(off, t->offset), hi = SL_MIN(off + len, t->offset + t->nbytes);
+                if (lo < hi)
+                        memcpy((uint8_t *)m->arena + lo, data + (lo - off), hi - lo);
+        }
+}
+#endif
+
 static int load_sink_fn(void *user, uint64_t file_off, const void *data, size_t len)
 {
         struct load_sink *s = user;
         if (file_off < s->base || file_off - s->base + len > s->total)
                 return -EIO;
-        memcpy((uint8_t *)s->m->arena + (file_off - s->base), data, len);
+        if (s->m->arena_mapped) {
+#if SLUICE_HAVE_CUDA
+                copy_host_tensors(s->m, file_off - s->base, data, len);
+                int r = ecu_model_upload(s->m->cuda, file_off - s->base, data, len,
+                                         storage_reader_buffer_index(s->rd, data));
+                if (r < 0)
+                        return r;
+#else
+                return -EOPNOTSUPP;
+#endif
+        } else {
+                memcpy((uint8_t *)s->m->arena + (file_off - s->base), data, len);
+        }
         s->done += len;
         if (s->opts && s->opts->progress) {
                 struct engine_load_progress p = { .done = s->done, .total = s->total };
@@ -358,21 +395,33 @@ static int load_data(struct engine_model *m, const char *path, const struct engi
         struct storage_reader *rd = NULL;
         int r;
 
-        m->arena_size = SL_ALIGN_UP(g->data_size ? g->data_size : 1, 4096);
-        m->arena = aligned_alloc(4096, m->arena_size);
-        if (!m->arena)
-                return sl_errorf(err, -ENOMEM, "cannot allocate %zu bytes for weights", m->arena_size);
-        r = storage_reader_open(path, opts ? &opts->reader : NULL, &rd, err);
+        struct storage_reader_opts ro = {0};
+        if (opts)
+                ro = opts->reader;
+#if SLUICE_HAVE_CUDA
+        struct storage_staging_hooks hooks;
+        if (m->cuda) {
+                ecu_model_staging_hooks(m->cuda, &hooks);
+                ro.hooks = &hooks;
+        }
+#endif
+        r = storage_reader_open(path, &ro, &rd, err);
         if (r < 0)
                 return r;
-        struct load_sink s = { .m = m, .base = g->data_offset, .total = g->data_size, .opts = opts };
+        struct load_sink s = { .m = m, .rd = rd, .base = g->data_offset, .total = g->data_size, .opts = opts };
         uint64_t t0 = sl_now_ns();
         r = storage_reader_stream(rd, g->data_offset, g->data_size, load_sink_fn, &s, err);
         m->stats.ns = sl_now_ns() - t0;
         m->stats.direct_io = storage_reader_is_direct(rd);
         storage_reader_close(rd);
-        if (r < 0)
+        if (r < 0) {
+#if SLUICE_HAVE_CUDA
+                if (m->cuda && ecu_model_last_error(m->cuda)[0])
+                        return sl_errorf(err, r, "uploading tensor data to the GPU: %s",
+                                         ecu_model_last_error(m->cuda));
+#endif
                 return sl_error_prefix(err, r, "reading tensor data");
+        }
         if (s.done != g->data_size)
                 return sl_errorf(err, -EIO, "read %llu of %llu tensor bytes", (unsigned long long)s.done,
                                  (unsigned long long)g->data_size);
@@ -394,6 +443,89 @@ static int build_gelu_table(struct engine_model *m)
                 m->gelu_f16[i] = sl_fp32_to_fp16(y);
         }
         return 0;
+}
+
+const char *engine_backend_name(enum engine_backend b)
+{
+        switch (b) {
+        case ENGINE_BACKEND_AUTO:
+                return "auto";
+        case ENGINE_BACKEND_CPU:
+                return "cpu";
+        case ENGINE_BACKEND_CUDA:
+                return "cuda";
+        }
+        return "?";
+}
+
+int engine_gpu_probe(int device, struct engine_gpu_info *out, struct sl_error *err)
+{
+#if SLUICE_HAVE_CUDA
+        return ecu_probe(device, out, err);
+#else
+        (void)device;
+        (void)out;
+        return sl_errorf(err, -ENODEV, "this build has no CUDA backend (configured with -Dcuda=disabled or without nvcc)");
+#endif
+}
+
+/* AUTO: CUDA when this build has it, a usable GPU is present and the model's tensors suit it;
+ * the reason is kept for the log either way. An explicit CUDA choice that cannot be met
+ * fails with that reason. */
+static int choose_backend(struct engine_model *m, const struct engine_load_opts *opts, struct sl_error *err)
+{
+        const enum engine_backend want = opts ? opts->backend : ENGINE_BACKEND_AUTO;
+        const int dev = opts ? opts->cuda_device : 0;
+        struct engine_gpu_info gi;
+        struct sl_error e = {0};
+        int r;
+
+        if (want == ENGINE_BACKEND_CPU) {
+                m->backend = ENGINE_BACKEND_CPU;
+                snprintf(m->backend_reason, sizeof(m->backend_reason), "cpu: as configured");
+                return 0;
+        }
+        if (want != ENGINE_BACKEND_AUTO && want != ENGINE_BACKEND_CUDA)
+                return sl_errorf(err, -EINVAL, "unknown backend %d", (int)want);
+        r = engine_gpu_probe(dev, &gi, &e);
+#if SLUICE_HAVE_CUDA
+        if (r == 0)
+                r = ecu_model_supported(m, &e);
+#endif
+        if (r < 0) {
+                if (want == ENGINE_BACKEND_CUDA)
+                        return sl_errorf(err, r, "backend cuda: %s", e.msg);
+                m->backend = ENGINE_BACKEND_CPU;
+                snprintf(m->backend_reason, sizeof(m->backend_reason), "cpu: no CUDA (%s)", e.msg);
+                return 0;
+        }
+        m->backend = ENGINE_BACKEND_CUDA;
+        snprintf(m->backend_reason, sizeof(m->backend_reason), "cuda: GPU %d %s (sm_%d%d, %d SMs, %.1f GiB, %.1f GiB free)%s",
+                 dev, gi.name, gi.cc_major, gi.cc_minor, gi.n_sm, gi.mem_total / 1073741824.0,
+                 gi.mem_free / 1073741824.0, want == ENGINE_BACKEND_AUTO ? " chosen by auto" : "");
+        return 0;
+}
+
+enum engine_backend engine_model_backend(const struct engine_model *m)
+{
+        return m->backend;
+}
+
+const char *engine_model_backend_reason(const struct engine_model *m)
+{
+        return m->backend_reason;
+}
+
+int engine_model_gpu_info(const struct engine_model *m, struct engine_gpu_info *out)
+{
+#if SLUICE_HAVE_CUDA
+        if (m->cuda) {
+                ecu_model_info(m->cuda, out);
+                return 0;
+        }
+#endif
+        (void)out;
+        return m->backend == ENGINE_BACKEND_CUDA ? -EIO : -ENODEV;
 }
 
 int engine_model_load(const char *path, const struct engine_load_opts *opts, struct engine_model **out,
@@ -433,6 +565,32 @@ int engine_model_load(const char *path, const struct engine_load_opts *opts, str
                 r = sl_errorf(err, -ENOMEM, "out of memory");
                 goto fail;
         }
+        r = choose_backend(m, opts, err);
+        if (r < 0)
+                goto fail;
+        m->arena_size = SL_ALIGN_UP(m->gguf->data_size ? m->gguf->data_size : 1, 4096);
+        if (m->backend == ENGINE_BACKEND_CUDA) {
+                /* Address space only: the pages of 1-D tensors are the only ones touched. */
+                void *p = mmap(NULL, m->arena_size, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                m->arena = p == MAP_FAILED ? NULL : p;
+                m->arena_mapped = m->arena != NULL;
+        } else {
+                m->arena = aligned_alloc(4096, m->arena_size);
+        }
+        if (!m->arena) {
+                r = sl_errorf(err, -ENOMEM, "cannot allocate %zu bytes for weights", m->arena_size);
+                goto fail;
+        }
+#if SLUICE_HAVE_CUDA
+        if (m->backend == ENGINE_BACKEND_CUDA) {
+                /* views with real addresses, so the GPU side can take file offsets from them */
+                b = (struct binder){ .m = m, .count_only = true, .err = err };
+                if ((r = bind_all(&b)) < 0 ||
+                    (r = ecu_model_create(m, opts ? opts->cuda_device : 0, &m->cuda, err)) < 0)
+                        goto fail;
+        }
+#endif
         r = load_data(m, path, opts, err);
         if (r < 0)
                 goto fail;
@@ -445,6 +603,10 @@ int engine_model_load(const char *path, const struct engine_load_opts *opts, str
                 goto fail;
         }
 
+#if SLUICE_HAVE_CUDA
+        if (m->cuda && (r = ecu_model_finish(m->cuda, m, err)) < 0)
+                goto fail;
+#endif
         r = engine_tokenizer_create(m->gguf, &m->tok, err);
         if (r < 0) {
                 sl_error_prefix(err, r, "tokenizer");
@@ -469,7 +631,13 @@ void engine_model_free(struct engine_model *m)
         engine_tokenizer_free(m->tok);
         free(m->gelu_f16);
         free(m->f32_pool);
-        free(m->arena);
+#if SLUICE_HAVE_CUDA
+        ecu_model_free(m->cuda);
+#endif
+        if (m->arena_mapped)
+                munmap(m->arena, m->arena_size);
+        else
+                free(m->arena);
         free(m->layers);
         gguf_close(m->gguf);
         free(m);

@@ -48,6 +48,11 @@ struct engine_model {
         float q_prescale;              /* gemma3: q scaled before q·k; 1 otherwise */
         float kq_scale;                /* applied to q·k */
         uint16_t *gelu_f16;            /* gemma3: ggml's tanh-GELU table indexed by f16 bits */
+        enum engine_backend backend;   /* CPU or CUDA */
+        char backend_reason[256];
+        bool arena_mapped;             /* CUDA: the arena is a sparse mapping; only the 1-D
+                                        * tensors' bytes are on the host, the rest on the GPU */
+        struct ecu_model *cuda;
 };
 
 /* ---- KV cache internals ---- */
@@ -88,3 +93,14 @@ static inline uint16_t *engine_kv_v_row(const struct engine_kv *kv, uint32_t il,
         return kv->v + il * kv->layer_stride_v +
                ((size_t)blk * kv->block_size + pos % kv->block_size) * kv->kv_dim_v;
 }
+
+/* ---- batches (shared by the CPU and CUDA backends) ---- */
+
+/* Checks the batch against the cache before anything is computed (sequences open, ids in
+ * the vocabulary, positions contiguous and in range) and reserves the blocks it needs; a
+ * rejected batch changes nothing but block reservations of valid sequences. Leaves each
+ * sequence's next position in kv->seq_next for engine_batch_commit(). */
+int engine_batch_prepare(const struct engine_hparams *hp, uint32_t max_tokens, uint32_t max_ctx,
+                         struct engine_kv *kv, const struct engine_batch *b, struct sl_error *err);
+/* After the batch ran: the sequences' lengths advance. */
+void engine_batch_commit(struct engine_kv *kv, const struct engine_batch *b);

@@ -6,7 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "sluice_config.h"
+#include "model.h"
+#if SLUICE_HAVE_CUDA
+#include "cuda/ecu.h"
+#endif
 
 #define HOLD_CAP (ENGINE_SCHED_MAX_STOP_LEN + 1024u)
 #define PIECE_CAP 1024u
@@ -23,7 +27,9 @@ struct slot {
         uint32_t n_done;                /* positions whose K/V are in the cache */
         uint32_t max_tokens;
         uint64_t admit_order;           /* larger = admitted later (preemption victim) */
-        struct engine_sampler *smp;
+        struct engine_sampler *smp;     /* CPU backend */
+        struct engine_sampling sampling;/* CUDA backend: sampled on the GPU */
+        bool ignore_eos;
         struct engine_detok dt;
         uint32_t n_stop;
         uint8_t stop_len[ENGINE_SCHED_MAX_STOP];
@@ -41,7 +47,11 @@ struct engine_sched {
         const struct engine_tokenizer *tok;
         struct engine_sched_opts o;
         uint32_t n_vocab;
-        struct engine_ctx *ctx;
+        struct engine_ctx *ctx;         /* CPU backend */
+        struct ecu_ctx *cuda;           /* CUDA backend */
+        struct ecu_sample_row *srows;   /* [max_running] */
+        int32_t *ids;                   /* [max_running] sampled ids of a CUDA step */
+        bool broken;
         struct engine_kv *kv;
         uint32_t n_slots;
         struct slot *slots;
@@ -118,6 +128,31 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
                 o.token_budget = o.max_running;
         if (o.prefill_chunk > o.token_budget)
                 o.prefill_chunk = o.token_budget;
+        const bool cuda = engine_model_backend(m) == ENGINE_BACKEND_CUDA;
+#if SLUICE_HAVE_CUDA
+        if (cuda) {
+                /* The GPU's pool: sized from free memory unless a size was given. */
+                uint64_t per_block = (uint64_t)hp->n_layer * o.kv_block_size *
+                                     (hp->n_head_kv * (hp->head_dim_k + hp->head_dim_v)) * 2;
+                struct ecu_ctx_opts co = {.max_seqs = o.max_running, .max_tokens = o.token_budget,
+                                          .block_size = o.kv_block_size,
+                                          .max_blocks_per_seq = (o.max_ctx + o.kv_block_size - 1) / o.kv_block_size,
+                                          .n_blocks = o.kv_blocks ? o.kv_blocks
+                                                      : o.kv_bytes ? (uint32_t)SL_MAX(o.kv_bytes / per_block, 1ull) : 0,
+                                          .kv_fraction = o.kv_gpu_fraction, .no_graphs = o.no_graphs,
+                                          .batch_invariant = o.batch_invariant};
+                if ((r = ecu_ctx_create(m, &co, &s->cuda, err)) < 0)
+                        goto fail;
+                struct ecu_ctx_info ci;
+                ecu_ctx_get_info(s->cuda, &ci);
+                o.kv_blocks = ci.n_blocks;
+        }
+#else
+        if (cuda) {
+                r = sl_errorf(err, -EOPNOTSUPP, "sched: this build has no CUDA backend");
+                goto fail;
+        }
+#endif
         if (!o.kv_blocks) {
                 uint64_t per_block = (uint64_t)hp->n_layer * o.kv_block_size *
                                      (hp->n_head_kv * (hp->head_dim_k + hp->head_dim_v)) * 2;
@@ -145,9 +180,9 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
         s->o = o;
 
         struct engine_kv_opts ko = {.block_size = o.kv_block_size, .n_blocks = o.kv_blocks,
-                                    .max_seqs = o.max_running, .max_seq_len = o.max_ctx};
+                                    .max_seqs = o.max_running, .max_seq_len = o.max_ctx, .tables_only = cuda};
         if ((r = engine_kv_create(m, &ko, &s->kv, err)) < 0 ||
-            (r = engine_ctx_create(m, o.n_threads, o.token_budget, &s->ctx, err)) < 0)
+            (!cuda && (r = engine_ctx_create(m, o.n_threads, o.token_budget, &s->ctx, err)) < 0))
                 goto fail;
 
         s->n_slots = o.max_running + o.max_queued;
@@ -160,9 +195,17 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
         s->b_seq = malloc(sizeof(int32_t) * o.token_budget);
         s->b_lg = malloc(o.token_budget);
         s->row_slot = malloc(sizeof(uint32_t) * o.max_running);
-        s->logits = malloc(sizeof(float) * (size_t)o.max_running * s->n_vocab);
+#if SLUICE_HAVE_CUDA
+        if (cuda) {
+                s->srows = calloc(o.max_running, sizeof(*s->srows));
+                s->ids = calloc(o.max_running, sizeof(*s->ids));
+        } else
+#endif
+        {
+                s->logits = malloc(sizeof(float) * (size_t)o.max_running * s->n_vocab);
+        }
         if (!s->slots || !s->tok_mem || !s->q || !s->run || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_lg ||
-            !s->row_slot || !s->logits) {
+            !s->row_slot || (cuda ? !s->srows || !s->ids : !s->logits)) {
                 r = sl_errorf(err, -ENOMEM, "sched: cannot allocate %u request slots", s->n_slots);
                 goto fail;
         }
@@ -188,6 +231,11 @@ void engine_sched_free(struct engine_sched *s)
                 for (uint32_t i = 0; i < s->n_slots; i++)
                         engine_sampler_free(s->slots[i].smp);
         engine_ctx_free(s->ctx);
+#if SLUICE_HAVE_CUDA
+        ecu_ctx_free(s->cuda);
+#endif
+        free(s->srows);
+        free(s->ids);
         engine_kv_free(s->kv);
         free(s->slots);
         free(s->tok_mem);
@@ -212,6 +260,16 @@ uint32_t engine_sched_live(const struct engine_sched *s)
         return s->q_len + s->n_run;
 }
 
+bool engine_sched_broken(const struct engine_sched *s)
+{
+        return s->broken;
+}
+
+enum engine_backend engine_sched_backend(const struct engine_sched *s)
+{
+        return s->cuda ? ENGINE_BACKEND_CUDA : ENGINE_BACKEND_CPU;
+}
+
 void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats *out)
 {
         /* Field by field, relaxed: each counter is consistent, the set is not a snapshot. */
@@ -232,6 +290,10 @@ void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats 
                 LD(finished[i]);
         LD(preemptions);
         LD(step_ns_last);
+        LD(graph_steps);
+        LD(eager_steps);
+        LD(launches_last);
+        LD(gpu_errors);
 #undef LD
 }
 
@@ -382,8 +444,10 @@ int engine_sched_submit(struct engine_sched *s, const struct engine_request *req
         struct slot *sl = &s->slots[idx];
         engine_sampler_free(sl->smp);
         sl->smp = NULL;
-        if ((r = engine_sampler_create(&req->sampling, s->n_vocab, &sl->smp, err)) < 0)
+        if (!s->cuda && (r = engine_sampler_create(&req->sampling, s->n_vocab, &sl->smp, err)) < 0)
                 return r;
+        sl->sampling = req->sampling;
+        sl->ignore_eos = req->ignore_eos;
         sl->tag = req->tag;
         sl->seq = -1;
         memcpy(sl->tok, req->prompt, sizeof(int32_t) * req->n_prompt);
@@ -391,8 +455,9 @@ int engine_sched_submit(struct engine_sched *s, const struct engine_request *req
         sl->n_done = 0;
         sl->max_tokens = max_tokens;
         sl->admit_order = 0;
-        for (uint32_t i = 0; i < req->n_prompt; i++)
-                engine_sampler_accept(sl->smp, req->prompt[i]);
+        if (sl->smp)
+                for (uint32_t i = 0; i < req->n_prompt; i++)
+                        engine_sampler_accept(sl->smp, req->prompt[i]);
         /* The output continues the prompt: the detokenizer sees the prompt first (as in
          * sluice-run), so the first generated piece keeps its leading space. */
         engine_detok_init(&sl->dt);
@@ -570,6 +635,47 @@ static bool emit_token(struct engine_sched *s, uint32_t idx, int32_t id, bool la
         return false;
 }
 
+/* The CUDA backend runs the forward pass and samples on the GPU: each sampled row gets its
+ * parameters, its RNG counter (tokens drawn so far) and its penalty window, the last
+ * penalty_last_n tokens of prompt + output, read in place from the slot. */
+static int cuda_forward_sample(struct engine_sched *s, const struct engine_batch *b, uint32_t n_rows,
+                               struct sl_error *err)
+{
+#if SLUICE_HAVE_CUDA
+        for (uint32_t row = 0; row < n_rows; row++) {
+                const struct slot *sl = &s->slots[s->row_slot[row]];
+                const int32_t last_n = sl->sampling.penalty_last_n;
+                const bool pen = sl->sampling.repeat_penalty != 1.0f || sl->sampling.presence_penalty != 0.0f ||
+                                 sl->sampling.frequency_penalty != 0.0f;
+                const uint32_t w = !pen || last_n == 0 ? 0 : last_n < 0 ? sl->n_tok : SL_MIN((uint32_t)last_n, sl->n_tok);
+                s->srows[row] = (struct ecu_sample_row){.s = &sl->sampling, .step = sl->n_tok - sl->n_prompt,
+                                                        .hist = sl->tok + sl->n_tok - w, .hist_len = w};
+        }
+        int r = engine_batch_prepare(&s->m->hp, s->o.token_budget, s->o.max_ctx, s->kv, b, err);
+        if (r < 0)
+                return r;
+        struct ecu_step_stats st;
+        r = ecu_step(s->cuda, s->kv, b, s->srows, n_rows, s->ids, NULL, &st, err);
+        if (r < 0) {
+                ST_ADD(s, gpu_errors, 1);
+                s->broken = ecu_ctx_broken(s->cuda);
+                return r;
+        }
+        engine_batch_commit(s->kv, b);
+        if (st.graph)
+                ST_ADD(s, graph_steps, 1);
+        else
+                ST_ADD(s, eager_steps, 1);
+        ST_SET(s, launches_last, st.launches);
+        return r;
+#else
+        (void)s;
+        (void)b;
+        (void)n_rows;
+        return sl_errorf(err, -EOPNOTSUPP, "no CUDA backend in this build");
+#endif
+}
+
 int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *ev, void *user,
                       struct sl_error *err)
 {
@@ -628,7 +734,7 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
         }
         struct engine_batch b = {.n_tokens = n, .token = s->b_tok, .pos = s->b_pos, .seq = s->b_seq,
                                  .logits = s->b_lg};
-        int r = engine_forward(s->ctx, s->kv, &b, s->logits, err);
+        int r = s->cuda ? cuda_forward_sample(s, &b, n_rows, err) : engine_forward(s->ctx, s->kv, &b, s->logits, err);
         if (r < 0) {
                 /* fail every request that had tokens in the batch */
                 for (uint32_t i = 0; i < s->n_run;) {
@@ -654,14 +760,14 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
         for (uint32_t row = 0; row < n_rows; row++) {
                 uint32_t idx = s->row_slot[row];
                 struct slot *sl = &s->slots[idx];
-                const float *lg = s->logits + (size_t)row * s->n_vocab;
-                int32_t id = engine_sampler_sample(sl->smp, lg);
-                if (engine_token_is_eog(s->tok, id)) {
+                int32_t id = s->cuda ? s->ids[row] : engine_sampler_sample(sl->smp, s->logits + (size_t)row * s->n_vocab);
+                if (!sl->ignore_eos && engine_token_is_eog(s->tok, id)) {
                         uint32_t tl = drain_text(sl);
                         finish(s, idx, ENGINE_FINISH_EOS, -1, 0, NULL, sl->hold, tl, ev, user);
                         continue;
                 }
-                engine_sampler_accept(sl->smp, id);
+                if (sl->smp)
+                        engine_sampler_accept(sl->smp, id);
                 sl->tok[sl->n_tok++] = id;
                 n_gen++;
                 if (!sl->t_first_ns)

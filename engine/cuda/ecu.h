@@ -1,0 +1,114 @@
+/* ecu.h — the CUDA backend as the rest of the engine sees it (plain C; the CUDA types stay
+ * inside engine/cuda). model.c streams the GGUF data section through it onto the GPU, sched.c
+ * runs steps through it: a forward pass over a batch and the sampling of every row that asks
+ * for a token, on the GPU, with only token ids coming back. Functions return 0 or a negative
+ * errno with a reason in err; a CUDA failure gives -EIO and names the failing call. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "sl.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct engine_model;
+struct ecu_model;
+struct ecu_ctx;
+
+/* Is GPU `device` usable by this build (present, driver new enough, compute capability
+ * 9.0 or newer)? Fills info; -ENODEV with the reason when not. */
+int ecu_probe(int device, struct engine_gpu_info *info, struct sl_error *err);
+
+/* Can this model run on the CUDA backend? -EOPNOTSUPP naming the first tensor whose type or
+ * shape it cannot take. Needs only the model's metadata and tensor views (no data). */
+int ecu_model_supported(const struct engine_model *m, struct sl_error *err);
+
+/* Allocates device memory for every weight (-ENOMEM stating what was needed and what was
+ * free) and prepares the upload. The data then arrives through ecu_model_upload() pieces
+ * while the storage reader streams the file, and ecu_model_finish() completes it. */
+int ecu_model_create(const struct engine_model *m, int device, struct ecu_model **out,
+                     struct sl_error *err);
+void ecu_model_free(struct ecu_model *em); /* NULL is a no-op */
+/* The storage reader's staging hooks (hooks.user = em). */
+void ecu_model_staging_hooks(struct ecu_model *em, struct storage_staging_hooks *h);
+/* A piece of the data section (data_off from its start) lying in staging buffer `buf`:
+ * copies start asynchronously; the buffer is released through the reuse hook. */
+int ecu_model_upload(struct ecu_model *em, uint64_t data_off, const void *data, size_t len,
+                     int buf);
+/* Waits for the copies, uploads the small f32 tensors (norms, biases, rope factors) from
+ * the host model, and checks that every byte of every weight arrived. */
+int ecu_model_finish(struct ecu_model *em, const struct engine_model *m, struct sl_error *err);
+void ecu_model_info(const struct ecu_model *em, struct engine_gpu_info *info);
+/* What the last failed upload call hit ("" when none). */
+const char *ecu_model_last_error(const struct ecu_model *em);
+
+struct ecu_ctx_opts {
+        uint32_t max_seqs;        /* sequences in the KV cache at once */
+        uint32_t max_tokens;      /* tokens per step */
+        uint32_t max_rows;        /* sampled rows per step; 0 = max_seqs (one per sequence) */
+        uint32_t block_size;      /* KV tokens per block */
+        uint32_t max_blocks_per_seq;
+        uint32_t n_blocks;        /* KV pool blocks; 0: kv_fraction of free memory */
+        double kv_fraction;       /* of the memory free after weights and activations */
+        uint32_t max_hist;        /* penalty-window ids per step, all rows together */
+        bool no_graphs;           /* decode eagerly (for tests: graph == eager) */
+        bool batch_invariant;     /* a token's result never depends on the rest of its batch:
+                                   * every matrix product through one fixed cuBLASLt
+                                   * algorithm, attention in one fixed configuration */
+};
+
+struct ecu_ctx_info {
+        uint32_t n_blocks;
+        uint64_t kv_bytes;
+        uint64_t act_bytes;
+        uint32_t n_graphs;        /* decode buckets captured */
+        uint32_t buckets[16];
+        uint32_t gemv_max_tokens; /* largest batch that uses the GEMV (above: cuBLASLt) */
+        uint64_t capture_ns;
+};
+
+int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx_opts *o,
+                   struct ecu_ctx **out, struct sl_error *err);
+void ecu_ctx_free(struct ecu_ctx *c);
+void ecu_ctx_get_info(const struct ecu_ctx *c, struct ecu_ctx_info *out);
+
+/* One row to sample: the request's parameters, how many tokens it drew before (the RNG
+ * counter), and its penalty window (oldest first). */
+struct ecu_sample_row {
+        const struct engine_sampling *s;
+        uint64_t step;
+        const int32_t *hist;
+        uint32_t hist_len;
+};
+
+struct ecu_step_stats {
+        bool graph;               /* replayed a captured decode graph */
+        uint32_t bucket;          /* its batch size (padded) */
+        uint32_t launches;        /* kernel launches enqueued by the host for this step */
+        uint64_t gpu_ns;          /* device time between the step's first and last event */
+};
+
+/* Runs the batch (same contract as engine_forward: K/V of every token written at
+ * (seq, pos), the kv tables already reserved by the caller's check) and samples one token
+ * for each token whose logits flag is set, in batch order: out_ids[n_rows]. rows[] gives the
+ * sampling of each such token, in the same order. logits (optional, eager steps only): the
+ * n_rows × n_vocab logits before sampling, copied back (for tests). */
+int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const struct engine_batch *b,
+             const struct ecu_sample_row *rows, uint32_t n_rows, int32_t *out_ids, float *logits,
+             struct ecu_step_stats *st, struct sl_error *err);
+
+/* The device's streaming read bandwidth (GB/s, 1e9 bytes), measured on a buffer well past
+ * the L2 cache: the roofline's denominator. */
+int ecu_measure_bandwidth(double *read_gbs, struct sl_error *err);
+
+/* True once a CUDA error left the context unusable (the process should exit). */
+bool ecu_ctx_broken(const struct ecu_ctx *c);
+
+#ifdef __cplusplus
+}
+#endif

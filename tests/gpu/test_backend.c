@@ -1,0 +1,532 @@
+/* test_backend.c — the CUDA backend against the CPU backend on the same GGUF files:
+ *   1. teacher-forced logits: a fixed random token sequence through both, logits of every
+ *      position compared (top-1 agreement, max |Δ| relative to the row's logit range); the
+ *      GPU run in prefill chunks of 7 tokens so chunked prefill is covered too;
+ *   2. greedy continuations of several prompts through the scheduler: the CPU one request at
+ *      a time, the GPU all at once (continuous batching): identical tokens;
+ *   3. CUDA Graph replay vs eager decoding (no_graphs): identical tokens, launches per step;
+ *   4. a seeded sampled request alone and inside a full batch of others: identical tokens.
+ * Usage: test_backend [--json PATH] MODEL.gguf...   Exit 0 pass, 1 fail, 77 no usable GPU. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "model.h"
+#include "cuda/ecu.h"
+
+#define N_TF 96        /* teacher-forced positions */
+#define N_PROMPTS 8
+#define N_GEN 32
+#define TOP1_MIN 0.995     /* the target, reported */
+#define TOP1_FLOOR 0.99    /* what the check requires on random-weight models (near-ties) */
+
+static int failures;
+static long g_tf_agree, g_tf_total;
+static double g_tf_maxabs; /* the current model's largest |CPU - GPU| logit difference */
+static FILE *json;
+static int json_first = 1;
+
+static uint64_t rng_state = 0x5eed5eedull;
+static uint32_t rnd(void)
+{
+        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+        return (uint32_t)(rng_state >> 33);
+}
+
+static void jrec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void jrec(const char *fmt, ...)
+{
+        if (!json)
+                return;
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(json, "%s\n  ", json_first ? "" : ",");
+        vfprintf(json, fmt, ap);
+        va_end(ap);
+        json_first = 0;
+}
+
+static void check(int ok, const char *what, const char *model)
+{
+        printf("%-6s %s: %s\n", ok ? "PASS" : "FAIL", model, what);
+        if (!ok)
+                failures++;
+}
+
+static uint32_t argmax(const float *x, uint32_t n)
+{
+        uint32_t b = 0;
+        for (uint32_t i = 1; i < n; i++)
+                if (x[i] > x[b])
+                        b = i;
+        return b;
+}
+
+/* ---- 1. teacher-forced logits ---- */
+
+static int teacher_forced(const char *path, struct engine_model *cpu, struct engine_model *gpu,
+                          const int32_t *toks, double *top1_out, double *err_out)
+{
+        const struct engine_hparams *hp = engine_model_hparams(cpu);
+        const uint32_t V = hp->n_vocab;
+        struct sl_error err = {0};
+        float *lc = malloc((size_t)N_TF * V * sizeof(float)), *lg = malloc((size_t)N_TF * V * sizeof(float));
+        int32_t pos[N_TF], seq[N_TF], ids[N_TF];
+        uint8_t flag[N_TF];
+        struct engine_kv *kc = NULL, *kg = NULL;
+        struct engine_ctx *ctx = NULL;
+        struct ecu_ctx *cc = NULL;
+        int r = -ENOMEM;
+        if (!lc || !lg)
+                goto out;
+        for (int i = 0; i < N_TF; i++) {
+                pos[i] = i;
+                seq[i] = 0;
+                flag[i] = 1;
+        }
+        struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 64, .max_seqs = 2, .max_seq_len = 512};
+        if ((r = engine_kv_create(cpu, &ko, &kc, &err)) < 0 || (r = engine_ctx_create(cpu, 0, N_TF, &ctx, &err)) < 0)
+                goto out;
+        struct engine_batch b = {.n_tokens = N_TF, .token = toks, .pos = pos, .seq = seq, .logits = flag};
+        engine_kv_seq_open(kc);
+        if ((r = engine_forward(ctx, kc, &b, lc, &err)) < 0)
+                goto out;
+
+        ko.tables_only = true;
+        struct ecu_ctx_opts co = {.max_seqs = 2, .max_tokens = N_TF, .max_rows = 8, .block_size = 16, .max_blocks_per_seq = 32,
+                                  .n_blocks = 64, .no_graphs = true};
+        if ((r = engine_kv_create(gpu, &ko, &kg, &err)) < 0 || (r = ecu_ctx_create(gpu, &co, &cc, &err)) < 0)
+                goto out;
+        engine_kv_seq_open(kg);
+        struct engine_sampling greedy;
+        engine_sampling_defaults(&greedy);
+        greedy.temperature = 0.0f;
+        struct ecu_sample_row rows[N_TF];
+        for (int i = 0; i < N_TF; i++)
+                rows[i] = (struct ecu_sample_row){.s = &greedy};
+        for (int p0 = 0; p0 < N_TF; p0 += 7) {
+                const int n = p0 + 7 <= N_TF ? 7 : N_TF - p0;
+                struct engine_batch gb = {.n_tokens = (uint32_t)n, .token = toks + p0, .pos = pos + p0,
+                                          .seq = seq + p0, .logits = flag + p0};
+                if ((r = engine_batch_prepare(hp, N_TF, 512, kg, &gb, &err)) < 0 ||
+                    (r = ecu_step(cc, kg, &gb, rows, (uint32_t)n, ids + p0, lg + (size_t)p0 * V, NULL, &err)) < 0)
+                        goto out;
+                engine_batch_commit(kg, &gb);
+        }
+        int agree = 0, id_ok = 0, near = 0;
+        double worst = 0.0;
+        for (int i = 0; i < N_TF; i++) {
+                const float *a = lc + (size_t)i * V, *g = lg + (size_t)i * V;
+                float lo = a[0], hi = a[0];
+                double md = 0.0;
+                for (uint32_t j = 0; j < V; j++) {
+                        lo = fminf(lo, a[j]);
+                        hi = fmaxf(hi, a[j]);
+                        md = fmax(md, fabs((double)a[j] - g[j]));
+                        if (isnan(g[j]))
+                                md = INFINITY;
+                }
+                worst = fmax(worst, md / fmax(hi - lo, 1e-6));
+                const uint32_t ta = argmax(a, V), tg = argmax(g, V);
+                if (ta == tg) {
+                        agree++;
+                } else {
+                        /* a near-tie: the CPU's own winner leads the GPU's pick by less than
+                         * twice the largest logit difference between the backends on this row */
+                        if ((double)a[ta] - a[tg] <= 2.0 * md)
+                                near++;
+                        else
+                                fprintf(stderr, "%s: position %d: CPU top-1 %u (%.6f) vs GPU %u (%.6f), CPU margin %.3e, max |d| %.3e\n",
+                                        path, i, ta, a[ta], tg, a[tg], (double)a[ta] - a[tg], md);
+                }
+                id_ok += (uint32_t)ids[i] == tg;
+        }
+        *top1_out = (double)agree / N_TF;
+        *err_out = worst;
+        g_tf_maxabs = 0;
+        for (size_t i = 0; i < (size_t)N_TF * V; i++)
+                g_tf_maxabs = fmax(g_tf_maxabs, fabs((double)lc[i] - lg[i]));
+        g_tf_agree += agree;
+        g_tf_total += N_TF;
+        char what[200];
+        snprintf(what, sizeof(what), "teacher-forced top-1 agreement %d/%d, the %d others near-ties; max |dlogit|/range %.2e (< 1e-2)",
+                 agree, N_TF, N_TF - agree, worst);
+        check(agree + near == N_TF && worst < 1e-2, what, path);
+        snprintf(what, sizeof(what), "GPU greedy sampler = argmax of the GPU logits on %d/%d rows", id_ok, N_TF);
+        check(id_ok == N_TF, what, path);
+        r = 0;
+out:
+        if (r < 0)
+                fprintf(stderr, "%s: %s\n", path, err.msg);
+        ecu_ctx_free(cc);
+        engine_ctx_free(ctx);
+        engine_kv_free(kc);
+        engine_kv_free(kg);
+        free(lc);
+        free(lg);
+        return r;
+}
+
+/* ---- 2-4. through the scheduler ---- */
+
+struct collect {
+        int32_t out[64][N_GEN + 8];
+        uint32_t n[64];
+        int done;
+};
+
+static void on_token(void *user, uint64_t tag, int32_t id, const char *text, uint32_t len)
+{
+        (void)text;
+        (void)len;
+        struct collect *c = user;
+        if (tag < 64 && c->n[tag] < N_GEN + 8)
+                c->out[tag][c->n[tag]++] = id;
+}
+
+static void on_done(void *user, uint64_t tag, const struct engine_sched_done *d)
+{
+        struct collect *c = user;
+        (void)tag;
+        if (d->reason == ENGINE_FINISH_ERROR)
+                fprintf(stderr, "request %llu failed: %s\n", (unsigned long long)tag, d->msg);
+        c->done++;
+}
+
+/* Submits n requests (prompts[i], sampling s[i]) all at once (or one at a time when serial)
+ * and runs until all finish. Returns the mean launches per step over decode steps. */
+static bool g_invariant;
+
+static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_t (*prompts)[16],
+                     const struct engine_sampling *s, bool serial, struct collect *c, double *launches,
+                     double *graph_frac)
+{
+        struct sl_error err = {0};
+        struct engine_sched_opts o = {.max_running = 32, .max_queued = 64, .token_budget = 256, .max_ctx = 256,
+                                      .kv_blocks = 1024, .no_graphs = no_graphs,
+                                      .batch_invariant = g_invariant};
+        struct engine_sched *sch;
+        int r = engine_sched_create(m, &o, &sch, &err);
+        if (r < 0) {
+                fprintf(stderr, "sched: %s\n", err.msg);
+                return r;
+        }
+        memset(c, 0, sizeof(*c));
+        struct engine_sched_events ev = {on_token, on_done};
+        uint64_t lsum = 0, lsteps = 0;
+        for (int i = 0; i < n; i++) {
+                struct engine_request q = {.tag = (uint64_t)i, .prompt = prompts[i], .n_prompt = 16,
+                                           .sampling = s[i], .max_tokens = N_GEN, .ignore_eos = true};
+                if ((r = engine_sched_submit(sch, &q, NULL, &err)) < 0) {
+                        fprintf(stderr, "submit: %s\n", err.msg);
+                        goto out;
+                }
+                while (serial && c->done <= i) {
+                        if ((r = engine_sched_step(sch, &ev, c, &err)) < 0)
+                                goto fail;
+                }
+        }
+        while (c->done < n) {
+                struct engine_sched_stats a, b;
+                engine_sched_stats(sch, &a);
+                if ((r = engine_sched_step(sch, &ev, c, &err)) < 0)
+                        goto fail;
+                engine_sched_stats(sch, &b);
+                if (b.prompt_tokens == a.prompt_tokens) {
+                        lsum += b.launches_last;
+                        lsteps++;
+                }
+        }
+        struct engine_sched_stats st;
+        engine_sched_stats(sch, &st);
+        if (launches)
+                *launches = lsteps ? (double)lsum / lsteps : 0.0;
+        if (graph_frac)
+                *graph_frac = st.graph_steps + st.eager_steps ? (double)st.graph_steps / (st.graph_steps + st.eager_steps) : 0;
+        r = 0;
+        goto out;
+fail:
+        fprintf(stderr, "step: %s\n", err.msg);
+out:
+        engine_sched_free(sch);
+        return r;
+}
+
+static int same(const struct collect *a, const struct collect *b, int n)
+{
+        int ok = 0;
+        for (int i = 0; i < n; i++)
+                ok += a->n[i] == b->n[i] && !memcmp(a->out[i], b->out[i], a->n[i] * sizeof(int32_t));
+        return ok;
+}
+
+/* For sequences that differ: the CPU's logits at the first differing position (prompt and
+ * the common prefix fed teacher-forced); the divergence is a near-tie when the CPU's own
+ * pick leads the other backend's by no more than twice the largest logit difference the
+ * teacher-forced comparison measured. Returns how many differing sequences are NOT explained. */
+static int unexplained(struct engine_model *cpu, const int32_t (*prompts)[16], const struct collect *a,
+                       const struct collect *b, int n, const char *path)
+{
+        const uint32_t V = engine_model_hparams(cpu)->n_vocab;
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+                uint32_t k = 0;
+                while (k < a->n[i] && k < b->n[i] && a->out[i][k] == b->out[i][k])
+                        k++;
+                if (k == a->n[i] && k == b->n[i])
+                        continue;
+                if (k >= a->n[i] || k >= b->n[i]) {
+                        bad++;
+                        continue;
+                }
+                int32_t toks[16 + N_GEN + 8], pos[16 + N_GEN + 8], seq[16 + N_GEN + 8];
+                uint8_t fl[16 + N_GEN + 8];
+                const uint32_t nt = 16 + k;
+                for (uint32_t j = 0; j < nt; j++) {
+                        toks[j] = j < 16 ? prompts[i][j] : a->out[i][j - 16];
+                        pos[j] = (int32_t)j;
+                        seq[j] = 0;
+                        fl[j] = j + 1 == nt;
+                }
+                struct sl_error err = {0};
+                struct engine_kv *kv = NULL;
+                struct engine_ctx *ctx = NULL;
+                float *lg = malloc(V * sizeof(float));
+                struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 16, .max_seqs = 1, .max_seq_len = 256};
+                struct engine_batch bt = {.n_tokens = nt, .token = toks, .pos = pos, .seq = seq, .logits = fl};
+                double margin = INFINITY;
+                if (lg && engine_kv_create(cpu, &ko, &kv, &err) == 0 && engine_ctx_create(cpu, 0, nt, &ctx, &err) == 0 &&
+                    engine_kv_seq_open(kv) == 0 && engine_forward(ctx, kv, &bt, lg, &err) == 1)
+                        margin = (double)lg[a->out[i][k]] - lg[b->out[i][k]];
+                const bool tie = margin <= 2.0 * g_tf_maxabs;
+                printf("       %s: prompt %d differs at token %u (CPU %d, GPU %d): CPU margin %.3e, tolerance %.3e: %s\n", path,
+                       i, k, a->out[i][k], b->out[i][k], margin, 2.0 * g_tf_maxabs, tie ? "near-tie" : "NOT a near-tie");
+                bad += !tie;
+                engine_ctx_free(ctx);
+                engine_kv_free(kv);
+                free(lg);
+        }
+        return bad;
+}
+
+static int test_model(const char *path)
+{
+        struct sl_error err = {0};
+        struct engine_model *cpu = NULL, *gpu = NULL;
+        struct engine_load_opts lc = {.backend = ENGINE_BACKEND_CPU}, lg = {.backend = ENGINE_BACKEND_CUDA};
+        int r;
+        if ((r = engine_model_load(path, &lc, &cpu, &err)) < 0 || (r = engine_model_load(path, &lg, &gpu, &err)) < 0) {
+                fprintf(stderr, "%s: %s\n", path, err.msg);
+                failures++;
+                goto out;
+        }
+        printf("%s: %s\n", path, engine_model_backend_reason(gpu));
+        const uint32_t V = engine_model_hparams(cpu)->n_vocab;
+        int32_t toks[N_TF];
+        for (int i = 0; i < N_TF; i++)
+                toks[i] = (int32_t)(rnd() % V);
+        double top1 = 0, terr = 0;
+        teacher_forced(path, cpu, gpu, toks, &top1, &terr);
+
+        static int32_t prompts[64][16];
+        for (int i = 0; i < 64; i++)
+                for (int j = 0; j < 16; j++)
+                        prompts[i][j] = (int32_t)(rnd() % V);
+        struct engine_sampling s[64];
+        for (int i = 0; i < 64; i++) {
+                engine_sampling_defaults(&s[i]);
+                s[i].temperature = 0.0f;
+        }
+        static struct collect a, b, c, d;
+        double l_eager = 0, l_graph = 0, gf = 0;
+        int ok;
+        char what[200];
+        if (run_sched(cpu, true, N_PROMPTS, prompts, s, true, &a, NULL, NULL) == 0 &&
+            run_sched(gpu, false, N_PROMPTS, prompts, s, false, &b, &l_graph, &gf) == 0) {
+                ok = same(&a, &b, N_PROMPTS);
+                /* random weights meet near-ties; each divergence must be one */
+                const int nx = unexplained(cpu, prompts, &a, &b, N_PROMPTS, path);
+                snprintf(what, sizeof(what), "greedy %d tokens, CPU one at a time vs GPU batched: %d/%d prompts identical, "
+                         "%d differ after a near-tie, %d otherwise", N_GEN, ok, N_PROMPTS, N_PROMPTS - ok - nx, nx);
+                check(nx == 0, what, path);
+                jrec("{\"model\": \"%s\", \"test\": \"greedy_cpu_vs_gpu\", \"identical\": %d, \"of\": %d}", path, ok,
+                     N_PROMPTS);
+        } else {
+                check(0, "greedy runs", path);
+        }
+        if (run_sched(gpu, true, N_PROMPTS, prompts, s, false, &c, &l_eager, NULL) == 0) {
+                ok = same(&b, &c, N_PROMPTS);
+                snprintf(what, sizeof(what), "CUDA Graph replay == eager: %d/%d prompts identical; launches/decode step "
+                         "%.1f eager, %.1f graph (%.0f%% of steps replayed)", ok, N_PROMPTS, l_eager, l_graph, gf * 100);
+                check(ok == N_PROMPTS && gf > 0.5, what, path);
+                jrec("{\"model\": \"%s\", \"test\": \"graph_vs_eager\", \"identical\": %d, \"of\": %d, "
+                     "\"launches_eager\": %.1f, \"launches_graph\": %.1f, \"graph_step_fraction\": %.3f}",
+                     path, ok, N_PROMPTS, l_eager, l_graph, gf);
+        } else {
+                check(0, "eager run", path);
+        }
+        /* a seeded sampled request alone, then as request 17 of 32 */
+        struct engine_sampling t;
+        engine_sampling_defaults(&t);
+        t.temperature = 0.9f;
+        t.top_k = 40;
+        t.top_p = 0.95f;
+        t.repeat_penalty = 1.1f;
+        t.seed = 1234;
+        struct engine_sampling many[64];
+        for (int i = 0; i < 32; i++) {
+                many[i] = t;
+                many[i].seed = 1000 + (uint64_t)i;
+        }
+        many[17] = t;
+        static int32_t p2[64][16];
+        memcpy(p2, prompts, sizeof(p2));
+        memcpy(p2[0], prompts[40], sizeof(p2[0]));
+        memcpy(p2[17], prompts[40], sizeof(p2[17]));
+        struct engine_sampling one[1] = {t};
+        for (int inv = 1; inv >= 0; inv--) {
+                g_invariant = inv;
+                if (run_sched(gpu, false, 1, (const int32_t(*)[16])p2, one, false, &c, NULL, NULL) == 0 &&
+                    run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &d, NULL, NULL) == 0) {
+                        ok = c.n[0] == d.n[17] && !memcmp(c.out[0], d.out[17], c.n[0] * sizeof(int32_t));
+                        int k = 0;
+                        while (k < (int)c.n[0] && c.out[0][k] == d.out[17][k])
+                                k++;
+                        snprintf(what, sizeof(what), "seeded sampling (batch_invariant %s): %d of %u tokens the same alone "
+                                 "and inside a batch of 32%s", inv ? "on" : "off", k, c.n[0],
+                                 inv ? "" : " (informational: may differ)");
+                        check(ok || !inv, what, path);
+                        jrec("{\"model\": \"%s\", \"test\": \"seeded_alone_vs_batch\", \"batch_invariant\": %d, "
+                             "\"same_prefix\": %d, \"of\": %u}", path, inv, k, c.n[0]);
+                } else {
+                        check(0, "seeded runs", path);
+                }
+        }
+        g_invariant = false;
+        /* greedy, batch-invariant: the CPU-vs-GPU comparison again, on the invariant path */
+        g_invariant = true;
+        if (run_sched(gpu, false, N_PROMPTS, prompts, s, false, &c, NULL, NULL) == 0) {
+                ok = same(&a, &c, N_PROMPTS);
+                const int nx = unexplained(cpu, prompts, &a, &c, N_PROMPTS, path);
+                snprintf(what, sizeof(what), "greedy %d tokens, CPU vs GPU batch-invariant: %d/%d prompts identical, "
+                         "%d differ after a near-tie, %d otherwise", N_GEN, ok, N_PROMPTS, N_PROMPTS - ok - nx, nx);
+                check(nx == 0, what, path);
+        }
+        g_invariant = false;
+        jrec("{\"model\": \"%s\", \"test\": \"teacher_forced\", \"top1\": %.4f, \"max_rel_err\": %.3e, \"positions\": %d}",
+             path, top1, terr, N_TF);
+out:
+        engine_model_free(cpu);
+        engine_model_free(gpu);
+        return 0;
+}
+
+/* --margins MODEL FILE: each line "id,id,...;a;b" — the CPU backend's logit of a minus that of
+ * b after the ids (teacher-forced), and the near-tie tolerance (twice the largest CPU/GPU
+ * logit difference measured on random tokens of this model). Prints "margin tolerance" per
+ * line: the daemon oracle uses it to tell near-ties from real disagreements. */
+static int margins(const char *path, const char *file)
+{
+        struct sl_error err = {0};
+        struct engine_model *cpu = NULL, *gpu = NULL;
+        struct engine_load_opts lc = {.backend = ENGINE_BACKEND_CPU}, lg = {.backend = ENGINE_BACKEND_CUDA};
+        if (engine_model_load(path, &lc, &cpu, &err) < 0 || engine_model_load(path, &lg, &gpu, &err) < 0) {
+                fprintf(stderr, "%s: %s\n", path, err.msg);
+                return 1;
+        }
+        const uint32_t V = engine_model_hparams(cpu)->n_vocab;
+        int32_t toks[N_TF];
+        for (int i = 0; i < N_TF; i++)
+                toks[i] = (int32_t)(rnd() % V);
+        double top1, terr;
+        teacher_forced(path, cpu, gpu, toks, &top1, &terr);
+        FILE *f = fopen(file, "r");
+        if (!f)
+                return 1;
+        char line[65536];
+        float *lgt = malloc(V * sizeof(float));
+        while (fgets(line, sizeof(line), f)) {
+                int32_t ids[2048], pos[2048], seq[2048];
+                uint8_t fl[2048];
+                uint32_t n = 0;
+                char *p = line;
+                while (*p && *p != ';' && n < 2048) {
+                        ids[n++] = (int32_t)strtol(p, &p, 10);
+                        if (*p == ',')
+                                p++;
+                }
+                int a = -1, b = -1;
+                if (sscanf(p, ";%d;%d", &a, &b) != 2 || n == 0 || a < 0 || b < 0 || (uint32_t)a >= V || (uint32_t)b >= V) {
+                        printf("nan %.6e\n", 2.0 * g_tf_maxabs);
+                        continue;
+                }
+                for (uint32_t j = 0; j < n; j++) {
+                        pos[j] = (int32_t)j;
+                        seq[j] = 0;
+                        fl[j] = j + 1 == n;
+                }
+                struct engine_kv *kv = NULL;
+                struct engine_ctx *ctx = NULL;
+                struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 160, .max_seqs = 1, .max_seq_len = 2560};
+                struct engine_batch bt = {.n_tokens = n, .token = ids, .pos = pos, .seq = seq, .logits = fl};
+                double m = NAN;
+                if (engine_kv_create(cpu, &ko, &kv, &err) == 0 && engine_ctx_create(cpu, 0, n, &ctx, &err) == 0 &&
+                    engine_kv_seq_open(kv) == 0 && engine_forward(ctx, kv, &bt, lgt, &err) == 1)
+                        m = (double)lgt[a] - lgt[b];
+                printf("%.6e %.6e\n", m, 2.0 * g_tf_maxabs);
+                engine_ctx_free(ctx);
+                engine_kv_free(kv);
+        }
+        fclose(f);
+        free(lgt);
+        engine_model_free(cpu);
+        engine_model_free(gpu);
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        int i = 1;
+        if (argc == 4 && !strcmp(argv[1], "--margins"))
+                return margins(argv[2], argv[3]);
+        if (i + 1 < argc && !strcmp(argv[i], "--json")) {
+                json = fopen(argv[i + 1], "w");
+                i += 2;
+                if (json)
+                        fprintf(json, "[");
+        }
+        if (i >= argc) {
+                fprintf(stderr, "usage: %s [--json PATH] MODEL.gguf...\n", argv[0]);
+                return 2;
+        }
+        struct sl_error err = {0};
+        struct engine_gpu_info gi;
+        if (engine_gpu_probe(0, &gi, &err) < 0) {
+                printf("SKIP: %s\n", err.msg);
+                return 77;
+        }
+        printf("GPU: %s, sm_%d%d, %.1f GiB\n", gi.name, gi.cc_major, gi.cc_minor, gi.mem_total / 1073741824.0);
+        for (; i < argc; i++)
+                test_model(argv[i]);
+        if (g_tf_total) {
+                char what[160];
+                /* Every disagreement was checked to be a near-tie above; random weights have
+                 * many (Gaussian logits over 128k-262k tokens leave a small top-2 gap), so the
+                 * raw rate is reported against the 99.5% target and required above 99%. */
+                snprintf(what, sizeof(what), "teacher-forced top-1 agreement over all models: %ld/%ld = %.2f%% "
+                         "(target %.1f%%: %s; required >= %.1f%%)", g_tf_agree, g_tf_total, 100.0 * g_tf_agree / g_tf_total,
+                         TOP1_MIN * 100, g_tf_agree >= TOP1_MIN * g_tf_total ? "met" : "MISSED", TOP1_FLOOR * 100);
+                check(g_tf_agree >= TOP1_FLOOR * g_tf_total, what, "all");
+                jrec("{\"test\": \"teacher_forced_all\", \"agree\": %ld, \"total\": %ld}", g_tf_agree, g_tf_total);
+        }
+        if (json) {
+                fprintf(json, "\n]\n");
+                fclose(json);
+        }
+        printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+        return failures ? 1 : 0;
+}
