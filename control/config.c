@@ -49,6 +49,7 @@ struct key {
 };
 
 static const char *const backend_names[] = {"auto", "cpu", "cuda", NULL};
+static const char *const onoff_names[] = {"off", "on", NULL};
 static const char *const audit_names[] = {"off", "on", "with-text", NULL};
 static const char *const auth_names[] = {"off", NULL};
 static const char *const target_names[] = {"auto", "journal", "stderr", NULL};
@@ -73,6 +74,10 @@ static const struct key keys[] = {
         U32("engine", "max_queued", engine.max_queued, 0, 65536, false),
         U32("engine", "token_budget", engine.token_budget, 1, 65536, false),
         U32("engine", "prefill_chunk", engine.prefill_chunk, 1, 65536, false),
+        U32("engine", "gpu", engine.gpu, 0, 63, false),
+        U32("engine", "kv_gpu_percent", engine.kv_gpu_percent, 5, 98, false),
+        ENUM("engine", "cuda_graphs", engine.cuda_graphs, onoff_names, false),
+        ENUM("engine", "batch_invariant", engine.batch_invariant, onoff_names, false),
 
         {"dataplane", "transports", K_TRANSPORTS, F(dataplane.transports), 0, 0, NULL, false},
         {"dataplane", "udp_listen", K_ADDRS, F(dataplane.udp_listen), 0, 0, NULL, false},
@@ -468,7 +473,9 @@ void ctl_config_defaults(struct ctl_config *cfg)
         struct sl_error e;
         memset(cfg, 0, sizeof(*cfg));
         cfg->engine.backend = CTL_BACKEND_AUTO;
-        cfg->engine.kv_memory = 1ull << 30;
+        cfg->engine.kv_memory = 0;
+        cfg->engine.kv_gpu_percent = 90;
+        cfg->engine.cuda_graphs = 1;
         cfg->engine.block_size = 16;
         cfg->engine.max_running = 64;
         cfg->engine.max_queued = 256;
@@ -731,9 +738,6 @@ int ctl_config_validate(const struct ctl_config *cfg, struct sl_error *err)
         if (LINE("engine", "kv_blocks") && LINE("engine", "kv_memory") && cfg->engine.kv_blocks)
                 return key_error(err, o, SL_MAX(LINE("engine", "kv_blocks"), LINE("engine", "kv_memory")),
                                  K("engine", "kv_blocks"), "set kv_blocks or kv_memory, not both");
-        if (!cfg->engine.kv_blocks && cfg->engine.kv_memory == 0)
-                return key_error(err, o, LINE("engine", "kv_memory"), K("engine", "kv_memory"),
-                                 "0 needs kv_blocks set");
         if (cfg->engine.prefill_chunk > cfg->engine.token_budget)
                 return key_error(err, o, SL_MAX(LINE("engine", "prefill_chunk"), LINE("engine", "token_budget")),
                                  K("engine", "prefill_chunk"), "%u is larger than token_budget %u",

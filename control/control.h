@@ -51,13 +51,18 @@ struct ctl_config {
                 enum ctl_backend backend;
                 uint32_t threads;               /* 0 = online CPUs */
                 uint32_t kv_blocks;             /* 0 = derive from kv_memory */
-                uint64_t kv_memory;             /* bytes; ignored when kv_blocks is set */
+                uint64_t kv_memory;             /* bytes; ignored when kv_blocks is set; 0 = auto
+                                                 * (1 GiB on the CPU, kv_gpu_percent on CUDA) */
                 uint32_t block_size;            /* tokens per KV block */
                 uint32_t max_seq_len;           /* 0 = the model's context length */
                 uint32_t max_running;
                 uint32_t max_queued;
                 uint32_t token_budget;          /* tokens per engine step */
                 uint32_t prefill_chunk;         /* <= token_budget */
+                uint32_t gpu;                   /* CUDA device index */
+                uint32_t kv_gpu_percent;        /* of free GPU memory for the KV pool (kv_memory 0) */
+                unsigned cuda_graphs;           /* 0 off, 1 on */
+                unsigned batch_invariant;       /* 0 off, 1 on */
         } engine;
         struct {
                 unsigned transports;            /* enum ctl_transport bits */

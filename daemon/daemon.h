@@ -30,6 +30,8 @@ struct d_metrics {
         struct ctl_histogram *ttft, *itl, *latency;
         struct ctl_gauge *queue_depth, *running, *kv_used, *kv_total, *live, *draining;
         struct ctl_counter *steps, *preemptions, *resp_ring_full;
+        struct ctl_counter *graph_steps, *gpu_errors;  /* CUDA backend */
+        struct ctl_gauge *launches, *gpu;
         struct ctl_counter *tr[DT_N][DTS_N];
         uint64_t tr_last[DT_N][DTS_N]; /* engine thread: last values copied */
 };
@@ -72,6 +74,7 @@ struct daemon {
         uint64_t heartbeat;              /* bumped by the engine loop (atomic builtins) */
         _Atomic bool draining;           /* new requests get SHUTTING_DOWN */
         _Atomic bool cancel_all;         /* drain timeout: cancel every live request */
+        _Atomic bool fatal;              /* the engine failed for good: drain, exit non-zero */
         _Atomic bool stop;               /* engine thread: leave the loop */
         _Atomic uint32_t n_live;         /* entries in the request table */
         pthread_t engine_th;

@@ -306,15 +306,11 @@ int main(int argc, char **argv)
                 ctl_logf(SL_LOG_ERR, "signalfd: %s", strerror(errno));
                 goto out;
         }
-        if (d->cfg.engine.backend == CTL_BACKEND_CUDA) {
-                ctl_logf(SL_LOG_ERR, "[engine] backend = cuda: %s; use backend = cpu or auto",
-                         SLUICE_HAVE_CUDA ? "the CUDA backend is not implemented yet"
-                                          : "this sluiced is not built with CUDA (meson -Dcuda=enabled)");
+        if (d->cfg.engine.backend == CTL_BACKEND_CUDA && !SLUICE_HAVE_CUDA) {
+                ctl_logf(SL_LOG_ERR, "[engine] backend = cuda: this sluiced is not built with CUDA "
+                                     "(meson -Dcuda=enabled); use backend = cpu or auto");
                 goto out;
         }
-        if (d->cfg.engine.backend == CTL_BACKEND_AUTO)
-                ctl_logf(SL_LOG_INFO, "backend auto: cpu (%s)",
-                         SLUICE_HAVE_CUDA ? "the CUDA backend is not implemented yet" : "built without CUDA");
         if ((r = ctl_audit_open(d->cfg.log.audit, d->cfg.log.audit_path, &d->audit, &err)) < 0) {
                 ctl_logf(SL_LOG_ERR, "audit log: %s", err.msg);
                 goto out;
@@ -344,7 +340,12 @@ int main(int argc, char **argv)
 
         /* ---- model ---- */
         struct progress pr = {.name = d->cfg.model.path, .last_pct = -1};
-        struct engine_load_opts lo = {.progress = on_progress, .progress_user = &pr};
+        static const enum engine_backend backends[] = {[CTL_BACKEND_AUTO] = ENGINE_BACKEND_AUTO,
+                                                       [CTL_BACKEND_CPU] = ENGINE_BACKEND_CPU,
+                                                       [CTL_BACKEND_CUDA] = ENGINE_BACKEND_CUDA};
+        struct engine_load_opts lo = {.progress = on_progress, .progress_user = &pr,
+                                      .backend = backends[d->cfg.engine.backend],
+                                      .cuda_device = (int)d->cfg.engine.gpu};
         ctl_notify_status("loading %s", d->cfg.model.path);
         ctl_logf(SL_LOG_INFO, "loading %s", d->cfg.model.path);
         uint64_t t0 = sl_now_ns();
@@ -365,6 +366,7 @@ int main(int argc, char **argv)
         }
         ctl_logf(SL_LOG_INFO, "loaded %s (%s, %u layers, %.1f MiB) in %.2f s", d->model_name, hp->arch_name,
                  hp->n_layer, hp->weight_bytes / 1048576.0, (sl_now_ns() - t0) / 1e9);
+        ctl_logf(SL_LOG_INFO, "backend %s", engine_model_backend_reason(d->model));
 
         /* ---- engine ---- */
         struct engine_sched_opts so = {
@@ -374,7 +376,13 @@ int main(int argc, char **argv)
                 .kv_blocks = d->cfg.engine.kv_blocks,
                 .kv_bytes = d->cfg.engine.kv_blocks ? 0 : d->cfg.engine.kv_memory,
                 .max_ctx = d->cfg.engine.max_seq_len,
+                .kv_gpu_fraction = d->cfg.engine.kv_gpu_percent / 100.0,
+                .no_graphs = !d->cfg.engine.cuda_graphs,
+                .batch_invariant = d->cfg.engine.batch_invariant,
         };
+        /* kv_memory 0 is "automatic": 1 GiB on the CPU, the GPU's free memory on CUDA */
+        if (!so.kv_blocks && !so.kv_bytes && engine_model_backend(d->model) == ENGINE_BACKEND_CPU)
+                so.kv_bytes = 1ull << 30;
         if (so.max_queued == 0)
                 so.max_queued = 1; /* the scheduler reads 0 as its default of 64; 1 is the closest */
         ctl_notify_status("building the engine");
@@ -387,9 +395,10 @@ int main(int argc, char **argv)
                 struct engine_sched_stats st;
                 engine_sched_stats(d->sched, &st);
                 ctl_logf(SL_LOG_INFO,
-                         "engine: cpu, %u running, %u queued, context %u, KV %u blocks of %u tokens, budget %u",
-                         d->sopts.max_running, d->sopts.max_queued, d->sopts.max_ctx, st.kv_blocks_total,
-                         d->sopts.kv_block_size, d->sopts.token_budget);
+                         "engine: %s, %u running, %u queued, context %u, KV %u blocks of %u tokens, budget %u",
+                         engine_backend_name(engine_model_backend(d->model)), d->sopts.max_running,
+                         d->sopts.max_queued, d->sopts.max_ctx, st.kv_blocks_total, d->sopts.kv_block_size,
+                         d->sopts.token_budget);
         }
         if ((r = serve_create(d, &err)) < 0 || (r = dp_notify_init(&d->wake, &err)) < 0) {
                 ctl_logf(SL_LOG_ERR, "%s", err.msg);
@@ -449,11 +458,11 @@ int main(int argc, char **argv)
                         else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
                                 term = true;
                 }
-                if (term)
+                if (term || atomic_load(&d->fatal))
                         break;
         }
         shutdown_drain(d);
-        rc = 0;
+        rc = atomic_load(&d->fatal) ? 1 : 0;
 stop:
         atomic_store(&d->stop, true);
         dp_notify_kick(&d->wake);

@@ -46,6 +46,15 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
         NN(m->steps = ctl_metrics_counter(reg, "sluice_engine_steps_total", "Engine forward steps", NULL, err));
         NN(m->preemptions = ctl_metrics_counter(reg, "sluice_preemptions_total",
                                                 "Requests whose KV was dropped for recomputation", NULL, err));
+        NN(m->graph_steps = ctl_metrics_counter(reg, "sluice_engine_graph_steps_total",
+                                                "Decode steps replayed from a captured CUDA Graph", NULL, err));
+        NN(m->gpu_errors = ctl_metrics_counter(reg, "sluice_engine_gpu_errors_total",
+                                               "Steps failed by a GPU error", NULL, err));
+        NN(m->launches = ctl_metrics_gauge(reg, "sluice_engine_launches_per_step",
+                                           "Kernel launches the host enqueued in the last step (1 for a graph replay)",
+                                           NULL, err));
+        NN(m->gpu = ctl_metrics_gauge(reg, "sluice_engine_gpu", "1 when the engine runs on the CUDA backend",
+                                      NULL, err));
         NN(m->resp_ring_full = ctl_metrics_counter(reg, "sluice_response_drops_total",
                                                    "Response frames lost to a response ring that stayed full",
                                                    NULL, err));

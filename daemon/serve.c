@@ -584,10 +584,14 @@ static void update_metrics(struct serve *s)
         ctl_gauge_set(m->kv_total, st.kv_blocks_total);
         ctl_gauge_set(m->live, atomic_load_explicit(&d->n_live, memory_order_relaxed));
         ctl_gauge_set(m->draining, atomic_load_explicit(&d->draining, memory_order_relaxed));
-        static uint64_t last_steps, last_pre;
+        static uint64_t last_steps, last_pre, last_graph, last_gerr;
         ctl_counter_add(m->steps, st.steps - last_steps);
         ctl_counter_add(m->preemptions, st.preemptions - last_pre);
-        last_steps = st.steps, last_pre = st.preemptions;
+        ctl_counter_add(m->graph_steps, st.graph_steps - last_graph);
+        ctl_counter_add(m->gpu_errors, st.gpu_errors - last_gerr);
+        last_steps = st.steps, last_pre = st.preemptions, last_graph = st.graph_steps, last_gerr = st.gpu_errors;
+        ctl_gauge_set(m->launches, st.launches_last);
+        ctl_gauge_set(m->gpu, engine_sched_backend(d->sched) == ENGINE_BACKEND_CUDA);
         for (int tr = 0; tr < DT_N; tr++) {
                 struct dp_transport_stats ts;
                 if (tr == DT_UDP && d->udp)
@@ -653,6 +657,17 @@ void *serve_main(void *arg)
                 int r = engine_sched_step(d->sched, &s->ev, s, &err);
                 if (r < 0 && step_errors++ < 10)
                         ctl_logf(SL_LOG_ERR, "engine step failed: %s", err.msg);
+                if (r < 0 && engine_sched_broken(d->sched) && !atomic_load(&d->fatal)) {
+                        /* A GPU that failed does not come back in this process: fail what is
+                         * in flight (each step that still runs fails its batch with ERROR),
+                         * report degraded, and let systemd restart the service. */
+                        if (d->http)
+                                ctl_http_set_state(d->http, CTL_HEALTH_DEGRADED);
+                        if (engine_sched_live(d->sched) == 0) {
+                                ctl_logf(SL_LOG_ERR, "the GPU failed (%s); exiting so the service restarts", err.msg);
+                                atomic_store(&d->fatal, true);
+                        }
+                }
                 uint64_t now = sl_now_ns();
                 if (now >= s->next_stats_ns) {
                         update_metrics(s);

@@ -257,7 +257,7 @@ static void test_reload_diff(void)
         CHECK(parse("[model]\npath = /m\n[metrics]\nhttp_listen = off\n", &err) == 0);
         CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == -EPERM);
         /* The same value written differently is no change. */
-        CHECK(parse("[model]\npath = /m\n[engine]\nkv_memory = 1024M\n[dataplane]\nudp_listen = 127.0.0.1:7400\n", &err) == 0);
+        CHECK(parse("[model]\npath = /m\n[engine]\nkv_memory = 0M\n[dataplane]\nudp_listen = 127.0.0.1:7400\n", &err) == 0);
         CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == 0);
         /* The transports size their timers and buffers at start. */
         CHECK(parse("[model]\npath = /m\n[limits]\nudp_lease_ms = 2000\n", &err) == 0);
