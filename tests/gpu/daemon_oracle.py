@@ -88,6 +88,11 @@ def run_backend(args, backend, tmp, texts, idp):
     gen_s = time.monotonic() - t1
     with concurrent.futures.ThreadPoolExecutor(args.n) as ex:
         ids = list(ex.map(lambda a: gen_ids(d.tcp, 1000 + a[0], a[1], args.tokens), enumerate(idp)))
+    if backend == "cuda":  # the engine thread publishes its counters every 200 ms
+        try:
+            d.wait_metric("sluice_engine_graph_steps_total", lambda v: v > 0, 3)
+        except AssertionError as e:
+            print(f"note: {e}")
     m = d.metrics()
     health = d.health()
     log = d.log()

@@ -22,6 +22,9 @@
 #include "attention.cuh"
 #include "common.cuh"
 
+#define HARNESS_SEED 0xa77eull
+#include "harness.cuh"
+
 #define Q_TOL 1e-5   /* qkv_post floats vs double: float rounding only (theta as the CPU) */
 #define ATT_TOL 1e-4 /* attention vs double: float scores/softmax over f16 K/V read back */
 #define KV_ULP 1     /* f16 cache rows: the float result may round to the neighbour */
@@ -31,39 +34,11 @@
 
 /* ---- random data ---- */
 
-static __device__ __host__ uint64_t mix64(uint64_t z)
-{
-        z += 0x9e3779b97f4a7c15ull;
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-}
-
-/* uniform in [-1, 1) */
-static __device__ float uniform(uint64_t seed, size_t i)
-{
-        return (float)((int64_t)(mix64(seed ^ mix64(i)) >> 11) - (1ll << 52)) * (1.0f / (1ll << 52));
-}
-
-static __global__ void fill_f32(float *p, size_t n, uint64_t seed, float scale, float offset)
-{
-        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-             i += (size_t)gridDim.x * blockDim.x)
-                p[i] = offset + scale * uniform(seed, i);
-}
-
 static __global__ void fill_f16(__half *p, size_t n, uint64_t seed)
 {
         for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
              i += (size_t)gridDim.x * blockDim.x)
                 p[i] = __float2half_rn(uniform(seed, i));
-}
-
-static uint64_t seed_next(void)
-{
-        static uint64_t s = 0xa77e;
-        s = mix64(s);
-        return s;
 }
 
 static uint32_t rand_below(uint32_t n)
@@ -75,12 +50,6 @@ template <class T> static void shuffle(std::vector<T> &v)
 {
         for (size_t i = v.size(); i > 1; i--)
                 std::swap(v[i - 1], v[rand_below((uint32_t)i)]);
-}
-
-static void rand_f32(float *p, size_t n, float scale = 1.0f, float offset = 0.0f)
-{
-        fill_f32<<<1024, 256>>>(p, n, seed_next(), scale, offset);
-        CUDA_CHECK_ABORT(cudaGetLastError());
 }
 
 static void rand_f16(__half *p, size_t n)

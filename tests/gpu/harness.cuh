@@ -1,0 +1,78 @@
+/* harness.cuh — what the GPU kernel tests share: random data generated on the device (so
+ * gigabytes of weights take milliseconds) from a counter-based hash, fresh per call.
+ * Define HARNESS_SEED before including it to give a test its own sequence. */
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include <cuda_fp16.h>
+
+#include "common.cuh"
+#include "gemv.cuh"
+
+#ifndef HARNESS_SEED
+#define HARNESS_SEED 0x5eedull
+#endif
+
+static __device__ __host__ uint64_t mix64(uint64_t z)
+{
+        z += 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+/* uniform in [-1, 1), never exactly representable as zero in bulk */
+static __device__ float uniform(uint64_t seed, size_t i)
+{
+        const int64_t m = (int64_t)(mix64(seed ^ mix64(i)) >> 11) - (1ll << 52);
+        return (float)m * (1.0f / (1ll << 52));
+}
+
+static __global__ void fill_f32(float *p, size_t n, uint64_t seed, float scale, float offset)
+{
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+             i += (size_t)gridDim.x * blockDim.x)
+                p[i] = offset + scale * uniform(seed, i);
+}
+
+static __global__ void fill_w16(uint16_t *p, size_t n, uint64_t seed, int bf16)
+{
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+             i += (size_t)gridDim.x * blockDim.x) {
+                const float v = uniform(seed, i);
+                p[i] = bf16 ? (uint16_t)(__float_as_uint(v) >> 16) /* truncation is fine */
+                            : __half_as_ushort(__float2half_rn(v));
+        }
+}
+
+static uint64_t seed_next(void)
+{
+        static uint64_t s = HARNESS_SEED;
+        s = mix64(s);
+        return s;
+}
+
+static void rand_f32(float *p, size_t n, float scale = 1.0f, float offset = 0.0f)
+{
+        fill_f32<<<1024, 256>>>(p, n, seed_next(), scale, offset);
+        CUDA_CHECK_ABORT(cudaGetLastError());
+}
+
+static void rand_w16(void *p, size_t n, uint32_t wtype)
+{
+        fill_w16<<<1024, 256>>>((uint16_t *)p, n, seed_next(), wtype == CUDA_WTYPE_BF16);
+        CUDA_CHECK_ABORT(cudaGetLastError());
+}
+
+static double w16_to_double(uint16_t v, uint32_t wtype)
+{
+        if (wtype == CUDA_WTYPE_BF16) {
+                const uint32_t u = (uint32_t)v << 16;
+                float f;
+                memcpy(&f, &u, 4);
+                return f;
+        }
+        return __half2float(__ushort_as_half(v));
+}
