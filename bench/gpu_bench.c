@@ -51,20 +51,21 @@ static void on_done(void *user, uint64_t tag, const struct engine_sched_done *d)
 }
 
 struct run_result {
-        double decode_tps, step_ms, ttft_ms, prefill_tps, kv_bytes_step, total_s;
+        double decode_tps, step_ms, gpu_ms, ttft_ms, prefill_tps, kv_bytes_step, total_s;
         uint64_t decode_steps;
         double graph_frac;
 };
 
 /* n requests of P prompt tokens and G generated, submitted together. */
-static bool g_invariant;
+static bool g_invariant, g_pdl;
 
 static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint32_t budget, struct run_result *res)
 {
         const struct engine_hparams *hp = engine_model_hparams(m);
         struct sl_error err = {0};
         struct engine_sched_opts o = {.max_running = n, .max_queued = n, .token_budget = budget, .prefill_chunk = budget,
-                                      .max_ctx = P + G + 16, .batch_invariant = g_invariant};
+                                      .max_ctx = P + G + 16, .batch_invariant = g_invariant,
+                                      .pdl = g_pdl};
         struct engine_sched *s;
         int r = engine_sched_create(m, &o, &s, &err);
         if (r < 0) {
@@ -90,7 +91,7 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
                         goto out;
                 }
         }
-        uint64_t dec_ns = 0, dec_tok = 0, dec_steps = 0, first_prefill_ns = 0;
+        uint64_t dec_ns = 0, dec_gpu_ns = 0, dec_tok = 0, dec_steps = 0, first_prefill_ns = 0;
         double kv_bytes = 0;
         const double per_pos = (double)hp->n_layer * hp->n_head_kv * (hp->head_dim_k + hp->head_dim_v) * 2;
         while ((uint32_t)done < n) {
@@ -109,6 +110,7 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
                 engine_sched_stats(s, &b);
                 if (b.prompt_tokens == a.prompt_tokens) {
                         dec_ns += dt;
+                        dec_gpu_ns += b.gpu_ns_last;
                         dec_tok += b.generated_tokens - a.generated_tokens;
                         dec_steps++;
                         kv_bytes += per_pos * ctx_sum;
@@ -121,6 +123,7 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
         res->total_s = (sl_now_ns() - g_t0) / 1e9;
         res->decode_tps = dec_ns ? dec_tok / (dec_ns / 1e9) : 0;
         res->step_ms = dec_steps ? dec_ns / 1e6 / dec_steps : 0;
+        res->gpu_ms = dec_steps ? dec_gpu_ns / 1e6 / dec_steps : 0;
         res->decode_steps = dec_steps;
         res->kv_bytes_step = dec_steps ? kv_bytes / dec_steps : 0;
         res->ttft_ms = g_ctr[0].first_ns / 1e6;
@@ -137,7 +140,7 @@ out:
 static void usage(const char *argv0)
 {
         fprintf(stderr, "usage: %s -m MODEL.gguf [--batches 1,8,32,64,128,256] [--prompt 128] [--gen 256]\n"
-                        "          [--prefill 512,2048] [--json PATH] [--label NAME] [--invariant]\n", argv0);
+                        "          [--prefill 512,2048] [--json PATH] [--label NAME] [--invariant] [--pdl]\n", argv0);
 }
 
 static int parse_list(const char *s, uint32_t *v, int max)
@@ -164,7 +167,7 @@ int main(int argc, char **argv)
         uint32_t P = 128, G = 256;
         static const struct option lo[] = {{"model", 1, 0, 'm'}, {"batches", 1, 0, 'b'}, {"prompt", 1, 0, 'p'},
                                            {"gen", 1, 0, 'g'},   {"prefill", 1, 0, 'f'}, {"json", 1, 0, 'j'},
-                                           {"label", 1, 0, 'l'}, {"invariant", 0, 0, 'i'},
+                                           {"label", 1, 0, 'l'}, {"invariant", 0, 0, 'i'}, {"pdl", 0, 0, 'P'},
                                            {0, 0, 0, 0}};
         int c;
         while ((c = getopt_long(argc, argv, "m:", lo, NULL)) != -1) {
@@ -177,6 +180,7 @@ int main(int argc, char **argv)
                 case 'j': json = optarg; break;
                 case 'l': label = optarg; break;
                 case 'i': g_invariant = true; break;
+                case 'P': g_pdl = true; break;
                 default: usage(argv[0]); return 2;
                 }
         }
@@ -229,7 +233,8 @@ int main(int argc, char **argv)
                             "\"direct_io\": %s, \"decode\": [",
                         model, label, g_invariant ? "true" : "false", gi.name, bw, wbytes, load_s, ls->bytes / (ls->ns / 1e9) / 1e9,
                         ls->direct_io ? "true" : "false");
-        printf("\n%-8s %12s %10s %10s %10s %8s\n", "batch", "decode tok/s", "step ms", "roofline", "TTFT ms", "graphs");
+        printf("\n%-8s %12s %10s %10s %10s %10s %8s\n", "batch", "decode tok/s", "step ms", "GPU ms", "roofline", "TTFT ms",
+               "graphs");
         for (int i = 0; i < nb; i++) {
                 struct run_result rr;
                 uint32_t budget = SL_MAX(2048u, batches[i]);
@@ -239,13 +244,13 @@ int main(int argc, char **argv)
                 }
                 const double bytes = wbytes + rr.kv_bytes_step;
                 const double roof = rr.step_ms > 0 ? bytes / (rr.step_ms / 1e3) / (bw * 1e9) : 0;
-                printf("%-8u %12.1f %10.3f %9.1f%% %10.2f %7.0f%%\n", batches[i], rr.decode_tps, rr.step_ms, roof * 100,
-                       rr.ttft_ms, rr.graph_frac * 100);
+                printf("%-8u %12.1f %10.3f %10.3f %9.1f%% %10.2f %7.0f%%\n", batches[i], rr.decode_tps, rr.step_ms, rr.gpu_ms,
+                       roof * 100, rr.ttft_ms, rr.graph_frac * 100);
                 fflush(stdout);
                 if (jf)
-                        fprintf(jf, "%s{\"batch\": %u, \"prompt\": %u, \"gen\": %u, \"decode_tps\": %.2f, \"step_ms\": %.4f, "
+                        fprintf(jf, "%s{\"batch\": %u, \"prompt\": %u, \"gen\": %u, \"decode_tps\": %.2f, \"step_ms\": %.4f, \"gpu_ms\": %.4f, "
                                     "\"bytes_per_step\": %.0f, \"roofline\": %.4f, \"ttft_ms\": %.3f, \"graph_steps\": %.3f}",
-                                i ? ", " : "", batches[i], P, G, rr.decode_tps, rr.step_ms, bytes, roof, rr.ttft_ms,
+                                i ? ", " : "", batches[i], P, G, rr.decode_tps, rr.step_ms, rr.gpu_ms, bytes, roof, rr.ttft_ms,
                                 rr.graph_frac);
         }
         if (jf)

@@ -261,6 +261,7 @@ struct engine_sched_opts {
         bool no_graphs;             /* decode without CUDA Graphs */
         bool batch_invariant;       /* a request's tokens do not depend on what shares its
                                      * batch (fixed kernels for every batch size; slower) */
+        bool pdl;                   /* decode GEMVs with programmatic dependent launch */
 };
 
 struct engine_request {
@@ -333,6 +334,7 @@ struct engine_sched_stats {
         uint64_t eager_steps;
         uint32_t launches_last;     /* kernel launches the host enqueued in the last step */
         uint64_t gpu_errors;        /* steps failed by a CUDA error */
+        uint64_t gpu_ns_last;       /* device time of the last step (first to last event) */
 };
 
 struct engine_sched;

@@ -140,7 +140,7 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
                                           .n_blocks = o.kv_blocks ? o.kv_blocks
                                                       : o.kv_bytes ? (uint32_t)SL_MAX(o.kv_bytes / per_block, 1ull) : 0,
                                           .kv_fraction = o.kv_gpu_fraction, .no_graphs = o.no_graphs,
-                                          .batch_invariant = o.batch_invariant};
+                                          .batch_invariant = o.batch_invariant, .pdl = o.pdl};
                 if ((r = ecu_ctx_create(m, &co, &s->cuda, err)) < 0)
                         goto fail;
                 struct ecu_ctx_info ci;
@@ -294,6 +294,7 @@ void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats 
         LD(eager_steps);
         LD(launches_last);
         LD(gpu_errors);
+        LD(gpu_ns_last);
 #undef LD
 }
 
@@ -667,6 +668,7 @@ static int cuda_forward_sample(struct engine_sched *s, const struct engine_batch
         else
                 ST_ADD(s, eager_steps, 1);
         ST_SET(s, launches_last, st.launches);
+        ST_SET(s, gpu_ns_last, st.gpu_ns);
         return r;
 #else
         (void)s;

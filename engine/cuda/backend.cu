@@ -563,6 +563,7 @@ struct ecu_ctx {
         uint32_t bucket[MAX_BUCKETS];
         uint32_t n_graphs;
         uint32_t launches;            /* counted while enqueuing */
+        bool pdl;                     /* GEMVs with programmatic dependent launch */
         cudaEvent_t e0, e1;
         bool broken;
         struct ecu_ctx_info info;
@@ -590,7 +591,10 @@ static int matmul(struct ecu_ctx *c, uint32_t wtype, const void *w, const float 
                   int k, int n, float beta, int cap)
 {
         if (n <= c->gemv_max) {
-                LAUNCH(c, cuda_gemv_beta(wtype, w, x, y, rows, k, n, beta, c->st));
+                if (c->pdl)
+                        LAUNCH(c, cuda_gemv_pdl(wtype, w, x, y, rows, k, n, beta, c->st));
+                else
+                        LAUNCH(c, cuda_gemv_beta(wtype, w, x, y, rows, k, n, beta, c->st));
                 return 0;
         }
         LAUNCH(c, cuda_f32_to_w16(wtype, x, c->x16, (size_t)n * k, c->st));
@@ -899,6 +903,7 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         c->m = m;
         c->em = m->cuda;
         c->o = *o;
+        c->pdl = o->pdl;
         if ((r = CUDA_CHECK(cudaSetDevice(c->em->device))) < 0 ||
             (r = CUDA_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking))) < 0 ||
             (r = CUDA_CHECK(cudaEventCreate(&c->e0))) < 0 || (r = CUDA_CHECK(cudaEventCreate(&c->e1))) < 0) {

@@ -57,6 +57,7 @@ struct ecu_ctx_opts {
         double kv_fraction;       /* of the memory free after weights and activations */
         uint32_t max_hist;        /* penalty-window ids per step, all rows together */
         bool no_graphs;           /* decode eagerly (for tests: graph == eager) */
+        bool pdl;                 /* decode GEMVs with programmatic dependent launch */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */

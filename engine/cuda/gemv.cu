@@ -262,6 +262,19 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
 
         float scale[T]; /* (unused: gemv_vec's RMSNORM argument) */
         int k0 = (warp * 32 + lane) * GEMV_VEC;
+#if __CUDA_ARCH__ >= 900
+        /* Launched with programmatic dependent launch (cuda_gemv_pdl), the block may start
+         * while the kernel before it is still finishing: the weights do not depend on it, so
+         * their first vectors go to L2 now; x and y are touched only after the wait (a no-op
+         * for an ordinary launch). */
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                        if (k0 + u * STRIDE < k)
+                                asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + k0 + u * STRIDE));
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
         for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
                 uint4 wv[U][R];
 #pragma unroll
@@ -414,12 +427,42 @@ gemv_fused_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x,
 
 template <int WTYPE, int T>
 static void gemv_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
-                        cudaStream_t stream)
+                        cudaStream_t stream, bool pdl = false)
 {
         constexpr int R = gemv_shape<T>::R;
         const unsigned blocks = (unsigned)((rows + R - 1) / R);
-        gemv_kernel<WTYPE, T><<<blocks, GEMV_THREADS, 0, stream>>>((const uint16_t *)w, x, y,
-                                                                  rows, k, acc);
+        if (!pdl) {
+                gemv_kernel<WTYPE, T><<<blocks, GEMV_THREADS, 0, stream>>>((const uint16_t *)w, x, y,
+                                                                          rows, k, acc);
+                return;
+        }
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.gridDim = dim3(blocks);
+        cfg.blockDim = dim3(GEMV_THREADS);
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        (void)cudaLaunchKernelEx(&cfg, gemv_kernel<WTYPE, T>, (const uint16_t *)w, x, y, rows, k, acc);
+}
+
+template <int WTYPE>
+static void gemv_launch_pdl_t(int ntok, const void *w, const float *x, float *y, int rows, int k, int acc,
+                              cudaStream_t s)
+{
+        switch (ntok) {
+#define GEMV_CASE(T)                                                                           \
+        case T:                                                                                \
+                gemv_launch<WTYPE, T>(w, x, y, rows, k, acc, s, true);                         \
+                break;
+                GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
+                GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+                GEMV_CASE(9) GEMV_CASE(10) GEMV_CASE(11) GEMV_CASE(12)
+                GEMV_CASE(13) GEMV_CASE(14) GEMV_CASE(15) GEMV_CASE(16)
+#undef GEMV_CASE
+        }
 }
 
 /* Blocks for the persistent kernel: as many as fit on the device at once (its occupancy,
@@ -548,6 +591,20 @@ int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int
         else
                 gemv_launch_t<CUDA_WTYPE_F16>(ntok, kind, w, x, y, rows, k, acc, norm_w, eps,
                                               stream);
+        return CUDA_CHECK_LAUNCH();
+}
+
+int cuda_gemv_pdl(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k, int ntok,
+                  float beta, cudaStream_t stream)
+{
+        if (!gemv_args_ok(wtype, w, x, y, rows, k, ntok) || (beta != 0.0f && beta != 1.0f))
+                return -EINVAL;
+        if (k % GEMV_VEC || ((uintptr_t)w | (uintptr_t)x) % 16)
+                return -EINVAL;
+        if (wtype == CUDA_WTYPE_BF16)
+                gemv_launch_pdl_t<CUDA_WTYPE_BF16>(ntok, w, x, y, rows, k, beta != 0.0f, stream);
+        else
+                gemv_launch_pdl_t<CUDA_WTYPE_F16>(ntok, w, x, y, rows, k, beta != 0.0f, stream);
         return CUDA_CHECK_LAUNCH();
 }
 

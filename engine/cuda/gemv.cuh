@@ -61,6 +61,13 @@ int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int
                     int ntok, float beta, const struct cuda_gemv_prologue *pro,
                     cudaStream_t stream);
 
+/* cuda_gemv_beta launched with programmatic dependent launch: its blocks may start while
+ * the previous kernel on the stream finishes (prefetching their first weights to L2) and
+ * wait for it before touching x or y. Bitwise the same result. Captured in a graph it becomes
+ * a programmatic edge. */
+int cuda_gemv_pdl(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k, int ntok,
+                  float beta, cudaStream_t stream);
+
 /* Same function, one thread per output, serial float sum over k: slow and obviously right. */
 int cuda_gemv_ref(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
                   int ntok, cudaStream_t stream);
