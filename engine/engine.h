@@ -51,10 +51,12 @@ struct engine_load_progress {
 };
 typedef void (*engine_progress_fn)(void *user, const struct engine_load_progress *p);
 
-/* Where the forward pass runs. AUTO takes CUDA when this build has it, a usable GPU is
- * present and the model's tensor types are supported there; otherwise the CPU, and
- * engine_model_backend_reason() says why. */
-enum engine_backend { ENGINE_BACKEND_AUTO = 0, ENGINE_BACKEND_CPU = 1, ENGINE_BACKEND_CUDA = 2 };
+/* Where the forward pass runs. CPU is the zero value, so callers that drive engine_forward()
+ * themselves (sluice-run, sluice-probe) get a model the CPU pass can use. AUTO takes CUDA
+ * when this build has it, a usable GPU is present and the model's tensor types are
+ * supported there; otherwise the CPU, and engine_model_backend_reason() says why. A model on
+ * the GPU is driven only through the scheduler (engine_sched_*). */
+enum engine_backend { ENGINE_BACKEND_CPU = 0, ENGINE_BACKEND_AUTO = 1, ENGINE_BACKEND_CUDA = 2 };
 
 struct engine_load_opts {
         engine_progress_fn progress; /* may be NULL; called from the loading thread */

@@ -439,6 +439,9 @@ int engine_ctx_create(const struct engine_model *m, uint32_t n_threads, uint32_t
         *out = NULL;
         if (max_tokens == 0 || max_tokens > 65536)
                 return sl_errorf(err, -EINVAL, "max_tokens %u out of range (1..65536)", max_tokens);
+        if (m->backend != ENGINE_BACKEND_CPU)
+                return sl_errorf(err, -EINVAL, "the model was loaded for the %s backend; the CPU forward pass needs "
+                                 "it loaded with backend cpu", engine_backend_name(m->backend));
         if (n_threads == 0) {
                 long cpus = sysconf(_SC_NPROCESSORS_ONLN);
                 n_threads = cpus > 0 ? (uint32_t)cpus : 1;

@@ -474,7 +474,7 @@ int engine_gpu_probe(int device, struct engine_gpu_info *out, struct sl_error *e
  * fails with that reason. */
 static int choose_backend(struct engine_model *m, const struct engine_load_opts *opts, struct sl_error *err)
 {
-        const enum engine_backend want = opts ? opts->backend : ENGINE_BACKEND_AUTO;
+        const enum engine_backend want = opts ? opts->backend : ENGINE_BACKEND_CPU;
         const int dev = opts ? opts->cuda_device : 0;
         struct engine_gpu_info gi;
         struct sl_error e = {0};
