@@ -1,16 +1,23 @@
 /* harness.cuh — what the GPU kernel tests share: random data generated on the device (so
  * gigabytes of weights take milliseconds) from a counter-based hash, fresh per call.
- * Define HARNESS_SEED before including it to give a test its own sequence. */
+ * Define HARNESS_SEED before including it to give a test its own sequence; GUARD (default 64)
+ * is the poisoned tail every output buffer carries. */
 #pragma once
 
 #include <stdint.h>
 #include <string.h>
+
+#include <string>
+#include <vector>
 
 #include <cuda_fp16.h>
 
 #include "common.cuh"
 #include "gemv.cuh"
 
+#ifndef GUARD
+#define GUARD 64 /* poisoned floats after each output, which must stay poisoned */
+#endif
 #ifndef HARNESS_SEED
 #define HARNESS_SEED 0x5eedull
 #endif
@@ -76,3 +83,48 @@ static double w16_to_double(uint16_t v, uint32_t wtype)
         }
         return __half2float(__ushort_as_half(v));
 }
+
+static const char *wtype_name(uint32_t wtype)
+{
+        return wtype == CUDA_WTYPE_BF16 ? "bf16" : "f16";
+}
+
+/* ---- device buffers and results (tests with their own define HARNESS_RANDOM_ONLY) ---- */
+#ifndef HARNESS_RANDOM_ONLY
+
+static float *dev_alloc_f32(size_t n)
+{
+        float *p;
+        CUDA_CHECK_ABORT(cudaMalloc(&p, sizeof(float) * n));
+        return p;
+}
+
+static void *dev_alloc(size_t bytes)
+{
+        void *p;
+        CUDA_CHECK_ABORT(cudaMalloc(&p, bytes));
+        return p;
+}
+
+/* NaN everywhere, guard included: unwritten elements stay NaN and fail the check */
+static void poison(float *p, size_t n)
+{
+        CUDA_CHECK_ABORT(cudaMemset(p, 0xff, sizeof(float) * (n + GUARD)));
+}
+
+static std::vector<float> to_host(const float *d, size_t n)
+{
+        std::vector<float> h(n);
+        CUDA_CHECK_ABORT(cudaMemcpy(h.data(), d, sizeof(float) * n, cudaMemcpyDeviceToHost));
+        return h;
+}
+
+/* ---- results ---- */
+
+struct check {
+        std::string name;
+        double err, tol;
+        size_t unwritten, guard_hit;
+        bool pass;
+};
+#endif

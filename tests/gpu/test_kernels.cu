@@ -25,27 +25,14 @@
 #include "rmsnorm.cuh"
 
 #define HARNESS_SEED 0x5eedull
+#define GUARD 64 /* poisoned floats after each output, which must stay poisoned */
 #include "harness.cuh"
 
 #define GEMV_TOL 1e-5 /* float accumulation of exact products: far under this */
 #define RMSNORM_TOL 1e-5
-#define GUARD 64 /* poisoned floats after each output, which must stay poisoned */
-
-/* ---- random data (on the device, so gigabytes of weights take milliseconds) ---- */
-
-static const char *wtype_name(uint32_t wtype)
-{
-        return wtype == CUDA_WTYPE_BF16 ? "bf16" : "f16";
-}
 
 /* ---- results ---- */
 
-struct check {
-        std::string name;
-        double err, tol;
-        size_t unwritten, guard_hit;
-        bool pass;
-};
 
 struct bench {
         std::string model, wtype;
@@ -63,26 +50,6 @@ struct fbench {
 static std::vector<check> checks;
 static std::vector<bench> benches;
 static std::vector<fbench> fbenches;
-
-static float *dev_alloc_f32(size_t n)
-{
-        float *p;
-        CUDA_CHECK_ABORT(cudaMalloc(&p, sizeof(float) * n));
-        return p;
-}
-
-/* NaN everywhere, guard included: unwritten elements stay NaN and fail the check */
-static void poison(float *p, size_t n)
-{
-        CUDA_CHECK_ABORT(cudaMemset(p, 0xff, sizeof(float) * (n + GUARD)));
-}
-
-static std::vector<float> to_host(const float *d, size_t n)
-{
-        std::vector<float> h(n);
-        CUDA_CHECK_ABORT(cudaMemcpy(h.data(), d, sizeof(float) * n, cudaMemcpyDeviceToHost));
-        return h;
-}
 
 /* out: n + GUARD floats read back from the device. ref: indices idx (or all when empty). */
 static check compare(const std::string &name, const std::vector<float> &out,

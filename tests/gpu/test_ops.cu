@@ -26,28 +26,15 @@
 #include "ops.cuh"
 
 #define HARNESS_SEED 0x5eed0ull
+#define GUARD 64       /* poisoned elements after each output, which must stay poisoned */
 #include "harness.cuh"
 
 #define GEMM_TOL 1e-5 /* exact 16-bit products, f32 accumulation */
 #define OPS_TOL 1e-5  /* float expf/tanhf/rsqrtf against double */
 #define EMBED_TOL 1e-6 /* one float rounding of an exact value */
-#define GUARD 64       /* poisoned elements after each output, which must stay poisoned */
-
-/* ---- random data (on the device, so gigabytes of weights take milliseconds) ---- */
-
-static const char *wtype_name(uint32_t wtype)
-{
-        return wtype == CUDA_WTYPE_BF16 ? "bf16" : "f16";
-}
 
 /* ---- results ---- */
 
-struct check {
-        std::string name;
-        double err, tol;
-        size_t unwritten, guard_hit;
-        bool pass;
-};
 
 struct bench {
         std::string model, wtype;
@@ -57,33 +44,6 @@ struct bench {
 
 static std::vector<check> checks;
 static std::vector<bench> benches;
-
-static float *dev_alloc_f32(size_t n)
-{
-        float *p;
-        CUDA_CHECK_ABORT(cudaMalloc(&p, sizeof(float) * n));
-        return p;
-}
-
-static void *dev_alloc(size_t bytes)
-{
-        void *p;
-        CUDA_CHECK_ABORT(cudaMalloc(&p, bytes));
-        return p;
-}
-
-/* NaN everywhere, guard included: unwritten elements stay NaN and fail the check */
-static void poison(float *p, size_t n)
-{
-        CUDA_CHECK_ABORT(cudaMemset(p, 0xff, sizeof(float) * (n + GUARD)));
-}
-
-static std::vector<float> to_host(const float *d, size_t n)
-{
-        std::vector<float> h(n);
-        CUDA_CHECK_ABORT(cudaMemcpy(h.data(), d, sizeof(float) * n, cudaMemcpyDeviceToHost));
-        return h;
-}
 
 static std::vector<uint16_t> to_host16(const void *d, size_t n)
 {
