@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -37,13 +36,6 @@ extern "C" {
 #define MAX_STAGING 256   /* the storage reader's MAX_QUEUE_DEPTH */
 #define MAX_BUCKETS 16
 #define DEV_ALIGN 256
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* A failed CUDA call as a reason: which call, where, and what the runtime said. */
 static int cuda_fail(struct sl_error *err, int r, const char *what)
@@ -213,7 +205,7 @@ extern "C" int ecu_model_create(const struct engine_model *m, int device, struct
         if (!em)
                 return sl_errorf(err, -ENOMEM, "out of memory");
         em->device = device;
-        em->t0 = now_ns();
+        em->t0 = sl_now_ns();
         em->layers = (struct ecu_layer *)calloc(hp->n_layer, sizeof(*em->layers));
         const uint32_t max_spans = hp->n_layer * 7 + 2;
         em->spans = (struct upload_span *)calloc(max_spans, sizeof(*em->spans));
@@ -414,7 +406,6 @@ extern "C" int ecu_model_finish(struct ecu_model *em, const struct engine_model 
                                  (unsigned long long)em->uploaded, (unsigned long long)em->span_bytes);
 
         /* the 1-D tensors, dequantized to f32 on the host at load */
-        const float *srcs[16];
         size_t n = 0;
         auto count = [&](const struct engine_tensor *t) {
                 if (t->f32)
@@ -429,7 +420,6 @@ extern "C" int ecu_model_finish(struct ecu_model *em, const struct engine_model 
                 for (auto t : ts)
                         count(t);
         }
-        (void)srcs;
         em->f32_count = n;
         float *host = (float *)calloc(SL_MAX(n, (size_t)1), sizeof(float));
         if (!host)
@@ -468,7 +458,7 @@ extern "C" int ecu_model_finish(struct ecu_model *em, const struct engine_model 
                 return cuda_fail(err, r, "uploading the norm weights");
         ecu_probe(em->device, &em->info, NULL);
         em->info.weight_bytes = em->dev_bytes + n * sizeof(float);
-        em->info.upload_ns = now_ns() - em->t0;
+        em->info.upload_ns = sl_now_ns() - em->t0;
         return 0;
 }
 
@@ -836,7 +826,7 @@ static int prepare_gemms(struct ecu_ctx *c)
 
 static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
 {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = sl_now_ns();
         for (uint32_t i = 0; i < c->n_graphs; i++) {
                 const uint32_t B = c->bucket[i];
                 /* inputs of a harmless padded batch: every token on the trash row */
@@ -881,7 +871,7 @@ static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
                 if (r < 0)
                         return cuda_fail(err, r, "graph replay");
         }
-        c->info.capture_ns = now_ns() - t0;
+        c->info.capture_ns = sl_now_ns() - t0;
         return 0;
 }
 
@@ -1244,13 +1234,10 @@ cuda_error:
         /* the shadow block table may be ahead of the device: resend everything next time */
         for (size_t i = 0; i < (size_t)c->o.max_seqs * c->MB; i++)
                 c->shadow[i] = -2;
-        {
-                const cudaError_t e = cudaGetLastError();
-                const cudaError_t sticky = cudaStreamQuery(c->st);
-                if (sticky != cudaSuccess && sticky != cudaErrorNotReady)
-                        c->broken = true;
-                (void)e;
-        }
+        (void)cudaGetLastError(); /* clear a launch error that is not sticky */
+        const cudaError_t q = cudaStreamQuery(c->st);
+        if (q != cudaSuccess && q != cudaErrorNotReady)
+                c->broken = true; /* a sticky error: the context is gone */
         if (r == -EINVAL && !cuda_err_last()->call)
                 return sl_errorf(err, r, "cuda step: a kernel refused its arguments");
         c->broken = true;

@@ -265,6 +265,39 @@ static int same(const struct collect *a, const struct collect *b, int n)
         return ok;
 }
 
+#define MARGIN_MAX_TOKENS 2048
+
+/* The CPU backend's logit of a minus that of b after the n ids (teacher-forced), or NaN
+ * when it cannot be computed. */
+static double cpu_margin(struct engine_model *cpu, const int32_t *ids, uint32_t n, int32_t a, int32_t b)
+{
+        static int32_t pos[MARGIN_MAX_TOKENS], seq[MARGIN_MAX_TOKENS];
+        static uint8_t fl[MARGIN_MAX_TOKENS];
+        const uint32_t V = engine_model_hparams(cpu)->n_vocab;
+        if (n == 0 || n > MARGIN_MAX_TOKENS || a < 0 || b < 0 || (uint32_t)a >= V || (uint32_t)b >= V)
+                return NAN;
+        for (uint32_t j = 0; j < n; j++) {
+                pos[j] = (int32_t)j;
+                seq[j] = 0;
+                fl[j] = j + 1 == n;
+        }
+        struct sl_error err = {0};
+        struct engine_kv *kv = NULL;
+        struct engine_ctx *ctx = NULL;
+        float *lg = malloc(V * sizeof(float));
+        struct engine_kv_opts ko = {.block_size = 16, .n_blocks = (n + 15) / 16, .max_seqs = 1,
+                                    .max_seq_len = (n + 15) / 16 * 16};
+        struct engine_batch bt = {.n_tokens = n, .token = ids, .pos = pos, .seq = seq, .logits = fl};
+        double m = NAN;
+        if (lg && engine_kv_create(cpu, &ko, &kv, &err) == 0 && engine_ctx_create(cpu, 0, n, &ctx, &err) == 0 &&
+            engine_kv_seq_open(kv) == 0 && engine_forward(ctx, kv, &bt, lg, &err) == 1)
+                m = (double)lg[a] - lg[b];
+        engine_ctx_free(ctx);
+        engine_kv_free(kv);
+        free(lg);
+        return m;
+}
+
 /* For sequences that differ: the CPU's logits at the first differing position (prompt and
  * the common prefix fed teacher-forced); the divergence is a near-tie when the CPU's own
  * pick leads the other backend's by no more than twice the largest logit difference the
@@ -272,7 +305,6 @@ static int same(const struct collect *a, const struct collect *b, int n)
 static int unexplained(struct engine_model *cpu, const int32_t (*prompts)[16], const struct collect *a,
                        const struct collect *b, int n, const char *path)
 {
-        const uint32_t V = engine_model_hparams(cpu)->n_vocab;
         int bad = 0;
         for (int i = 0; i < n; i++) {
                 uint32_t k = 0;
@@ -284,32 +316,15 @@ static int unexplained(struct engine_model *cpu, const int32_t (*prompts)[16], c
                         bad++;
                         continue;
                 }
-                int32_t toks[16 + N_GEN + 8], pos[16 + N_GEN + 8], seq[16 + N_GEN + 8];
-                uint8_t fl[16 + N_GEN + 8];
+                int32_t toks[16 + N_GEN + 8];
                 const uint32_t nt = 16 + k;
-                for (uint32_t j = 0; j < nt; j++) {
+                for (uint32_t j = 0; j < nt; j++)
                         toks[j] = j < 16 ? prompts[i][j] : a->out[i][j - 16];
-                        pos[j] = (int32_t)j;
-                        seq[j] = 0;
-                        fl[j] = j + 1 == nt;
-                }
-                struct sl_error err = {0};
-                struct engine_kv *kv = NULL;
-                struct engine_ctx *ctx = NULL;
-                float *lg = malloc(V * sizeof(float));
-                struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 16, .max_seqs = 1, .max_seq_len = 256};
-                struct engine_batch bt = {.n_tokens = nt, .token = toks, .pos = pos, .seq = seq, .logits = fl};
-                double margin = INFINITY;
-                if (lg && engine_kv_create(cpu, &ko, &kv, &err) == 0 && engine_ctx_create(cpu, 0, nt, &ctx, &err) == 0 &&
-                    engine_kv_seq_open(kv) == 0 && engine_forward(ctx, kv, &bt, lg, &err) == 1)
-                        margin = (double)lg[a->out[i][k]] - lg[b->out[i][k]];
+                const double margin = cpu_margin(cpu, toks, nt, a->out[i][k], b->out[i][k]);
                 const bool tie = margin <= 2.0 * g_tf_maxabs;
                 printf("       %s: prompt %d differs at token %u (CPU %d, GPU %d): CPU margin %.3e, tolerance %.3e: %s\n", path,
                        i, k, a->out[i][k], b->out[i][k], margin, 2.0 * g_tf_maxabs, tie ? "near-tie" : "NOT a near-tie");
                 bad += !tie;
-                engine_ctx_free(ctx);
-                engine_kv_free(kv);
-                free(lg);
         }
         return bad;
 }
@@ -449,41 +464,20 @@ static int margins(const char *path, const char *file)
         if (!f)
                 return 1;
         char line[65536];
-        float *lgt = malloc(V * sizeof(float));
         while (fgets(line, sizeof(line), f)) {
-                int32_t ids[2048], pos[2048], seq[2048];
-                uint8_t fl[2048];
+                int32_t ids[MARGIN_MAX_TOKENS];
                 uint32_t n = 0;
                 char *p = line;
-                while (*p && *p != ';' && n < 2048) {
+                while (*p && *p != ';' && n < MARGIN_MAX_TOKENS) {
                         ids[n++] = (int32_t)strtol(p, &p, 10);
                         if (*p == ',')
                                 p++;
                 }
                 int a = -1, b = -1;
-                if (sscanf(p, ";%d;%d", &a, &b) != 2 || n == 0 || a < 0 || b < 0 || (uint32_t)a >= V || (uint32_t)b >= V) {
-                        printf("nan %.6e\n", 2.0 * g_tf_maxabs);
-                        continue;
-                }
-                for (uint32_t j = 0; j < n; j++) {
-                        pos[j] = (int32_t)j;
-                        seq[j] = 0;
-                        fl[j] = j + 1 == n;
-                }
-                struct engine_kv *kv = NULL;
-                struct engine_ctx *ctx = NULL;
-                struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 160, .max_seqs = 1, .max_seq_len = 2560};
-                struct engine_batch bt = {.n_tokens = n, .token = ids, .pos = pos, .seq = seq, .logits = fl};
-                double m = NAN;
-                if (engine_kv_create(cpu, &ko, &kv, &err) == 0 && engine_ctx_create(cpu, 0, n, &ctx, &err) == 0 &&
-                    engine_kv_seq_open(kv) == 0 && engine_forward(ctx, kv, &bt, lgt, &err) == 1)
-                        m = (double)lgt[a] - lgt[b];
+                const double m = sscanf(p, ";%d;%d", &a, &b) == 2 ? cpu_margin(cpu, ids, n, a, b) : NAN;
                 printf("%.6e %.6e\n", m, 2.0 * g_tf_maxabs);
-                engine_ctx_free(ctx);
-                engine_kv_free(kv);
         }
         fclose(f);
-        free(lgt);
         engine_model_free(cpu);
         engine_model_free(gpu);
         return 0;
