@@ -1,8 +1,8 @@
 /* udp.c — the kernel UDP transport: one socket per listen address, one io_uring and one
- * thread for all of them. It validates datagrams (CRC required), answers HELLO and PING
- * itself, reassembles fragmented requests, keeps each request's recent frames for RESEND,
- * enforces the client lease, and moves records through the request and response rings.
- * Every table and buffer is sized at create; the loop neither allocates nor locks. */
+ * thread for all of them, around the UDP protocol core (udpcore.c: validation, HELLO/PING,
+ * reassembly, the request table with its RESEND history, leases, the rings), which the
+ * DPDK lcores run too. Every table and buffer is sized at create; the loop neither
+ * allocates nor locks. */
 #include <errno.h>
 #include <liburing.h>
 #include <netinet/in.h>
@@ -14,6 +14,7 @@
 
 #include "dataplane.h"
 #include "transport.h"
+#include "udpcore.h"
 
 #define NRX 64               /* receives posted per socket */
 #define NTX 512              /* send buffers */
@@ -21,31 +22,6 @@
 #define TICK_NS 5000000ull   /* lease and reassembly scan */
 
 enum { UD_RX = 1, UD_TX = 2, UD_WAKE = 3 };
-enum { RQ_FREE, RQ_LIVE, RQ_GONE, RQ_DONE };
-enum { PEND_CANCEL = 1, PEND_GONE = 2 };
-
-struct peer {
-        struct sockaddr_storage ss;
-        socklen_t len;
-        uint8_t sock;
-};
-
-struct udp_req {
-        uint8_t state, pend, kind;
-        uint32_t gen;
-        uint32_t hnext;          /* hash chain: slot + 1, 0 ends */
-        uint64_t rid;
-        struct peer peer;
-        uint64_t expire_ns;
-        uint32_t next_seq, acked;
-};
-
-struct udp_reasm {
-        bool used;
-        struct peer peer;
-        uint64_t rid, expire_ns;
-        struct dp_reasm r;
-};
 
 struct rxb {
         struct msghdr mh;
@@ -72,143 +48,32 @@ struct dp_udp {
         struct dp_notify wake;
         uint64_t wake_val;
         struct dpt_thread th;
-        uint64_t lease_ns;
-
-        unsigned n_req, hist, n_buckets;
-        struct udp_req *req;
-        uint32_t *bucket;
-        uint8_t *hist_buf;       /* n_req * hist * DP_MAX_FRAME_UDP */
-        uint16_t *hist_len;
-        uint32_t *free_req;
-        unsigned n_free_req;
-
-        unsigned n_reasm;
-        struct udp_reasm *reasm;
-        uint8_t *reasm_buf;
+        struct dpu core;
 
         struct rxb *rx;          /* n_sock * NRX */
         struct txb *tx;
         uint16_t tx_free[NTX];
         unsigned n_tx_free;
-
-        bool pushed;             /* request records pushed since the last engine kick */
-        struct dp_transport_stats st;
 };
 
 static inline uint64_t ud(unsigned type, unsigned idx) { return (uint64_t)type << 56 | idx; }
 
-/* ---- peers and the request table ---- */
+/* ---- io for the protocol core ---- */
 
-static bool peer_eq(const struct peer *a, const struct sockaddr_storage *b)
+static struct io_uring_sqe *sqe_get(struct dp_udp *u)
 {
-        if (a->ss.ss_family != b->ss_family)
-                return false;
-        if (b->ss_family == AF_INET) {
-                const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)b;
-                return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-        }
-        const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16) &&
-               x->sin6_scope_id == y->sin6_scope_id;
-}
-
-static uint32_t key_hash(const struct sockaddr_storage *ss, uint64_t rid)
-{
-        uint64_t h = rid * 0x9E3779B97F4A7C15ull;
-        if (ss->ss_family == AF_INET) {
-                const struct sockaddr_in *a = (const void *)ss;
-                h ^= ((uint64_t)a->sin_addr.s_addr << 16 | a->sin_port) * 0xC2B2AE3D27D4EB4Full;
-        } else {
-                const struct sockaddr_in6 *a = (const void *)ss;
-                uint64_t w[2];
-                memcpy(w, &a->sin6_addr, 16);
-                h ^= (w[0] * 0xC2B2AE3D27D4EB4Full) ^ (w[1] + a->sin6_port) * 0x165667B19E3779F9ull;
-        }
-        h ^= h >> 29;
-        return (uint32_t)(h ^ h >> 32);
-}
-
-static struct udp_req *req_find(struct dp_udp *u, const struct sockaddr_storage *ss, uint64_t rid)
-{
-        uint32_t i = u->bucket[key_hash(ss, rid) & (u->n_buckets - 1)];
-        for (unsigned guard = 0; i && guard < u->n_req; guard++) {
-                struct udp_req *q = &u->req[i - 1];
-                if (q->rid == rid && peer_eq(&q->peer, ss))
-                        return q;
-                i = q->hnext;
-        }
-        return NULL;
-}
-
-static struct udp_req *req_alloc(struct dp_udp *u, const struct peer *p, uint64_t rid)
-{
-        if (!u->n_free_req)
-                return NULL;
-        uint32_t slot = u->free_req[--u->n_free_req];
-        struct udp_req *q = &u->req[slot];
-        uint32_t b = key_hash(&p->ss, rid) & (u->n_buckets - 1);
-        q->gen++;
-        q->rid = rid;
-        q->peer = *p;
-        q->pend = 0;
-        q->next_seq = q->acked = 0;
-        q->hnext = u->bucket[b];
-        u->bucket[b] = slot + 1;
-        return q;
-}
-
-static void req_free(struct dp_udp *u, struct udp_req *q)
-{
-        uint32_t slot = (uint32_t)(q - u->req);
-        uint32_t *pp = &u->bucket[key_hash(&q->peer.ss, q->rid) & (u->n_buckets - 1)];
-        for (unsigned guard = 0; *pp && guard < u->n_req; guard++) {
-                if (*pp == slot + 1) {
-                        *pp = q->hnext;
-                        break;
-                }
-                pp = &u->req[*pp - 1].hnext;
-        }
-        q->state = RQ_FREE;
-        q->gen++;
-        u->free_req[u->n_free_req++] = slot;
-}
-
-static inline uint64_t req_handle(struct dp_udp *u, const struct udp_req *q)
-{
-        return (uint64_t)q->gen << 32 | (uint32_t)(q - u->req);
-}
-
-static struct udp_req *req_by_handle(struct dp_udp *u, uint64_t h, uint64_t rid)
-{
-        uint32_t slot = (uint32_t)h;
-        if (slot >= u->n_req)
-                return NULL;
-        struct udp_req *q = &u->req[slot];
-        if (q->state == RQ_FREE || q->gen != (uint32_t)(h >> 32) || q->rid != rid)
-                return NULL;
-        return q;
-}
-
-static inline uint8_t *hist_frame(struct dp_udp *u, const struct udp_req *q, uint32_t seq)
-{
-        size_t i = (size_t)(q - u->req) * u->hist + seq % u->hist;
-        return u->hist_buf + i * DP_MAX_FRAME_UDP;
-}
-static inline uint16_t *hist_lenp(struct dp_udp *u, const struct udp_req *q, uint32_t seq)
-{
-        return &u->hist_len[(size_t)(q - u->req) * u->hist + seq % u->hist];
-}
-
-/* ---- io ---- */
-
-static void rx_arm(struct dp_udp *u, unsigned i)
-{
-        struct rxb *b = &u->rx[i];
         struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
         if (!sqe) {
                 io_uring_submit(&u->ring);
                 sqe = io_uring_get_sqe(&u->ring);
         }
+        return sqe;
+}
+
+static void rx_arm(struct dp_udp *u, unsigned i)
+{
+        struct rxb *b = &u->rx[i];
+        struct io_uring_sqe *sqe = sqe_get(u);
         b->iov = (struct iovec){ b->buf, RXBUF };
         b->mh = (struct msghdr){ .msg_name = &b->from, .msg_namelen = sizeof(b->from),
                                  .msg_iov = &b->iov, .msg_iovlen = 1 };
@@ -218,440 +83,51 @@ static void rx_arm(struct dp_udp *u, unsigned i)
 
 static void wake_arm(struct dp_udp *u)
 {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-        if (!sqe) {
-                io_uring_submit(&u->ring);
-                sqe = io_uring_get_sqe(&u->ring);
-        }
+        struct io_uring_sqe *sqe = sqe_get(u);
         io_uring_prep_read(sqe, u->wake.fd, &u->wake_val, sizeof(u->wake_val), 0);
         io_uring_sqe_set_data64(sqe, ud(UD_WAKE, 0));
 }
 
-static struct txb *tx_get(struct dp_udp *u)
+static void *io_tx_get(void *ctx, uint8_t **buf)
 {
-        if (!u->n_tx_free) {
-                DPT_STAT(&u->st, drop_no_tx_buf, 1);
+        struct dp_udp *u = ctx;
+        if (!u->n_tx_free)
                 return NULL;
-        }
-        return &u->tx[u->tx_free[--u->n_tx_free]];
+        struct txb *b = &u->tx[u->tx_free[--u->n_tx_free]];
+        *buf = b->buf;
+        return b;
 }
 
-static void tx_send(struct dp_udp *u, struct txb *b, const struct peer *p, size_t len)
+static void io_tx_put(void *ctx, void *tx)
 {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-        if (!sqe) {
-                io_uring_submit(&u->ring);
-                sqe = io_uring_get_sqe(&u->ring);
-        }
+        struct dp_udp *u = ctx;
+        u->tx_free[u->n_tx_free++] = (uint16_t)((struct txb *)tx - u->tx);
+}
+
+static void io_tx_send(void *ctx, void *tx, const struct dpu_peer *p, size_t len)
+{
+        struct dp_udp *u = ctx;
+        struct txb *b = tx;
+        struct io_uring_sqe *sqe = sqe_get(u);
         memcpy(&b->to, &p->ss, p->len);
         b->iov = (struct iovec){ b->buf, len };
         b->mh = (struct msghdr){ .msg_name = &b->to, .msg_namelen = p->len, .msg_iov = &b->iov,
                                  .msg_iovlen = 1 };
         io_uring_prep_sendmsg(sqe, u->fd[p->sock], &b->mh, 0);
         io_uring_sqe_set_data64(sqe, ud(UD_TX, (unsigned)(b - u->tx)));
-        DPT_STAT(&u->st, tx_frames, 1);
-        DPT_STAT(&u->st, tx_bytes, len);
 }
 
-/* A control reply (INFO, PONG) framed and sent only if it is no larger than the datagram
- * that asked for it, so an unproven source address cannot be used for amplification. */
-static void reply_no_larger(struct dp_udp *u, const struct peer *p, uint8_t opcode, uint64_t rid,
-                            uint32_t seq, const uint8_t *pl, long n, size_t dlen)
+static int io_push(void *ctx, const struct dp_req_rec *h, const uint8_t *msg, size_t len, const struct dpu_peer *p)
 {
-        struct txb *t = n < 0 ? NULL : tx_get(u);
-        if (!t)
-                return;
-        struct dp_header h = { .opcode = opcode, .flags = DP_F_CRC, .request_id = rid, .seq = seq,
-                               .frag_count = 1 };
-        long fl = dp_frame_encode(t->buf, sizeof(t->buf), DP_MAX_FRAME_UDP, &h, pl, (size_t)n, NULL, NULL);
-        if (fl < 0 || (size_t)fl > dlen) {
-                u->tx_free[u->n_tx_free++] = (uint16_t)(t - u->tx);
-                return;
-        }
-        tx_send(u, t, p, (size_t)fl);
-}
-
-/* An ERROR to p, never larger than the datagram (dlen bytes) that caused it (§7.2). */
-static void send_error(struct dp_udp *u, const struct peer *p, size_t dlen, uint64_t rid, int code,
-                       bool terminal, uint32_t detail, const char *msg)
-{
-        struct txb *b = tx_get(u);
-        if (!b)
-                return;
-        long n = dpt_error_frame(b->buf, SL_MIN(dlen, (size_t)DP_MAX_FRAME_UDP), DP_F_CRC, rid, 0,
-                                 code, terminal, detail, msg);
-        if (n <= 0) {
-                u->tx_free[u->n_tx_free++] = (uint16_t)(b - u->tx);
-                return;
-        }
-        DPT_STAT(&u->st, errors_sent, 1);
-        tx_send(u, b, p, (size_t)n);
-}
-
-static int push_ctl(struct dp_udp *u, struct udp_req *q, uint8_t kind)
-{
-        struct dp_req_rec h = { .kind = kind, .transport = u->cfg.index, .client = req_handle(u, q),
-                                .request_id = q->rid, .rx_ns = sl_now_ns() };
-        if (dp_req_push_peer(u->cfg.req_ring, &h, NULL, 0, (const struct sockaddr *)&q->peer.ss,
-                             q->peer.len) < 0) {
-                q->pend |= kind == DP_REQ_CANCEL ? PEND_CANCEL : PEND_GONE;
-                return -ENOBUFS;
-        }
-        q->pend &= (uint8_t)~(kind == DP_REQ_CANCEL ? PEND_CANCEL : PEND_GONE);
-        u->pushed = true;
-        return 0;
-}
-
-/* ---- client frames ---- */
-
-static bool header_intact(const uint8_t *b, size_t len)
-{
-        uint32_t magic, plen, crc;
-        uint16_t flags;
-        if (len < DP_HEADER_SIZE)
-                return false;
-        memcpy(&magic, b, 4);
-        memcpy(&flags, b + 6, 2);
-        memcpy(&plen, b + 20, 4);
-        memcpy(&crc, b + 28, 4);
-        if (magic != DP_MAGIC || b[4] != DP_VERSION || !(flags & DP_F_CRC) || (flags & ~DP_F_ALL))
-                return false;
-        if ((uint64_t)DP_HEADER_SIZE + plen + dp_trailers_size(flags) != len)
-                return false;
-        return dp_frame_crc(b, len) == crc;
-}
-
-static void renew(struct dp_udp *u, struct udp_req *q, uint64_t now)
-{
-        if (q && q->state == RQ_LIVE)
-                q->expire_ns = now + u->lease_ns;
-}
-
-static void on_request(struct dp_udp *u, const struct peer *p, const struct dp_frame *f, size_t dlen,
-                       uint64_t now)
-{
-        struct udp_req *q = req_find(u, &p->ss, f->h.request_id);
-        struct udp_reasm *ra = NULL;
-        struct sl_error err;
-        const uint8_t *msg = f->payload;
-        size_t mlen = f->h.payload_len;
-        union dp_msg m;
-        int rc;
-
-        if (q) { /* §5.3: not run twice; the client recovers with RESEND */
-                DPT_STAT(&u->st, duplicates, 1);
-                renew(u, q, now);
-                return;
-        }
-        if (f->h.frag_count > 1) {
-                struct udp_reasm *freeslot = NULL;
-                for (unsigned i = 0; i < u->n_reasm; i++) {
-                        struct udp_reasm *r = &u->reasm[i];
-                        if (r->used && r->rid == f->h.request_id && peer_eq(&r->peer, &p->ss)) {
-                                ra = r;
-                                break;
-                        }
-                        if (!r->used && !freeslot)
-                                freeslot = r;
-                }
-                if (!ra) {
-                        if (!freeslot) {
-                                DPT_STAT(&u->st, drop_table_full, 1);
-                                send_error(u, p, dlen, f->h.request_id, DP_ERR_BUSY, true, 0,
-                                           "too many partial requests");
-                                return;
-                        }
-                        ra = freeslot;
-                        ra->used = true;
-                        ra->peer = *p;
-                        ra->rid = f->h.request_id;
-                        dp_reasm_init(&ra->r, u->reasm_buf + (size_t)(ra - u->reasm) * DP_MAX_MESSAGE,
-                                      DP_MAX_MESSAGE);
-                }
-                ra->expire_ns = now + u->lease_ns;
-                rc = dp_reasm_add(&ra->r, f, &err);
-                if (rc == 0)
-                        return;
-                if (rc < 0) {
-                        ra->used = false;
-                        DPT_STAT(&u->st, malformed, 1);
-                        send_error(u, p, dlen, f->h.request_id, -rc, true, 0, err.msg);
-                        return;
-                }
-                msg = ra->r.buf;
-                mlen = ra->r.total;
-        }
-        rc = dp_msg_decode(f->h.opcode, msg, mlen, &m, &err);
-        if (rc < 0) {
-                DPT_STAT(&u->st, malformed, 1);
-                send_error(u, p, dlen, f->h.request_id, -rc, true, 0, err.msg);
-                goto out;
-        }
-        q = req_alloc(u, p, f->h.request_id);
-        if (!q) {
-                DPT_STAT(&u->st, drop_table_full, 1);
-                send_error(u, p, dlen, f->h.request_id, DP_ERR_BUSY, true, 100, "request table full");
-                goto out;
-        }
-        struct dp_req_rec h = {
-                .kind = f->h.opcode == DP_OP_GENERATE ? DP_REQ_GENERATE : DP_REQ_TOKENIZE,
-                .transport = u->cfg.index, .client = req_handle(u, q),
-                .request_id = f->h.request_id, .rx_ns = now,
-        };
-        if (dp_req_push_peer(u->cfg.req_ring, &h, msg, mlen, (const struct sockaddr *)&p->ss,
-                             p->len) < 0) {
-                req_free(u, q);
-                DPT_STAT(&u->st, drop_ring_full, 1);
-                send_error(u, p, dlen, f->h.request_id, DP_ERR_BUSY, true, 100, "request ring full");
-                goto out;
-        }
-        q->state = RQ_LIVE;
-        q->kind = h.kind;
-        q->expire_ns = now + u->lease_ns;
-        u->pushed = true;
-        DPT_STAT(&u->st, requests, 1);
-out:
-        if (ra)
-                ra->used = false;
-}
-
-static void on_resend(struct dp_udp *u, const struct peer *p, struct udp_req *q, const struct dp_resend *rs,
-                      size_t dlen)
-{
-        uint32_t lo = q->next_seq > u->hist ? q->next_seq - u->hist : 0;
-        uint64_t missing = UINT64_MAX;
-        unsigned budget = u->hist;
-
-        for (unsigned i = 0; i < rs->n_ranges && budget; i++) {
-                uint64_t first = rs->r[i].first;
-                uint64_t end = rs->r[i].count ? first + rs->r[i].count : q->next_seq;
-                end = SL_MIN(end, (uint64_t)q->next_seq); /* not sent yet: it will come */
-                if (first < lo && first < end) {
-                        if (missing == UINT64_MAX)
-                                missing = first;
-                        first = lo;
-                }
-                for (uint64_t s = first; s < end && budget; s++, budget--) {
-                        struct txb *b = tx_get(u);
-                        if (!b)
-                                return;
-                        uint16_t n = *hist_lenp(u, q, (uint32_t)s);
-                        memcpy(b->buf, hist_frame(u, q, (uint32_t)s), n);
-                        DPT_STAT(&u->st, resent, 1);
-                        tx_send(u, b, p, n);
-                }
-        }
-        if (missing != UINT64_MAX) {
-                DPT_STAT(&u->st, resend_missing, 1);
-                send_error(u, p, dlen, q->rid, DP_ERR_NOT_FOUND, false, (uint32_t)missing,
-                           "frames no longer held");
-        }
+        struct dp_udp *u = ctx;
+        return dp_req_push_peer(u->cfg.req_ring, h, msg, len, (const struct sockaddr *)&p->ss, p->len);
 }
 
 static void on_datagram(struct dp_udp *u, unsigned sock, struct rxb *b, size_t dlen, uint64_t now)
 {
-        struct peer p = { .len = b->mh.msg_namelen, .sock = (uint8_t)sock };
-        struct sl_error err;
-        struct dp_frame f;
-        union dp_msg m;
-        int rc;
-
+        struct dpu_peer p = { .len = b->mh.msg_namelen, .sock = (uint8_t)sock };
         memcpy(&p.ss, &b->from, SL_MIN((size_t)p.len, sizeof(p.ss)));
-        DPT_STAT(&u->st, rx_frames, 1);
-        DPT_STAT(&u->st, rx_bytes, dlen);
-        rc = dp_frame_decode(b->buf, dlen, DP_MAX_FRAME_UDP, DP_DECODE_REQUIRE_CRC, &f, &err);
-        if (rc < 0) {
-                uint64_t rid = 0;
-                DPT_STAT(&u->st, malformed, 1);
-                if (-rc == DP_ERR_BAD_CRC || (-rc == DP_ERR_BAD_FRAME && !header_intact(b->buf, dlen))) {
-                        DPT_STAT(&u->st, drop_bad_crc, 1); /* §8: nothing in it can be trusted */
-                        return;
-                }
-                if (dlen >= 16)
-                        memcpy(&rid, b->buf + 8, 8);
-                uint32_t detail = -rc == DP_ERR_BAD_VERSION ? DP_VERSION
-                                : -rc == DP_ERR_TOO_LARGE ? (dlen > DP_MAX_FRAME_UDP ? DP_MAX_FRAME_UDP : DP_MAX_MESSAGE)
-                                : 0;
-                send_error(u, &p, dlen, rid, -rc, false, detail, err.msg);
-                return;
-        }
-        uint64_t rid = f.h.request_id;
-        struct udp_req *q;
-        switch (f.h.opcode) {
-        case DP_OP_HELLO: {
-                if (dlen < DP_UDP_HELLO_MIN) {
-                        DPT_STAT(&u->st, drop_short_hello, 1);
-                        return;
-                }
-                rc = dp_hello_decode(f.payload, f.h.payload_len, &m.hello, &err);
-                if (rc < 0)
-                        break;
-                struct dp_info info;
-                uint8_t pl[512];
-                dpt_fill_info(&u->cfg, &info, DP_MAX_FRAME_UDP, (uint32_t)(u->lease_ns / 1000000));
-                long n = dp_info_encode(pl, sizeof(pl), &info);
-                reply_no_larger(u, &p, DP_OP_INFO, rid, f.h.seq, pl, n, dlen);
-                return;
-        }
-        case DP_OP_PING: {
-                rc = dp_ping_decode(f.payload, f.h.payload_len, &m.ping, &err);
-                if (rc < 0)
-                        break;
-                renew(u, req_find(u, &p.ss, rid), now);
-                struct dp_pong pong = { .token = m.ping.token };
-                dpt_load(&u->cfg, &pong.load);
-                uint8_t pl[64];
-                long n = dp_pong_encode(pl, sizeof(pl), &pong);
-                reply_no_larger(u, &p, DP_OP_PONG, rid, f.h.seq, pl, n, dlen);
-                return;
-        }
-        case DP_OP_GENERATE:
-        case DP_OP_TOKENIZE:
-                on_request(u, &p, &f, dlen, now);
-                return;
-        case DP_OP_CANCEL:
-                rc = dp_cancel_decode(f.payload, f.h.payload_len, &err);
-                if (rc < 0)
-                        break;
-                q = req_find(u, &p.ss, rid);
-                if (q) {
-                        if (q->state == RQ_LIVE) {
-                                renew(u, q, now);
-                                push_ctl(u, q, DP_REQ_CANCEL);
-                        }
-                        return; /* over already: harmless (§5.3) */
-                }
-                for (unsigned i = 0; i < u->n_reasm; i++)
-                        if (u->reasm[i].used && u->reasm[i].rid == rid && peer_eq(&u->reasm[i].peer, &p.ss)) {
-                                u->reasm[i].used = false;
-                                return;
-                        }
-                send_error(u, &p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
-                return;
-        case DP_OP_RESEND:
-                rc = dp_resend_decode(f.payload, f.h.payload_len, &m.resend, &err);
-                if (rc < 0)
-                        break;
-                q = req_find(u, &p.ss, rid);
-                if (!q) {
-                        send_error(u, &p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
-                        return;
-                }
-                renew(u, q, now);
-                on_resend(u, &p, q, &m.resend, dlen);
-                return;
-        case DP_OP_ACK:
-                rc = dp_ack_decode(f.payload, f.h.payload_len, &m.ack, &err);
-                if (rc < 0)
-                        break;
-                q = req_find(u, &p.ss, rid);
-                if (!q) {
-                        send_error(u, &p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
-                        return;
-                }
-                renew(u, q, now);
-                if (m.ack.next_seq > q->acked)
-                        q->acked = SL_MIN(m.ack.next_seq, q->next_seq);
-                return;
-        default:
-                rc = -DP_ERR_UNKNOWN_OPCODE;
-                sl_errorf(&err, rc, "opcode %s is not sent by clients", dp_opcode_name(f.h.opcode));
-                break;
-        }
-        DPT_STAT(&u->st, malformed, 1);
-        send_error(u, &p, dlen, rid, -rc, false, 0, err.msg);
-}
-
-/* ---- engine responses ---- */
-
-static void drain_responses(struct dp_udp *u, uint64_t now)
-{
-        const void *rec;
-        size_t len;
-
-        while (u->n_tx_free && (rec = dp_ring_peek(u->cfg.resp_ring, &len))) {
-                const struct dp_resp_rec *rr = rec;
-                struct udp_req *q = NULL;
-                if (len >= sizeof(*rr) && rr->payload_len <= len - sizeof(*rr))
-                        q = req_by_handle(u, rr->client, rr->request_id);
-                if (!q || q->state == RQ_DONE) {
-                        DPT_STAT(&u->st, drop_stale_resp, 1);
-                        dp_ring_release(u->cfg.resp_ring);
-                        continue;
-                }
-                bool terminal = rr->opcode == DP_OP_DONE ||
-                                (rr->opcode == DP_OP_ERROR && rr->payload_len >= 3 &&
-                                 (rr->payload[2] & DP_ERRF_TERMINAL));
-                uint32_t seq = q->next_seq;
-                uint8_t *hb = hist_frame(u, q, seq);
-                struct dp_header h = { .opcode = rr->opcode, .flags = DP_F_CRC, .request_id = q->rid,
-                                       .seq = seq, .frag_count = 1 };
-                long n = -EINVAL;
-                if (seq - q->acked >= u->hist) {
-                        /* The slot holds a frame the client has not acknowledged: overwriting
-                         * it could lose data silently. A client that falls a whole window
-                         * behind loses this request instead, with a reason (docs/protocol.md
-                         * §5.2), as a slow TCP reader does. */
-                        DPT_STAT(&u->st, window_full, 1);
-                        n = dpt_error_frame(hb, DP_MAX_FRAME_UDP, DP_F_CRC, q->rid, seq, DP_ERR_CANCELLED,
-                                            true, q->acked, "client did not acknowledge the stream");
-                        if (!terminal && q->state == RQ_LIVE)
-                                push_ctl(u, q, DP_REQ_CANCEL);
-                        terminal = true;
-                } else if (rr->opcode == DP_OP_TOKENS || terminal) {
-                        n = dp_frame_encode(hb, DP_MAX_FRAME_UDP, DP_MAX_FRAME_UDP, &h, rr->payload,
-                                            rr->payload_len, NULL, NULL);
-                }
-                if (n < 0) {
-                        /* the engine broke the contract (too large, bad opcode): end the stream
-                         * for the client, and tell the engine to stop */
-                        n = dpt_error_frame(hb, DP_MAX_FRAME_UDP, DP_F_CRC, q->rid, seq, DP_ERR_INTERNAL,
-                                            true, 0, "response does not fit a UDP frame");
-                        if (!terminal && q->state == RQ_LIVE)
-                                push_ctl(u, q, DP_REQ_CANCEL);
-                        terminal = true;
-                }
-                dp_ring_release(u->cfg.resp_ring);
-                *hist_lenp(u, q, seq) = (uint16_t)n;
-                q->next_seq++;
-                if (terminal) {
-                        q->state = RQ_DONE;
-                        q->expire_ns = now + u->lease_ns;
-                }
-                struct txb *b = tx_get(u);
-                memcpy(b->buf, hb, (size_t)n);
-                tx_send(u, b, &q->peer, (size_t)n);
-        }
-}
-
-static void tick(struct dp_udp *u, uint64_t now)
-{
-        for (unsigned i = 0; i < u->n_req; i++) {
-                struct udp_req *q = &u->req[i];
-                if (q->state == RQ_FREE)
-                        continue;
-                if (q->pend & PEND_GONE)
-                        push_ctl(u, q, DP_REQ_CLIENT_GONE);
-                if (q->pend & PEND_CANCEL)
-                        push_ctl(u, q, DP_REQ_CANCEL);
-                if (now < q->expire_ns)
-                        continue;
-                if (q->state == RQ_LIVE) {
-                        /* §5.4: silent client; the engine ends the stream, we keep the slot
-                         * one more lease for its last frames and late RESENDs */
-                        DPT_STAT(&u->st, leases_expired, 1);
-                        q->state = RQ_GONE;
-                        q->expire_ns = now + 2 * u->lease_ns;
-                        push_ctl(u, q, DP_REQ_CLIENT_GONE);
-                } else {
-                        req_free(u, q);
-                }
-        }
-        for (unsigned i = 0; i < u->n_reasm; i++)
-                if (u->reasm[i].used && now >= u->reasm[i].expire_ns) {
-                        u->reasm[i].used = false;
-                        DPT_STAT(&u->st, reasm_timeouts, 1);
-                }
+        dpu_on_datagram(&u->core, &p, b->buf, dlen, now);
 }
 
 /* ---- the thread ---- */
@@ -666,17 +142,17 @@ static void *udp_main(void *arg)
         wake_arm(u);
         while (!dpt_thread_stopping(&u->th)) {
                 uint64_t now = sl_now_ns();
-                drain_responses(u, now);
+                dpu_drain_responses(&u->core, now);
                 if (now >= next_tick) {
-                        tick(u, now);
+                        dpu_tick(&u->core, now);
                         next_tick = now + TICK_NS;
                 }
-                if (u->pushed && u->cfg.engine_wake) {
+                if (u->core.pushed && u->cfg.engine_wake) {
                         dp_notify_kick(u->cfg.engine_wake);
-                        u->pushed = false;
+                        u->core.pushed = false;
                 }
                 dp_notify_prepare(&u->wake);
-                bool busy = (!dp_ring_empty(u->cfg.resp_ring) && u->n_tx_free) || u->pushed;
+                bool busy = (!dp_ring_empty(u->cfg.resp_ring) && u->n_tx_free) || u->core.pushed;
                 struct __kernel_timespec ts = { 0, busy ? 0 : (long long)TICK_NS };
                 if (busy)
                         atomic_store(&u->wake.sleeping, 0);
@@ -684,7 +160,7 @@ static void *udp_main(void *arg)
                 int r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, busy ? 0 : 1, &ts, NULL);
                 atomic_store(&u->wake.sleeping, 0);
                 if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
-                        DPT_STAT(&u->st, io_errors, 1);
+                        DPT_STAT(&u->core.st, io_errors, 1);
                 unsigned head, n = 0;
                 now = sl_now_ns();
                 io_uring_for_each_cqe(&u->ring, head, cqe) {
@@ -696,12 +172,12 @@ static void *udp_main(void *arg)
                                 if (cqe->res >= 0)
                                         on_datagram(u, idx / NRX, &u->rx[idx], (size_t)cqe->res, now);
                                 else if (cqe->res != -ECANCELED)
-                                        DPT_STAT(&u->st, io_errors, 1);
+                                        DPT_STAT(&u->core.st, io_errors, 1);
                                 rx_arm(u, idx);
                                 break;
                         case UD_TX:
                                 if (cqe->res < 0)
-                                        DPT_STAT(&u->st, io_errors, 1);
+                                        DPT_STAT(&u->core.st, io_errors, 1);
                                 u->tx_free[u->n_tx_free++] = (uint16_t)idx;
                                 break;
                         case UD_WAKE:
@@ -731,33 +207,19 @@ int dp_udp_create(struct dp_udp **out, const struct dp_transport_config *cfg, st
         u->wake.fd = -1;
         for (unsigned i = 0; i < DP_MAX_LISTEN; i++)
                 u->fd[i] = -1;
-        u->n_req = cfg->max_requests ? cfg->max_requests : 256;
-        u->hist = cfg->history ? cfg->history : 64;
-        u->n_reasm = cfg->max_reasm ? cfg->max_reasm : 16;
-        u->lease_ns = (uint64_t)(cfg->lease_ms ? cfg->lease_ms : 10000) * 1000000ull;
-        if (u->n_req > (1u << 20) || u->hist > 4096 || u->n_reasm > 1024) {
-                r = sl_errorf(err, -EINVAL, "udp: table sizes out of range");
+        static const struct dpu_io io = { .tx_get = io_tx_get, .tx_put = io_tx_put, .tx_send = io_tx_send,
+                                          .push = io_push };
+        struct dpu_io uio = io;
+        uio.ctx = u;
+        r = dpu_init(&u->core, cfg, &uio, err);
+        if (r < 0)
                 goto fail;
-        }
-        for (u->n_buckets = 16; u->n_buckets < 2 * u->n_req; u->n_buckets *= 2)
-                ;
-        u->req = calloc(u->n_req, sizeof(*u->req));
-        u->bucket = calloc(u->n_buckets, sizeof(*u->bucket));
-        u->free_req = calloc(u->n_req, sizeof(*u->free_req));
-        u->hist_buf = malloc((size_t)u->n_req * u->hist * DP_MAX_FRAME_UDP);
-        u->hist_len = calloc((size_t)u->n_req * u->hist, sizeof(*u->hist_len));
-        u->reasm = calloc(u->n_reasm, sizeof(*u->reasm));
-        u->reasm_buf = malloc((size_t)u->n_reasm * DP_MAX_MESSAGE);
         u->rx = calloc((size_t)cfg->n_listen * NRX, sizeof(*u->rx));
         u->tx = calloc(NTX, sizeof(*u->tx));
-        if (!u->req || !u->bucket || !u->free_req || !u->hist_buf || !u->hist_len || !u->reasm ||
-            !u->reasm_buf || !u->rx || !u->tx) {
-                r = sl_errorf(err, -ENOMEM, "udp: out of memory for %u requests x %u frames", u->n_req, u->hist);
+        if (!u->rx || !u->tx) {
+                r = sl_errorf(err, -ENOMEM, "udp: out of memory for buffers");
                 goto fail;
         }
-        for (unsigned i = 0; i < u->n_req; i++)
-                u->free_req[i] = u->n_req - 1 - i;
-        u->n_free_req = u->n_req;
         for (unsigned i = 0; i < NTX; i++)
                 u->tx_free[i] = (uint16_t)i;
         u->n_tx_free = NTX;
@@ -806,13 +268,7 @@ void dp_udp_free(struct dp_udp *u)
                 if (u->fd[i] >= 0)
                         close(u->fd[i]);
         dp_notify_destroy(&u->wake);
-        free(u->req);
-        free(u->bucket);
-        free(u->free_req);
-        free(u->hist_buf);
-        free(u->hist_len);
-        free(u->reasm);
-        free(u->reasm_buf);
+        dpu_destroy(&u->core);
         free(u->rx);
         free(u->tx);
         free(u);
@@ -831,8 +287,5 @@ int dp_udp_local_addr(const struct dp_udp *u, unsigned i, struct sockaddr_storag
 
 void dp_udp_stats(const struct dp_udp *u, struct dp_transport_stats *out)
 {
-        const _Atomic uint64_t *s = (const _Atomic uint64_t *)&u->st;
-        uint64_t *d = (uint64_t *)out;
-        for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
-                d[i] = atomic_load_explicit(&s[i], memory_order_relaxed);
+        dpu_stats(&u->core, out);
 }
