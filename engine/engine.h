@@ -264,6 +264,8 @@ struct engine_sched_opts {
         bool batch_invariant;       /* a request's tokens do not depend on what shares its
                                      * batch (fixed kernels for every batch size; slower) */
         bool pdl;                   /* decode GEMVs with programmatic dependent launch */
+        bool no_overlap;            /* wait for each step before building the next (default:
+                                     * step n+1 is launched while step n runs) */
 };
 
 struct engine_request {
@@ -358,6 +360,10 @@ int engine_sched_cancel(struct engine_sched *s, uint64_t tag, const struct engin
                         void *user);
 /* One round: expire deadlines, admit queued requests (FIFO) while a sequence slot and KV
  * blocks for their prompt are free, build one batch, run engine_forward, sample, emit.
+ * With the CUDA backend (unless no_overlap) a round launches the next batch first and then
+ * completes the one launched in the round before, so one step is in flight between rounds:
+ * events for a step arrive in the round after its launch. The tokens are the same either
+ * way.
  * When a running decode needs a block and none is free, the most recently admitted running
  * request is preempted: its KV is dropped and it goes back to the queue head, to be
  * recomputed (prompt + tokens so far) later, with the same output. Returns the number of

@@ -1,7 +1,16 @@
 /* sched.c — continuous batching over engine_forward(): a bounded FIFO of requests, admission
  * by free KV blocks, one batch per step mixing decodes (one token each) and prefill chunks
  * within a token budget, per-request samplers, streaming detokenization with stop strings,
- * deadlines, cancellation and preemption (drop KV, recompute later) when the pool runs dry. */
+ * deadlines, cancellation and preemption (drop KV, recompute later) when the pool runs dry.
+ *
+ * With the CUDA backend the steps overlap: step n+1 is built and launched while step n
+ * still runs on the GPU, then step n's tokens are read and emitted while n+1 runs. A
+ * request whose token of step n is not known yet decodes it in step n+1 all the same: the
+ * GPU takes the id from step n's output (ecu_step_args.prev_row). When that token ends the
+ * request (end of generation, a stop string), its row of step n+1 is computed and dropped.
+ * Requests that step n's token would end by length are left out of step n+1. Preemption
+ * happens only with nothing in flight. Prompt chunks are read by the GPU straight from the
+ * slots' token arrays, which live in mapped pinned memory (ecu_host_alloc). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +49,17 @@ struct slot {
         uint32_t preemptions;
         int32_t out_row;                /* logits row of this step, or -1 */
         uint32_t chunk;                 /* tokens in this step's batch */
+        uint32_t gen;                   /* bumped at each submit: rows of old steps are stale */
+        uint64_t pend_step;             /* launch number of the step that samples this slot's
+                                         * next token (0: none); in flight while > done_step */
+        int32_t pend_row;               /* its row in that step */
+};
+
+/* A step launched and not yet completed: which slot each sampled row belongs to. */
+struct flight {
+        uint64_t step;                  /* launch number */
+        uint32_t n, n_prefill, n_rows;
+        uint32_t *slot, *gen;           /* [max_running] */
 };
 
 struct engine_sched {
@@ -51,6 +71,14 @@ struct engine_sched {
         struct ecu_ctx *cuda;           /* CUDA backend */
         struct ecu_sample_row *srows;   /* [max_running] */
         int32_t *ids;                   /* [max_running] sampled ids of a CUDA step */
+        int32_t *b_prev;                /* [token_budget] row of the previous step, or -1 */
+        struct ecu_src_chunk *chunks;   /* [max_running] prompt chunks the GPU reads in place */
+        uint32_t n_chunks;
+        bool tok_mapped;                /* tok_mem is mapped pinned memory (ecu_host_alloc) */
+        bool overlap;                   /* launch step n+1 before reading step n */
+        struct flight fl[2];            /* in flight, oldest at fl_head */
+        uint32_t fl_head, fl_n;
+        uint64_t launch_step, done_step;
         bool broken;
         struct engine_kv *kv;
         uint32_t n_slots;
@@ -187,7 +215,20 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
 
         s->n_slots = o.max_running + o.max_queued;
         s->slots = calloc(s->n_slots, sizeof(*s->slots));
-        s->tok_mem = malloc(sizeof(int32_t) * (size_t)s->n_slots * o.max_ctx);
+        const size_t tok_bytes = sizeof(int32_t) * (size_t)s->n_slots * o.max_ctx;
+#if SLUICE_HAVE_CUDA
+        /* the GPU reads prompt chunks from here itself */
+        if (cuda && (s->tok_mem = ecu_host_alloc(tok_bytes)))
+                s->tok_mapped = true;
+#endif
+        if (!s->tok_mem)
+                s->tok_mem = malloc(tok_bytes);
+        s->overlap = cuda && !o.no_overlap;
+        s->b_prev = malloc(sizeof(int32_t) * o.token_budget);
+        for (int f = 0; f < 2; f++) {
+                s->fl[f].slot = malloc(sizeof(uint32_t) * o.max_running);
+                s->fl[f].gen = malloc(sizeof(uint32_t) * o.max_running);
+        }
         s->q = malloc(sizeof(uint32_t) * s->n_slots);
         s->run = malloc(sizeof(uint32_t) * o.max_running);
         s->b_tok = malloc(sizeof(int32_t) * o.token_budget);
@@ -199,13 +240,15 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
         if (cuda) {
                 s->srows = calloc(o.max_running, sizeof(*s->srows));
                 s->ids = calloc(o.max_running, sizeof(*s->ids));
+                s->chunks = calloc(o.max_running, sizeof(*s->chunks));
         } else
 #endif
         {
                 s->logits = malloc(sizeof(float) * (size_t)o.max_running * s->n_vocab);
         }
         if (!s->slots || !s->tok_mem || !s->q || !s->run || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_lg ||
-            !s->row_slot || (cuda ? !s->srows || !s->ids : !s->logits)) {
+            !s->row_slot || !s->b_prev || !s->fl[0].slot || !s->fl[0].gen || !s->fl[1].slot || !s->fl[1].gen ||
+            (cuda ? !s->srows || !s->ids || !s->chunks : !s->logits)) {
                 r = sl_errorf(err, -ENOMEM, "sched: cannot allocate %u request slots", s->n_slots);
                 goto fail;
         }
@@ -232,13 +275,24 @@ void engine_sched_free(struct engine_sched *s)
                         engine_sampler_free(s->slots[i].smp);
         engine_ctx_free(s->ctx);
 #if SLUICE_HAVE_CUDA
-        ecu_ctx_free(s->cuda);
+        ecu_ctx_free(s->cuda); /* waits for steps in flight */
 #endif
         free(s->srows);
         free(s->ids);
         engine_kv_free(s->kv);
         free(s->slots);
-        free(s->tok_mem);
+#if SLUICE_HAVE_CUDA
+        if (s->tok_mapped)
+                ecu_host_free(s->tok_mem);
+        else
+#endif
+                free(s->tok_mem);
+        free(s->b_prev);
+        free(s->chunks);
+        for (int f = 0; f < 2; f++) {
+                free(s->fl[f].slot);
+                free(s->fl[f].gen);
+        }
         free(s->q);
         free(s->run);
         free(s->b_tok);
@@ -475,6 +529,9 @@ int engine_sched_submit(struct engine_sched *s, const struct engine_request *req
         sl->t_admit_ns = sl->t_first_ns = 0;
         sl->preemptions = 0;
         sl->out_row = -1;
+        sl->gen++;
+        sl->pend_step = 0;
+        sl->pend_row = -1;
         sl->state = SLOT_QUEUED;
         q_push_back(s, (uint32_t)idx);
         s->n_queued_new++;
@@ -636,73 +693,51 @@ static bool emit_token(struct engine_sched *s, uint32_t idx, int32_t id, bool la
         return false;
 }
 
-/* The CUDA backend runs the forward pass and samples on the GPU: each sampled row gets its
- * parameters, its RNG counter (tokens drawn so far) and its penalty window, the last
- * penalty_last_n tokens of prompt + output, read in place from the slot. */
-static int cuda_forward_sample(struct engine_sched *s, const struct engine_batch *b, uint32_t n_rows,
-                               struct sl_error *err)
+/* Every running request that takes part in the next step gets the KV blocks for it. Without
+ * a step in flight a dry pool preempts (sync_reserve); with one, it gives up and returns
+ * false, and the caller completes the step in flight first. */
+static bool in_flight(const struct engine_sched *s, const struct slot *sl)
 {
-#if SLUICE_HAVE_CUDA
-        for (uint32_t row = 0; row < n_rows; row++) {
-                const struct slot *sl = &s->slots[s->row_slot[row]];
-                const int32_t last_n = sl->sampling.penalty_last_n;
-                const bool pen = sl->sampling.repeat_penalty != 1.0f || sl->sampling.presence_penalty != 0.0f ||
-                                 sl->sampling.frequency_penalty != 0.0f;
-                const uint32_t w = !pen || last_n == 0 ? 0 : last_n < 0 ? sl->n_tok : SL_MIN((uint32_t)last_n, sl->n_tok);
-                s->srows[row] = (struct ecu_sample_row){.s = &sl->sampling, .step = sl->n_tok - sl->n_prompt,
-                                                        .hist = sl->tok + sl->n_tok - w, .hist_len = w};
-        }
-        int r = engine_batch_prepare(&s->m->hp, s->o.token_budget, s->o.max_ctx, s->kv, b, err);
-        if (r < 0)
-                return r;
-        struct ecu_step_stats st;
-        r = ecu_step(s->cuda, s->kv, b, s->srows, n_rows, s->ids, NULL, &st, err);
-        if (r < 0) {
-                ST_ADD(s, gpu_errors, 1);
-                s->broken = ecu_ctx_broken(s->cuda);
-                return r;
-        }
-        engine_batch_commit(s->kv, b);
-        if (st.graph)
-                ST_ADD(s, graph_steps, 1);
-        else
-                ST_ADD(s, eager_steps, 1);
-        ST_SET(s, launches_last, st.launches);
-        ST_SET(s, gpu_ns_last, st.gpu_ns);
-        return r;
-#else
-        (void)s;
-        (void)b;
-        (void)n_rows;
-        return sl_errorf(err, -EOPNOTSUPP, "no CUDA backend in this build");
-#endif
+        return sl->pend_step > s->done_step;
 }
 
-int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *ev, void *user,
-                      struct sl_error *err)
+static bool reserve_in_flight(struct engine_sched *s)
 {
-        if (!s)
-                return sl_errorf(err, -EINVAL, "sched: NULL argument");
-        expire(s, ev, user);
-        admit(s);
-        reserve_decodes(s);
-        admit(s); /* nothing is admitted past a preempted head, but slots may have freed */
-        if (s->n_run == 0) {
-                publish(s);
-                return 0;
+        for (uint32_t i = 0; i < s->n_run; i++) {
+                struct slot *sl = &s->slots[s->run[i]];
+                uint32_t need = sl->n_tok + in_flight(s, sl);
+                if (engine_kv_seq_reserve(s->kv, sl->seq, need) < 0)
+                        return false;
         }
-        uint64_t t0 = sl_now_ns();
+        return true;
+}
+
+/* Builds the batch: decodes first (one token each, never starved by prefills), then prefill
+ * chunks within the token budget. A slot whose token is still on the GPU decodes it (unless
+ * that token is its last by length). Returns the token count. */
+static uint32_t build_batch(struct engine_sched *s, uint32_t *n_rows_out, uint32_t *n_prefill_out)
+{
         const uint32_t budget = s->o.token_budget;
-        uint32_t n = 0, n_rows = 0;
-        /* decodes first: one token each, never starved by prefills */
+        uint32_t n = 0, n_rows = 0, n_prefill = 0;
+        s->n_chunks = 0;
         for (uint32_t i = 0; i < s->n_run; i++) {
                 uint32_t idx = s->run[i];
                 struct slot *sl = &s->slots[idx];
                 sl->out_row = -1;
                 sl->chunk = 0;
-                if (sl->n_tok - sl->n_done != 1)
+                int32_t prev = -1, tok;
+                if (in_flight(s, sl)) {
+                        if (sl->n_tok + 1 - sl->n_prompt >= sl->max_tokens || sl->n_tok + 1 >= s->o.max_ctx)
+                                continue;
+                        prev = sl->pend_row;
+                        tok = 0; /* the GPU reads it from the previous step's output */
+                } else if (sl->n_tok - sl->n_done == 1) {
+                        tok = sl->tok[sl->n_done];
+                } else {
                         continue;
-                s->b_tok[n] = sl->tok[sl->n_done];
+                }
+                s->b_tok[n] = tok;
+                s->b_prev[n] = prev;
                 s->b_pos[n] = (int32_t)sl->n_done;
                 s->b_seq[n] = sl->seq;
                 s->b_lg[n] = 1;
@@ -711,17 +746,22 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
                 sl->out_row = (int32_t)n_rows;
                 s->row_slot[n_rows++] = idx;
         }
-        uint32_t n_prefill = 0;
         for (uint32_t i = 0; i < s->n_run && n < budget; i++) {
                 uint32_t idx = s->run[i];
                 struct slot *sl = &s->slots[idx];
                 uint32_t rem = sl->n_tok - sl->n_done;
-                if (rem <= 1)
+                if (rem <= 1 || in_flight(s, sl))
                         continue;
                 uint32_t c = SL_MIN(SL_MIN(rem, s->o.prefill_chunk), budget - n);
+#if SLUICE_HAVE_CUDA
+                if (s->cuda && s->tok_mapped)
+                        s->chunks[s->n_chunks++] = (struct ecu_src_chunk){.src = sl->tok + sl->n_done, .at = n, .n = c};
+#endif
                 for (uint32_t j = 0; j < c; j++) {
                         uint32_t p = sl->n_done + j;
-                        s->b_tok[n] = sl->tok[p];
+                        /* ids the GPU reads in place are not copied (0 stands in for them) */
+                        s->b_tok[n] = s->n_chunks ? 0 : sl->tok[p];
+                        s->b_prev[n] = -1;
                         s->b_pos[n] = (int32_t)p;
                         s->b_seq[n] = sl->seq;
                         s->b_lg[n] = p + 1 == sl->n_tok;
@@ -734,9 +774,66 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
                         s->row_slot[n_rows++] = idx;
                 }
         }
+        *n_rows_out = n_rows;
+        *n_prefill_out = n_prefill;
+        return n;
+}
+
+/* Fails every live request whose slot is in the list (still of that generation). */
+static void fail_slots(struct engine_sched *s, const uint32_t *slot, const uint32_t *gen, uint32_t n, int r,
+                       const struct sl_error *err, const struct engine_sched_events *ev, void *user)
+{
+        for (uint32_t i = 0; i < n; i++) {
+                struct slot *sl = &s->slots[slot[i]];
+                if (sl->state == SLOT_FREE || (gen && sl->gen != gen[i]))
+                        continue;
+                uint32_t tl = drain_text(sl);
+                finish(s, slot[i], ENGINE_FINISH_ERROR, -1, r, err ? err->msg : "engine failure", sl->hold, tl, ev,
+                       user);
+        }
+}
+
+/* Runs the batch built in b_* on the backend: the CPU computes it now (logits into
+ * s->logits); the GPU gets it enqueued, sampling included. Records it as in flight. */
+static int launch(struct engine_sched *s, uint32_t n, uint32_t n_rows, uint32_t n_prefill,
+                  const struct engine_sched_events *ev, void *user, struct sl_error *err)
+{
         struct engine_batch b = {.n_tokens = n, .token = s->b_tok, .pos = s->b_pos, .seq = s->b_seq,
                                  .logits = s->b_lg};
-        int r = s->cuda ? cuda_forward_sample(s, &b, n_rows, err) : engine_forward(s->ctx, s->kv, &b, s->logits, err);
+        int r = engine_batch_prepare(&s->m->hp, s->o.token_budget, s->o.max_ctx, s->kv, &b, err);
+        if (r >= 0 && !s->cuda) {
+                r = engine_forward(s->ctx, s->kv, &b, s->logits, err);
+        } else if (r >= 0) {
+#if SLUICE_HAVE_CUDA
+                /* each sampled row: its parameters, its RNG counter (tokens drawn so far) and
+                 * its penalty window, the last penalty_last_n tokens of prompt + output, read in
+                 * place from the slot, plus the token still in flight when there is one */
+                for (uint32_t row = 0; row < n_rows; row++) {
+                        const struct slot *sl = &s->slots[s->row_slot[row]];
+                        const bool fl = in_flight(s, sl);
+                        const uint32_t have = sl->n_tok + fl;
+                        const int32_t last_n = sl->sampling.penalty_last_n;
+                        const bool pen = sl->sampling.repeat_penalty != 1.0f || sl->sampling.presence_penalty != 0.0f ||
+                                         sl->sampling.frequency_penalty != 0.0f;
+                        const uint32_t w = !pen || last_n == 0 ? 0 : last_n < 0 ? have : SL_MIN((uint32_t)last_n, have);
+                        const bool prev = fl && w > 0;
+                        s->srows[row] = (struct ecu_sample_row){
+                                .s = &sl->sampling, .step = have - sl->n_prompt, .hist = sl->tok + have - w,
+                                .hist_len = w - prev, .hist_prev = prev, .prev_row = prev ? (uint32_t)sl->pend_row : 0};
+                }
+                struct ecu_step_args a = {.b = &b, .prev_row = s->b_prev, .chunks = s->chunks, .n_chunks = s->n_chunks,
+                                          .rows = s->srows, .n_rows = n_rows};
+                r = ecu_step_launch(s->cuda, s->kv, &a, err);
+                if (r < 0) {
+                        ST_ADD(s, gpu_errors, 1);
+                        s->broken = ecu_ctx_broken(s->cuda);
+                }
+                if (r >= 0)
+                        engine_batch_commit(s->kv, &b);
+#else
+                r = sl_errorf(err, -EOPNOTSUPP, "no CUDA backend in this build");
+#endif
+        }
         if (r < 0) {
                 /* fail every request that had tokens in the batch */
                 for (uint32_t i = 0; i < s->n_run;) {
@@ -748,52 +845,144 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
                                 i++;
                                 continue;
                         }
-                        uint32_t tl = drain_text(&s->slots[idx]);
-                        finish(s, idx, ENGINE_FINISH_ERROR, -1, r, err ? err->msg : "engine failure",
-                               s->slots[idx].hold, tl, ev, user);
+                        fail_slots(s, &idx, NULL, 1, r, err, ev, user); /* leaves run[] */
                 }
                 return r;
         }
+        const uint64_t step = ++s->launch_step;
+        struct flight *f = &s->fl[(s->fl_head + s->fl_n) % 2];
+        s->fl_n++;
+        f->step = step;
+        f->n = n;
+        f->n_prefill = n_prefill;
+        f->n_rows = n_rows;
+        for (uint32_t row = 0; row < n_rows; row++) {
+                struct slot *sl = &s->slots[s->row_slot[row]];
+                f->slot[row] = s->row_slot[row];
+                f->gen[row] = sl->gen;
+                sl->pend_step = step;
+                sl->pend_row = (int32_t)row;
+        }
         for (uint32_t i = 0; i < s->n_run; i++)
                 s->slots[s->run[i]].n_done += s->slots[s->run[i]].chunk;
-        /* sample, in row order (rows are independent; order only fixes event order) */
-        uint64_t now = sl_now_ns();
-        uint64_t n_gen = 0;
-        for (uint32_t row = 0; row < n_rows; row++) {
-                uint32_t idx = s->row_slot[row];
-                struct slot *sl = &s->slots[idx];
-                int32_t id = s->cuda ? s->ids[row] : engine_sampler_sample(sl->smp, s->logits + (size_t)row * s->n_vocab);
-                if (!sl->ignore_eos && engine_token_is_eog(s->tok, id)) {
-                        uint32_t tl = drain_text(sl);
-                        finish(s, idx, ENGINE_FINISH_EOS, -1, 0, NULL, sl->hold, tl, ev, user);
-                        continue;
+        ST_ADD(s, tokens_computed, n);
+        ST_ADD(s, prompt_tokens, n_prefill);
+        return (int)n;
+}
+
+/* A sampled token for a running request: end of generation, or append, emit, and finish on
+ * length, context or a stop string. */
+static void take_token(struct engine_sched *s, uint32_t idx, int32_t id, uint64_t now,
+                       const struct engine_sched_events *ev, void *user)
+{
+        struct slot *sl = &s->slots[idx];
+        if (!sl->ignore_eos && engine_token_is_eog(s->tok, id)) {
+                uint32_t tl = drain_text(sl);
+                finish(s, idx, ENGINE_FINISH_EOS, -1, 0, NULL, sl->hold, tl, ev, user);
+                return;
+        }
+        if (sl->smp)
+                engine_sampler_accept(sl->smp, id);
+        sl->tok[sl->n_tok++] = id;
+        ST_ADD(s, generated_tokens, 1);
+        if (!sl->t_first_ns)
+                sl->t_first_ns = now;
+        uint32_t gen = sl->n_tok - sl->n_prompt;
+        enum engine_finish why = 0;
+        if (gen >= sl->max_tokens)
+                why = ENGINE_FINISH_LENGTH;
+        else if (sl->n_tok >= s->o.max_ctx)
+                why = ENGINE_FINISH_CONTEXT;
+        int stop_index;
+        uint32_t tail;
+        if (emit_token(s, idx, id, why != 0, ev, user, &stop_index, &tail))
+                finish(s, idx, ENGINE_FINISH_STOP, stop_index, 0, NULL, NULL, 0, ev, user);
+        else if (why)
+                finish(s, idx, why, -1, 0, NULL, NULL, 0, ev, user);
+}
+
+/* Completes the oldest step in flight: its sampled ids (from the GPU, or sampled here from
+ * the CPU's logits), in row order. Rows of requests that ended since (cancel, deadline, a
+ * token of the step before) are dropped. */
+static int complete(struct engine_sched *s, const struct engine_sched_events *ev, void *user, struct sl_error *err)
+{
+        struct flight *f = &s->fl[s->fl_head];
+        s->fl_head = (s->fl_head + 1) % 2;
+        s->fl_n--;
+        s->done_step = f->step;
+#if SLUICE_HAVE_CUDA
+        if (s->cuda) {
+                struct ecu_step_stats st;
+                int r = ecu_step_wait(s->cuda, s->ids, &st, err);
+                if (r < 0) {
+                        ST_ADD(s, gpu_errors, 1);
+                        s->broken = ecu_ctx_broken(s->cuda);
+                        fail_slots(s, f->slot, f->gen, f->n_rows, r, err, ev, user);
+                        return r;
                 }
-                if (sl->smp)
-                        engine_sampler_accept(sl->smp, id);
-                sl->tok[sl->n_tok++] = id;
-                n_gen++;
-                if (!sl->t_first_ns)
-                        sl->t_first_ns = now;
-                uint32_t gen = sl->n_tok - sl->n_prompt;
-                enum engine_finish why = 0;
-                if (gen >= sl->max_tokens)
-                        why = ENGINE_FINISH_LENGTH;
-                else if (sl->n_tok >= s->o.max_ctx)
-                        why = ENGINE_FINISH_CONTEXT;
-                int stop_index;
-                uint32_t tail;
-                if (emit_token(s, idx, id, why != 0, ev, user, &stop_index, &tail))
-                        finish(s, idx, ENGINE_FINISH_STOP, stop_index, 0, NULL, NULL, 0, ev, user);
-                else if (why)
-                        finish(s, idx, why, -1, 0, NULL, NULL, 0, ev, user);
+                if (st.graph)
+                        ST_ADD(s, graph_steps, 1);
+                else
+                        ST_ADD(s, eager_steps, 1);
+                ST_SET(s, launches_last, st.launches);
+                ST_SET(s, gpu_ns_last, st.gpu_ns);
+        }
+#endif
+        uint64_t now = sl_now_ns();
+        for (uint32_t row = 0; row < f->n_rows; row++) {
+                uint32_t idx = f->slot[row];
+                struct slot *sl = &s->slots[idx];
+                if (sl->gen != f->gen[row] || sl->state != SLOT_RUNNING)
+                        continue;
+                int32_t id = s->cuda ? s->ids[row] : engine_sampler_sample(sl->smp, s->logits + (size_t)row * s->n_vocab);
+                take_token(s, idx, id, now, ev, user);
+        }
+        ST_ADD(s, steps, 1);
+        return (int)f->n;
+}
+
+int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *ev, void *user,
+                      struct sl_error *err)
+{
+        if (!s)
+                return sl_errorf(err, -EINVAL, "sched: NULL argument");
+        uint64_t t0 = sl_now_ns();
+        uint32_t n_rows, n_prefill;
+        int launched = 0, r = 0;
+        expire(s, ev, user);
+        if (s->fl_n) {
+                /* a step is in flight: launch the next one behind it when every request can
+                 * keep its blocks without preemption, then complete the one in flight */
+                if (reserve_in_flight(s)) {
+                        admit(s);
+                        uint32_t n = build_batch(s, &n_rows, &n_prefill);
+                        if (n)
+                                launched = launch(s, n, n_rows, n_prefill, ev, user, err);
+                }
+                struct sl_error e2 = {0};
+                r = complete(s, ev, user, launched < 0 ? &e2 : err);
+                if (launched < 0)
+                        r = launched;
+        } else {
+                admit(s);
+                reserve_decodes(s);
+                admit(s); /* nothing is admitted past a preempted head, but slots may have freed */
+                uint32_t n = s->n_run ? build_batch(s, &n_rows, &n_prefill) : 0;
+                if (n == 0) {
+                        publish(s);
+                        return 0;
+                }
+                r = launched = launch(s, n, n_rows, n_prefill, ev, user, err);
+                if (r >= 0 && !s->overlap)
+                        r = complete(s, ev, user, err);
+        }
+        if (r < 0) {
+                publish(s);
+                return r;
         }
         uint64_t dt = sl_now_ns() - t0;
         s->step_ns_ewma = s->step_ns_ewma ? (s->step_ns_ewma * 7 + dt) / 8 : dt;
-        ST_ADD(s, steps, 1);
-        ST_ADD(s, tokens_computed, n);
-        ST_ADD(s, prompt_tokens, n_prefill);
-        ST_ADD(s, generated_tokens, n_gen);
         ST_SET(s, step_ns_last, dt);
         publish(s);
-        return (int)n;
+        return launched > 0 ? launched : r;
 }

@@ -7,7 +7,14 @@
  * pinned buffer; the step's first kernel copies them into fixed device arrays, so every
  * later kernel reads device memory at addresses that never change. That is what lets a
  * decode step of a given batch bucket be captured once as a CUDA Graph and replayed with new
- * inputs. The sampled ids are written by the last kernel straight into mapped host memory. */
+ * inputs. The sampled ids are written by the last kernel straight into mapped host memory.
+ *
+ * There are two such input and output slots, used by steps in turn, so that the host can
+ * write and launch step n+1 while step n still runs (ecu_step_launch / ecu_step_wait). A
+ * token of step n+1 may be "the id step n samples for row r": its input then holds -(r+1),
+ * which the staging kernel replaces by the id step n wrote into the other output slot. Each
+ * slot has its own set of captured graphs. Prompt chunks are read by the staging kernel from
+ * the engine's mapped token arrays where they lie (ecu_host_alloc), not copied in. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -472,7 +479,12 @@ extern "C" void ecu_model_info(const struct ecu_model *em, struct engine_gpu_inf
 /* The mapped input buffer: a header, then arrays at fixed offsets (capacities from the
  * context's limits). Only the counted prefix of each array is read. */
 struct step_hdr {
-        int32_t ntok, nrows, nhist, nbt;
+        int32_t ntok, nrows, nhist, nbt, nchunk, pad_;
+};
+
+struct src_chunk {                    /* ids the staging kernel reads from mapped host memory */
+        const int32_t *src;           /* device address (== host address: UVA) */
+        int32_t at, n;                /* batch positions [at, at + n) */
 };
 
 struct bt_update {
@@ -481,11 +493,12 @@ struct bt_update {
 };
 
 struct in_layout {
-        size_t tok, pos, row, outidx, params, hist, bt, total;
+        size_t tok, pos, row, outidx, params, hist, bt, chunk, total;
 };
 
 struct stage_args {
         const uint8_t *in;            /* mapped host buffer (device address) */
+        const int32_t *prev;          /* the other slot's sampled ids (previous step) */
         struct in_layout L;
         int32_t *tok, *pos, *row, *outidx, *hist, *bt;
         struct cuda_sample_params *params;
@@ -506,17 +519,32 @@ static __global__ void stage_in_kernel(struct stage_args a)
         const uint32_t *par = (const uint32_t *)(a.in + a.L.params);
         const struct bt_update *up = (const struct bt_update *)(a.in + a.L.bt);
         for (int i = i0; i < h.ntok; i += stride) {
-                a.tok[i] = tok[i];
+                const int32_t v = tok[i];
+                a.tok[i] = v >= 0 ? v : a.prev[-v - 1];
                 a.pos[i] = pos[i];
                 a.row[i] = row[i];
+        }
+        /* prompt chunks, read where the engine keeps them (the slots of tok[] they cover
+         * were not written by the host) */
+        const struct src_chunk *ch = (const struct src_chunk *)(a.in + a.L.chunk);
+        for (int k = 0; k < h.nchunk; k++) {
+                __shared__ struct src_chunk c;
+                __syncthreads();
+                if (threadIdx.x == 0)
+                        c = ch[k];
+                __syncthreads();
+                for (int j = i0; j < c.n; j += stride)
+                        a.tok[c.at + j] = c.src[j];
         }
         for (int i = i0; i < h.nrows; i += stride)
                 a.outidx[i] = oi[i];
         const int pw = (int)(sizeof(struct cuda_sample_params) / 4);
         for (int i = i0; i < h.nrows * pw; i += stride)
                 ((uint32_t *)a.params)[i] = par[i];
-        for (int i = i0; i < h.nhist; i += stride)
-                a.hist[i] = hist[i];
+        for (int i = i0; i < h.nhist; i += stride) {
+                const int32_t v = hist[i];
+                a.hist[i] = v >= 0 ? v : a.prev[-v - 1];
+        }
         for (int i = i0; i < h.nbt; i += stride)
                 a.bt[up[i].index] = up[i].block;
 }
@@ -541,20 +569,28 @@ struct ecu_ctx {
         /* step inputs on the device */
         int32_t *d_tok, *d_pos, *d_row, *d_outidx, *d_hist, *d_bt;
         struct cuda_sample_params *d_params;
-        /* mapped host buffers */
+        /* mapped host buffers: two slots each, used by steps in turn */
         uint8_t *h_in, *h_in_dev;
         struct in_layout L;
-        int32_t *h_out, *h_out_dev;
+        int32_t *h_out, *h_out_dev;   /* [2][R] */
+        uint32_t par;                 /* slot of the next launch */
+        uint32_t n_flight;            /* steps launched and not yet waited for (0..2) */
+        struct {                      /* per slot: the step that last used it */
+                uint32_t n_rows, ntok, launches;
+                bool graph;
+        } slot[2];
+        uint32_t prev_rows;           /* rows of the last launched step (-1 ids refer to it) */
+        bool have_prev;
         int32_t *shadow;              /* [max_seqs][MB] the device block table, as last sent */
         uint8_t *seen;                /* [max_seqs] scratch: sequence already in this batch */
         struct cuda_gemm *gemm;
         int gemv_max;
-        cudaGraphExec_t gexec[MAX_BUCKETS];
+        cudaGraphExec_t gexec[2][MAX_BUCKETS];
         uint32_t bucket[MAX_BUCKETS];
         uint32_t n_graphs;
         uint32_t launches;            /* counted while enqueuing */
         bool pdl;                     /* GEMVs with programmatic dependent launch */
-        cudaEvent_t e0, e1;
+        cudaEvent_t e0[2], e1[2];
         bool broken;
         struct ecu_ctx_info info;
         uint64_t act_bytes;
@@ -603,8 +639,9 @@ static int matmul_norm(struct ecu_ctx *c, uint32_t wtype, const void *w, const f
         return matmul(c, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
 }
 
-/* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in h_in. */
-static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host)
+/* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in slot par
+ * of h_in, the ids go to slot par of h_out. */
+static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par)
 {
         const struct engine_model *m = c->m;
         const struct engine_hparams *hp = &m->hp;
@@ -618,7 +655,8 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
 
         c->launches = 0;
         struct stage_args sa;
-        sa.in = c->h_in_dev;
+        sa.in = c->h_in_dev + par * c->L.total;
+        sa.prev = c->h_out_dev + (par ^ 1u) * c->R;
         sa.L = c->L;
         sa.tok = c->d_tok;
         sa.pos = c->d_pos;
@@ -718,7 +756,8 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
         if (logits_host)
                 LAUNCH(c, CUDA_CHECK(cudaMemcpyAsync(logits_host, c->logits, (size_t)nrows * V * sizeof(float),
                                                      cudaMemcpyDeviceToHost, c->st)));
-        LAUNCH(c, cuda_sample(c->logits, nrows, V, c->d_params, c->d_hist, c->h_out_dev, c->sscratch, c->st));
+        LAUNCH(c, cuda_sample(c->logits, nrows, V, c->d_params, c->d_hist, c->h_out_dev + par * c->R, c->sscratch,
+                              c->st));
         return 0;
 }
 
@@ -744,6 +783,8 @@ static void layout_inputs(struct ecu_ctx *c)
         at = align_up(at + (size_t)c->H * 4);
         c->L.bt = at;
         at = align_up(at + (size_t)c->U * sizeof(struct bt_update));
+        c->L.chunk = at;
+        at = align_up(at + (size_t)c->o.max_seqs * sizeof(struct src_chunk));
         c->L.total = at;
 }
 
@@ -752,12 +793,12 @@ static double time_ms(struct ecu_ctx *c, int reps, int (*fn)(struct ecu_ctx *, v
         float ms = 0.0f;
         if (fn(c, arg) < 0)
                 return -1.0;
-        cudaEventRecord(c->e0, c->st);
+        cudaEventRecord(c->e0[0], c->st);
         for (int i = 0; i < reps; i++)
                 if (fn(c, arg) < 0)
                         return -1.0;
-        cudaEventRecord(c->e1, c->st);
-        if (cudaEventSynchronize(c->e1) != cudaSuccess || cudaEventElapsedTime(&ms, c->e0, c->e1) != cudaSuccess)
+        cudaEventRecord(c->e1[0], c->st);
+        if (cudaEventSynchronize(c->e1[0]) != cudaSuccess || cudaEventElapsedTime(&ms, c->e0[0], c->e1[0]) != cudaSuccess)
                 return -1.0;
         return ms / reps;
 }
@@ -824,53 +865,59 @@ static int prepare_gemms(struct ecu_ctx *c)
         return 0;
 }
 
+/* Inputs of a harmless padded batch of B tokens in slot par: every token on the trash row. */
+static void pad_inputs(struct ecu_ctx *c, uint32_t par, uint32_t from, uint32_t B)
+{
+        uint8_t *in = c->h_in + par * c->L.total;
+        int32_t *tok = (int32_t *)(in + c->L.tok), *pos = (int32_t *)(in + c->L.pos);
+        int32_t *row = (int32_t *)(in + c->L.row), *oi = (int32_t *)(in + c->L.outidx);
+        struct cuda_sample_params *pp = (struct cuda_sample_params *)(in + c->L.params);
+        for (uint32_t t = from; t < B; t++) {
+                tok[t] = 0;
+                pos[t] = 0;
+                row[t] = (int32_t)c->pad_row;
+                oi[t] = (int32_t)t;
+                memset(&pp[t], 0, sizeof(pp[t]));
+                pp[t].top_p = 1.0f;
+                pp[t].repeat_penalty = 1.0f;
+        }
+}
+
 static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
 {
         uint64_t t0 = sl_now_ns();
-        for (uint32_t i = 0; i < c->n_graphs; i++) {
-                const uint32_t B = c->bucket[i];
-                /* inputs of a harmless padded batch: every token on the trash row */
-                struct step_hdr *h = (struct step_hdr *)c->h_in;
-                h->ntok = (int32_t)B;
-                h->nrows = (int32_t)B;
-                h->nhist = 0;
-                h->nbt = 0;
-                int32_t *tok = (int32_t *)(c->h_in + c->L.tok), *pos = (int32_t *)(c->h_in + c->L.pos);
-                int32_t *row = (int32_t *)(c->h_in + c->L.row), *oi = (int32_t *)(c->h_in + c->L.outidx);
-                struct cuda_sample_params *pp = (struct cuda_sample_params *)(c->h_in + c->L.params);
-                for (uint32_t t = 0; t < B; t++) {
-                        tok[t] = 0;
-                        pos[t] = 0;
-                        row[t] = (int32_t)c->pad_row;
-                        oi[t] = (int32_t)t;
-                        memset(&pp[t], 0, sizeof(pp[t]));
-                        pp[t].top_p = 1.0f;
-                        pp[t].repeat_penalty = 1.0f;
+        for (uint32_t par = 0; par < 2; par++)
+                for (uint32_t i = 0; i < c->n_graphs; i++) {
+                        const uint32_t B = c->bucket[i];
+                        struct step_hdr *h = (struct step_hdr *)(c->h_in + par * c->L.total);
+                        memset(h, 0, sizeof(*h));
+                        h->ntok = (int32_t)B;
+                        h->nrows = (int32_t)B;
+                        pad_inputs(c, par, 0, B);
+                        /* warm run: cuBLASLt picks its algorithms outside the capture */
+                        int r = enqueue_step(c, (int)B, (int)B, NULL, par);
+                        if (r == 0)
+                                r = CUDA_CHECK(cudaStreamSynchronize(c->st));
+                        if (r < 0)
+                                return cuda_fail(err, r, "decode warm-up");
+                        cudaGraph_t g;
+                        r = CUDA_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
+                        if (r < 0)
+                                return cuda_fail(err, r, "graph capture");
+                        int re = enqueue_step(c, (int)B, (int)B, NULL, par);
+                        r = CUDA_CHECK(cudaStreamEndCapture(c->st, &g));
+                        if (re < 0 || r < 0)
+                                return cuda_fail(err, re < 0 ? re : r, "graph capture");
+                        r = CUDA_CHECK(cudaGraphInstantiate(&c->gexec[par][i], g, 0));
+                        cudaGraphDestroy(g);
+                        if (r < 0)
+                                return cuda_fail(err, r, "graph instantiation");
+                        r = CUDA_CHECK(cudaGraphLaunch(c->gexec[par][i], c->st));
+                        if (r == 0)
+                                r = CUDA_CHECK(cudaStreamSynchronize(c->st));
+                        if (r < 0)
+                                return cuda_fail(err, r, "graph replay");
                 }
-                /* warm run: cuBLASLt picks its algorithms outside the capture */
-                int r = enqueue_step(c, (int)B, (int)B, NULL);
-                if (r == 0)
-                        r = CUDA_CHECK(cudaStreamSynchronize(c->st));
-                if (r < 0)
-                        return cuda_fail(err, r, "decode warm-up");
-                cudaGraph_t g;
-                r = CUDA_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
-                if (r < 0)
-                        return cuda_fail(err, r, "graph capture");
-                int re = enqueue_step(c, (int)B, (int)B, NULL);
-                r = CUDA_CHECK(cudaStreamEndCapture(c->st, &g));
-                if (re < 0 || r < 0)
-                        return cuda_fail(err, re < 0 ? re : r, "graph capture");
-                r = CUDA_CHECK(cudaGraphInstantiate(&c->gexec[i], g, 0));
-                cudaGraphDestroy(g);
-                if (r < 0)
-                        return cuda_fail(err, r, "graph instantiation");
-                r = CUDA_CHECK(cudaGraphLaunch(c->gexec[i], c->st));
-                if (r == 0)
-                        r = CUDA_CHECK(cudaStreamSynchronize(c->st));
-                if (r < 0)
-                        return cuda_fail(err, r, "graph replay");
-        }
         c->info.capture_ns = sl_now_ns() - t0;
         return 0;
 }
@@ -896,7 +943,8 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         c->pdl = o->pdl;
         if ((r = CUDA_CHECK(cudaSetDevice(c->em->device))) < 0 ||
             (r = CUDA_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking))) < 0 ||
-            (r = CUDA_CHECK(cudaEventCreate(&c->e0))) < 0 || (r = CUDA_CHECK(cudaEventCreate(&c->e1))) < 0) {
+            (r = CUDA_CHECK(cudaEventCreate(&c->e0[0]))) < 0 || (r = CUDA_CHECK(cudaEventCreate(&c->e1[0]))) < 0 ||
+            (r = CUDA_CHECK(cudaEventCreate(&c->e0[1]))) < 0 || (r = CUDA_CHECK(cudaEventCreate(&c->e1[1]))) < 0) {
                 cuda_fail(err, r, "creating the CUDA context");
                 goto fail;
         }
@@ -947,14 +995,15 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
                         goto oom;
         }
         layout_inputs(c);
-        if ((r = CUDA_CHECK(cudaHostAlloc((void **)&c->h_in, c->L.total, cudaHostAllocMapped))) < 0 ||
+        if ((r = CUDA_CHECK(cudaHostAlloc((void **)&c->h_in, 2 * c->L.total, cudaHostAllocMapped))) < 0 ||
             (r = CUDA_CHECK(cudaHostGetDevicePointer((void **)&c->h_in_dev, c->h_in, 0))) < 0 ||
-            (r = CUDA_CHECK(cudaHostAlloc((void **)&c->h_out, c->R * 4, cudaHostAllocMapped))) < 0 ||
+            (r = CUDA_CHECK(cudaHostAlloc((void **)&c->h_out, 2 * c->R * 4, cudaHostAllocMapped))) < 0 ||
             (r = CUDA_CHECK(cudaHostGetDevicePointer((void **)&c->h_out_dev, c->h_out, 0))) < 0) {
                 cuda_fail(err, r, "allocating mapped pinned step buffers");
                 goto fail;
         }
-        memset(c->h_in, 0, c->L.total);
+        memset(c->h_in, 0, 2 * c->L.total);
+        memset(c->h_out, 0, 2 * c->R * 4);
         c->shadow = (int32_t *)malloc((size_t)o->max_seqs * c->MB * sizeof(int32_t));
         c->seen = (uint8_t *)calloc(o->max_seqs + 1, 1);
         if (!c->shadow || !c->seen) {
@@ -1060,9 +1109,10 @@ extern "C" void ecu_ctx_free(struct ecu_ctx *c)
                 return;
         if (c->st)
                 cudaStreamSynchronize(c->st);
-        for (uint32_t i = 0; i < c->n_graphs; i++)
-                if (c->gexec[i])
-                        cudaGraphExecDestroy(c->gexec[i]);
+        for (uint32_t p = 0; p < 2; p++)
+                for (uint32_t i = 0; i < c->n_graphs; i++)
+                        if (c->gexec[p][i])
+                                cudaGraphExecDestroy(c->gexec[p][i]);
         cuda_gemm_free(c->gemm);
         void *dp[] = {c->x, c->xn, c->tmp, c->qkv, c->att, c->gu, c->act, c->xo, c->logits, c->x16, c->sscratch,
                       c->d_tok, c->d_pos, c->d_row, c->d_outidx, c->d_hist, c->d_bt, c->d_params, c->kc, c->vc};
@@ -1070,10 +1120,12 @@ extern "C" void ecu_ctx_free(struct ecu_ctx *c)
                 cudaFree(p);
         cudaFreeHost(c->h_in);
         cudaFreeHost(c->h_out);
-        if (c->e0)
-                cudaEventDestroy(c->e0);
-        if (c->e1)
-                cudaEventDestroy(c->e1);
+        for (uint32_t p = 0; p < 2; p++) {
+                if (c->e0[p])
+                        cudaEventDestroy(c->e0[p]);
+                if (c->e1[p])
+                        cudaEventDestroy(c->e1[p]);
+        }
         if (c->st)
                 cudaStreamDestroy(c->st);
         free(c->shadow);
@@ -1108,27 +1160,47 @@ static void to_params(struct cuda_sample_params *p, const struct ecu_sample_row 
         p->step = row->step;
 }
 
-extern "C" int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const struct engine_batch *b,
-                        const struct ecu_sample_row *rows, uint32_t n_rows, int32_t *out_ids, float *logits,
-                        struct ecu_step_stats *st, struct sl_error *err)
+/* A CUDA failure while enqueuing or waiting: is the context gone? */
+static int step_failed(struct ecu_ctx *c, int r, struct sl_error *err)
 {
-        const uint32_t n = b->n_tokens;
+        /* the shadow block table may be ahead of the device: resend everything next time */
+        for (size_t i = 0; i < (size_t)c->o.max_seqs * c->MB; i++)
+                c->shadow[i] = -2;
+        (void)cudaGetLastError(); /* clear a launch error that is not sticky */
+        const cudaError_t q = cudaStreamQuery(c->st);
+        if (q != cudaSuccess && q != cudaErrorNotReady)
+                c->broken = true; /* a sticky error: the context is gone */
+        if (r == -EINVAL && !cuda_err_last()->call)
+                return sl_errorf(err, r, "cuda step: a kernel refused its arguments");
+        c->broken = true;
+        return cuda_fail(err, r, "GPU step");
+}
+
+extern "C" int ecu_step_launch(struct ecu_ctx *c, const struct engine_kv *kv, const struct ecu_step_args *a,
+                               struct sl_error *err)
+{
+        const struct engine_batch *b = a->b;
+        const uint32_t n = b->n_tokens, n_rows = a->n_rows;
+        const struct ecu_sample_row *rows = a->rows;
         int r;
 
-        if (st)
-                memset(st, 0, sizeof(*st));
         if (c->broken)
                 return sl_errorf(err, -EIO, "the GPU context failed earlier; the service must restart");
+        if (c->n_flight >= 2)
+                return sl_errorf(err, -EBUSY, "cuda step: two steps already in flight");
         if (n == 0)
-                return 0;
-        if (n > c->T || n_rows > c->R || n_rows > n)
-                return sl_errorf(err, -EINVAL, "cuda step: %u tokens / %u rows exceed %u / %u", n, n_rows, c->T, c->R);
+                return sl_errorf(err, -EINVAL, "cuda step: empty batch");
+        if (n > c->T || n_rows > c->R || n_rows > n || a->n_chunks > c->o.max_seqs)
+                return sl_errorf(err, -EINVAL, "cuda step: %u tokens / %u rows / %u chunks exceed %u / %u / %u", n,
+                                 n_rows, a->n_chunks, c->T, c->R, c->o.max_seqs);
         if (kv->block_size != c->o.block_size || kv->max_blocks_per_seq > c->MB || kv->max_seqs != c->o.max_seqs ||
             kv->n_blocks > c->n_blocks)
                 return sl_errorf(err, -EINVAL, "cuda step: KV tables do not match the GPU pool");
+        if (a->logits && c->n_flight)
+                return sl_errorf(err, -EBUSY, "cuda step: logits are copied back only with nothing in flight");
 
         /* decode-like (one token per sequence, each sampled): a captured graph can run it */
-        bool decode = n_rows == n && !logits;
+        bool decode = n_rows == n && !a->logits;
         for (uint32_t t = 0; t < n && decode; t++) {
                 const int s = b->seq[t];
                 if (!b->logits || !b->logits[t] || c->seen[s])
@@ -1146,45 +1218,75 @@ extern "C" int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const str
                         }
         const uint32_t ntok = gi >= 0 ? c->bucket[gi] : n;
         const uint32_t nrows = gi >= 0 ? ntok : n_rows;
+        const uint32_t par = c->par;
 
-        /* inputs */
-        struct step_hdr *h = (struct step_hdr *)c->h_in;
-        int32_t *tok = (int32_t *)(c->h_in + c->L.tok), *pos = (int32_t *)(c->h_in + c->L.pos);
-        int32_t *row = (int32_t *)(c->h_in + c->L.row), *oi = (int32_t *)(c->h_in + c->L.outidx);
-        int32_t *hist = (int32_t *)(c->h_in + c->L.hist);
-        struct cuda_sample_params *pp = (struct cuda_sample_params *)(c->h_in + c->L.params);
-        struct bt_update *up = (struct bt_update *)(c->h_in + c->L.bt);
-        uint32_t nr = 0, nh = 0, nu = 0;
+        /* inputs, in this step's slot (the step that used it last has been waited for) */
+        uint8_t *in = c->h_in + par * c->L.total;
+        struct step_hdr *h = (struct step_hdr *)in;
+        int32_t *tok = (int32_t *)(in + c->L.tok), *pos = (int32_t *)(in + c->L.pos);
+        int32_t *row = (int32_t *)(in + c->L.row), *oi = (int32_t *)(in + c->L.outidx);
+        int32_t *hist = (int32_t *)(in + c->L.hist);
+        struct cuda_sample_params *pp = (struct cuda_sample_params *)(in + c->L.params);
+        struct bt_update *up = (struct bt_update *)(in + c->L.bt);
+        struct src_chunk *chk = (struct src_chunk *)(in + c->L.chunk);
+        uint32_t nr = 0, nh = 0, nu = 0, k = 0;
+        for (uint32_t i = 0; i < a->n_chunks; i++) {
+                const struct ecu_src_chunk *sc = &a->chunks[i];
+                if (!sc->n || (uint64_t)sc->at + sc->n > n || (i && sc->at < a->chunks[i - 1].at + a->chunks[i - 1].n))
+                        return sl_errorf(err, -EINVAL, "cuda step: prompt chunk %u [%u, +%u) out of order or range", i,
+                                         sc->at, sc->n);
+                chk[i].src = sc->src;
+                chk[i].at = (int32_t)sc->at;
+                chk[i].n = (int32_t)sc->n;
+        }
         for (uint32_t t = 0; t < n; t++) {
-                tok[t] = b->token[t];
+                if (k < a->n_chunks && t == a->chunks[k].at) {
+                        /* read by the GPU where it lies */
+                        for (uint32_t e = t + a->chunks[k].n; t < e; t++) {
+                                pos[t] = b->pos[t];
+                                row[t] = b->seq[t];
+                                if (b->logits && b->logits[t] && t + 1 != e)
+                                        return sl_errorf(err, -EINVAL, "cuda step: a sampled token inside a chunk");
+                        }
+                        t--;
+                        k++;
+                } else if (a->prev_row && a->prev_row[t] >= 0) {
+                        if (!c->have_prev || (uint32_t)a->prev_row[t] >= c->prev_rows)
+                                return sl_errorf(err, -EINVAL, "cuda step: token %u takes row %d of a previous step of %u rows",
+                                                 t, a->prev_row[t], c->have_prev ? c->prev_rows : 0);
+                        tok[t] = -(a->prev_row[t] + 1);
+                } else {
+                        tok[t] = b->token[t];
+                }
                 pos[t] = b->pos[t];
                 row[t] = b->seq[t];
-                if (b->logits && b->logits[t]) {
-                        if (nr >= n_rows)
-                                return sl_errorf(err, -EINVAL, "cuda step: more flagged tokens than rows");
-                        oi[nr] = (int32_t)t;
-                        const struct ecu_sample_row *sr = &rows[nr];
-                        if (nh + sr->hist_len > c->H)
-                                return sl_errorf(err, -E2BIG, "cuda step: penalty windows of %u ids exceed %u",
-                                                 nh + sr->hist_len, c->H);
-                        to_params(&pp[nr], sr, nh);
-                        if (sr->hist_len)
-                                memcpy(hist + nh, sr->hist, sr->hist_len * sizeof(int32_t));
-                        nh += sr->hist_len;
-                        nr++;
-                }
+        }
+        for (uint32_t t = 0; t < n; t++) {
+                if (!b->logits || !b->logits[t])
+                        continue;
+                if (nr >= n_rows)
+                        return sl_errorf(err, -EINVAL, "cuda step: more flagged tokens than rows");
+                oi[nr] = (int32_t)t;
+                const struct ecu_sample_row *sr = &rows[nr];
+                const uint32_t extra = sr->hist_prev;
+                if (nh + sr->hist_len + extra > c->H)
+                        return sl_errorf(err, -E2BIG, "cuda step: penalty windows of %u ids exceed %u",
+                                         nh + sr->hist_len + extra, c->H);
+                if (extra && (!c->have_prev || sr->prev_row >= c->prev_rows))
+                        return sl_errorf(err, -EINVAL, "cuda step: row %u's window takes row %u of a previous step", nr,
+                                         sr->prev_row);
+                to_params(&pp[nr], sr, nh);
+                if (sr->hist_len)
+                        memcpy(hist + nh, sr->hist, sr->hist_len * sizeof(int32_t));
+                if (extra)
+                        hist[nh + sr->hist_len] = -(int32_t)(sr->prev_row + 1);
+                pp[nr].hist_len = sr->hist_len + extra;
+                nh += sr->hist_len + extra;
+                nr++;
         }
         if (nr != n_rows)
                 return sl_errorf(err, -EINVAL, "cuda step: %u flagged tokens, %u rows", nr, n_rows);
-        for (uint32_t t = n; t < ntok; t++) { /* graph padding: the trash row */
-                tok[t] = 0;
-                pos[t] = 0;
-                row[t] = (int32_t)c->pad_row;
-                oi[t] = (int32_t)t;
-                memset(&pp[t], 0, sizeof(pp[t]));
-                pp[t].top_p = 1.0f;
-                pp[t].repeat_penalty = 1.0f;
-        }
+        pad_inputs(c, par, n, ntok); /* graph padding: the trash row */
         /* block-table entries that changed since they were last sent */
         for (uint32_t t = 0; t < n; t++) {
                 const int s = b->seq[t];
@@ -1208,40 +1310,106 @@ extern "C" int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const str
         h->nrows = (int32_t)nrows;
         h->nhist = (int32_t)nh;
         h->nbt = (int32_t)nu;
+        h->nchunk = (int32_t)a->n_chunks;
 
-        if ((r = CUDA_CHECK(cudaEventRecord(c->e0, c->st))) < 0)
-                goto cuda_error;
+        c->launches = 0;
+        if ((r = CUDA_CHECK(cudaEventRecord(c->e0[par], c->st))) < 0)
+                return step_failed(c, r, err);
         if (gi >= 0) {
-                if ((r = CUDA_CHECK(cudaGraphLaunch(c->gexec[gi], c->st))) < 0)
-                        goto cuda_error;
+                if ((r = CUDA_CHECK(cudaGraphLaunch(c->gexec[par][gi], c->st))) < 0)
+                        return step_failed(c, r, err);
                 c->launches = 1;
-        } else if ((r = enqueue_step(c, (int)ntok, (int)nrows, logits)) < 0) {
-                goto cuda_error;
+        } else if ((r = enqueue_step(c, (int)ntok, (int)nrows, a->logits, par)) < 0) {
+                return step_failed(c, r, err);
         }
-        if ((r = CUDA_CHECK(cudaEventRecord(c->e1, c->st))) < 0 || (r = CUDA_CHECK(cudaEventSynchronize(c->e1))) < 0)
-                goto cuda_error;
-        memcpy(out_ids, c->h_out, n_rows * sizeof(int32_t));
+        if ((r = CUDA_CHECK(cudaEventRecord(c->e1[par], c->st))) < 0)
+                return step_failed(c, r, err);
+        c->slot[par].n_rows = n_rows;
+        c->slot[par].ntok = ntok;
+        c->slot[par].launches = c->launches;
+        c->slot[par].graph = gi >= 0;
+        c->prev_rows = n_rows;
+        c->have_prev = true;
+        c->par = par ^ 1u;
+        c->n_flight++;
+        return 0;
+}
+
+extern "C" int ecu_step_wait(struct ecu_ctx *c, int32_t *out_ids, struct ecu_step_stats *st, struct sl_error *err)
+{
+        int r;
+        if (st)
+                memset(st, 0, sizeof(*st));
+        if (!c->n_flight)
+                return sl_errorf(err, -EINVAL, "cuda step: nothing in flight");
+        const uint32_t par = (c->par + c->n_flight) & 1u; /* the oldest */
+        c->n_flight--;
+        if ((r = CUDA_CHECK(cudaEventSynchronize(c->e1[par]))) < 0)
+                return step_failed(c, r, err);
+        const uint32_t n_rows = c->slot[par].n_rows;
+        memcpy(out_ids, c->h_out + par * c->R, n_rows * sizeof(int32_t));
         if (st) {
                 float ms = 0.0f;
-                cudaEventElapsedTime(&ms, c->e0, c->e1);
-                st->graph = gi >= 0;
-                st->bucket = ntok;
-                st->launches = c->launches;
+                cudaEventElapsedTime(&ms, c->e0[par], c->e1[par]);
+                st->graph = c->slot[par].graph;
+                st->bucket = c->slot[par].ntok;
+                st->launches = c->slot[par].launches;
                 st->gpu_ns = (uint64_t)(ms * 1e6);
         }
         return (int)n_rows;
-cuda_error:
-        /* the shadow block table may be ahead of the device: resend everything next time */
-        for (size_t i = 0; i < (size_t)c->o.max_seqs * c->MB; i++)
-                c->shadow[i] = -2;
-        (void)cudaGetLastError(); /* clear a launch error that is not sticky */
-        const cudaError_t q = cudaStreamQuery(c->st);
-        if (q != cudaSuccess && q != cudaErrorNotReady)
-                c->broken = true; /* a sticky error: the context is gone */
-        if (r == -EINVAL && !cuda_err_last()->call)
-                return sl_errorf(err, r, "cuda step: a kernel refused its arguments");
-        c->broken = true;
-        return cuda_fail(err, r, "GPU step");
+}
+
+extern "C" int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const struct engine_batch *b,
+                        const struct ecu_sample_row *rows, uint32_t n_rows, int32_t *out_ids, float *logits,
+                        struct ecu_step_stats *st, struct sl_error *err)
+{
+        if (st)
+                memset(st, 0, sizeof(*st));
+        if (c->broken)
+                return sl_errorf(err, -EIO, "the GPU context failed earlier; the service must restart");
+        if (b->n_tokens == 0)
+                return 0;
+        struct ecu_step_args a;
+        memset(&a, 0, sizeof(a));
+        a.b = b;
+        a.rows = rows;
+        a.n_rows = n_rows;
+        a.logits = logits;
+        int r = ecu_step_launch(c, kv, &a, err);
+        return r < 0 ? r : ecu_step_wait(c, out_ids, st, err);
+}
+
+/* ---- mapped host memory ---- */
+
+extern "C" void *ecu_host_alloc(size_t n)
+{
+        void *p = NULL, *d = NULL;
+        if (cudaHostAlloc(&p, n ? n : 1, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+                cudaGetLastError();
+                return NULL;
+        }
+        if (cudaHostGetDevicePointer(&d, p, 0) != cudaSuccess || d != p) {
+                cudaGetLastError();
+                cudaFreeHost(p);
+                return NULL;
+        }
+        return p;
+}
+
+extern "C" void ecu_host_free(void *p)
+{
+        if (p)
+                cudaFreeHost(p);
+}
+
+extern "C" bool ecu_host_mapped(const void *p)
+{
+        cudaPointerAttributes at;
+        if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+                cudaGetLastError();
+                return false;
+        }
+        return at.type == cudaMemoryTypeHost && at.devicePointer == p;
 }
 
 extern "C" int ecu_measure_bandwidth(double *read_gbs, struct sl_error *err)

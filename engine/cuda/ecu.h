@@ -79,12 +79,36 @@ void ecu_ctx_free(struct ecu_ctx *c);
 void ecu_ctx_get_info(const struct ecu_ctx *c, struct ecu_ctx_info *out);
 
 /* One row to sample: the request's parameters, how many tokens it drew before (the RNG
- * counter), and its penalty window (oldest first). */
+ * counter), and its penalty window (oldest first). With hist_prev the window has one more
+ * id at its end: the one the previous step sampled for its row prev_row (not yet known to
+ * the host when this step is launched). */
 struct ecu_sample_row {
         const struct engine_sampling *s;
         uint64_t step;
         const int32_t *hist;
         uint32_t hist_len;
+        bool hist_prev;
+        uint32_t prev_row;
+};
+
+/* Ids of batch positions [at, at + n) that the GPU reads itself from src, memory that
+ * ecu_host_alloc() gave: the host does not copy them into the step's inputs. */
+struct ecu_src_chunk {
+        const int32_t *src;
+        uint32_t at, n;
+};
+
+struct ecu_step_args {
+        const struct engine_batch *b;  /* same contract as engine_forward; K/V of every token
+                                        * written at (seq, pos); the kv tables already reserved */
+        const int32_t *prev_row;       /* [n_tokens] or NULL: >= 0 means the token is the id the
+                                        * previous step sampled for that row (b->token ignored) */
+        const struct ecu_src_chunk *chunks; /* in batch order, not overlapping; may be NULL */
+        uint32_t n_chunks;
+        const struct ecu_sample_row *rows;  /* one per token whose logits flag is set, in order */
+        uint32_t n_rows;
+        float *logits;                 /* optional (forces an eager step): the n_rows × n_vocab
+                                        * logits before sampling, copied back (for tests) */
 };
 
 struct ecu_step_stats {
@@ -94,14 +118,27 @@ struct ecu_step_stats {
         uint64_t gpu_ns;          /* device time between the step's first and last event */
 };
 
-/* Runs the batch (same contract as engine_forward: K/V of every token written at
- * (seq, pos), the kv tables already reserved by the caller's check) and samples one token
- * for each token whose logits flag is set, in batch order: out_ids[n_rows]. rows[] gives the
- * sampling of each such token, in the same order. logits (optional, eager steps only): the
- * n_rows × n_vocab logits before sampling, copied back (for tests). */
+/* Enqueues a step (the forward pass and the sampling of every row) and returns without
+ * waiting: the host can prepare the next step while this one runs. At most two steps are in
+ * flight; ecu_step_wait() takes them in order. Returns 0 or a negative errno (-EBUSY with
+ * two in flight). */
+int ecu_step_launch(struct ecu_ctx *c, const struct engine_kv *kv, const struct ecu_step_args *a,
+                    struct sl_error *err);
+/* Waits for the oldest step in flight; out_ids[n_rows] gets its sampled ids, in row order.
+ * Returns n_rows, or a negative errno (-EIO: a CUDA error; the context may be broken). */
+int ecu_step_wait(struct ecu_ctx *c, int32_t *out_ids, struct ecu_step_stats *st, struct sl_error *err);
+/* Launch and wait: one synchronous step with neither previous-row tokens nor chunks. */
 int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const struct engine_batch *b,
              const struct ecu_sample_row *rows, uint32_t n_rows, int32_t *out_ids, float *logits,
              struct ecu_step_stats *st, struct sl_error *err);
+
+/* Pinned host memory mapped into the GPU's address space at the same address (unified
+ * addressing), for buffers the GPU reads in place: request rings, the engine's token
+ * arrays. NULL when there is no usable GPU or the mapping is not at the same address. */
+void *ecu_host_alloc(size_t n);
+void ecu_host_free(void *p);
+/* Is p inside memory that ecu_host_alloc() gave (and so readable by the GPU)? */
+bool ecu_host_mapped(const void *p);
 
 /* The device's streaming read bandwidth (GB/s, 1e9 bytes), measured on a buffer well past
  * the L2 cache: the roofline's denominator. */

@@ -200,6 +200,8 @@ static void on_done(void *user, uint64_t tag, const struct engine_sched_done *d)
 /* Submits n requests (prompts[i], sampling s[i]) all at once (or one at a time when serial)
  * and runs until all finish. Returns the mean launches per step over decode steps. */
 static bool g_invariant;
+static bool g_no_overlap; /* wait for each step before building the next */
+static bool g_vary;       /* request i stops after N_GEN - i % 9 tokens */
 
 static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_t (*prompts)[16],
                      const struct engine_sampling *s, bool serial, struct collect *c, double *launches,
@@ -208,7 +210,7 @@ static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_
         struct sl_error err = {0};
         struct engine_sched_opts o = {.max_running = 32, .max_queued = 64, .token_budget = 256, .max_ctx = 256,
                                       .kv_blocks = 1024, .no_graphs = no_graphs,
-                                      .batch_invariant = g_invariant,
+                                      .batch_invariant = g_invariant, .no_overlap = g_no_overlap,
                                       .pdl = getenv("SLUICE_CUDA_PDL") && !strcmp(getenv("SLUICE_CUDA_PDL"), "1")};
         struct engine_sched *sch;
         int r = engine_sched_create(m, &o, &sch, &err);
@@ -221,7 +223,8 @@ static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_
         uint64_t lsum = 0, lsteps = 0;
         for (int i = 0; i < n; i++) {
                 struct engine_request q = {.tag = (uint64_t)i, .prompt = prompts[i], .n_prompt = 16,
-                                           .sampling = s[i], .max_tokens = N_GEN, .ignore_eos = true};
+                                           .sampling = s[i], .max_tokens = N_GEN - (g_vary ? i % 9 : 0),
+                                           .ignore_eos = true};
                 if ((r = engine_sched_submit(sch, &q, NULL, &err)) < 0) {
                         fprintf(stderr, "submit: %s\n", err.msg);
                         goto out;
@@ -423,6 +426,29 @@ static int test_model(const char *path)
                 }
         }
         g_invariant = false;
+        /* overlapped steps (step n+1 launched before step n's ids are read; its tokens taken
+         * from step n's output on the GPU, penalty windows too) == one step at a time: seeded
+         * sampling with penalties, and greedy requests of different lengths (the ones that end
+         * are left out of the next step) */
+        for (int v = 0; v < 2; v++) {
+                g_vary = v;
+                const struct engine_sampling *sv = v ? s : many;
+                const int nv = v ? N_PROMPTS : 32;
+                if (run_sched(gpu, false, nv, (const int32_t(*)[16])p2, sv, false, &c, NULL, NULL) == 0) {
+                        g_no_overlap = true;
+                        r = run_sched(gpu, false, nv, (const int32_t(*)[16])p2, sv, false, &d, NULL, NULL);
+                        g_no_overlap = false;
+                        ok = r == 0 ? same(&c, &d, nv) : 0;
+                        snprintf(what, sizeof(what), "overlapped steps == one at a time (%s): %d/%d requests identical",
+                                 v ? "greedy, lengths vary" : "seeded, penalties", ok, nv);
+                        check(ok == nv, what, path);
+                        jrec("{\"model\": \"%s\", \"test\": \"overlap_vs_sync\", \"case\": \"%s\", \"identical\": %d, "
+                             "\"of\": %d}", path, v ? "greedy_vary" : "seeded_penalties", ok, nv);
+                } else {
+                        check(0, "overlap runs", path);
+                }
+        }
+        g_vary = false;
         /* greedy, batch-invariant: the CPU-vs-GPU comparison again, on the invariant path */
         g_invariant = true;
         if (run_sched(gpu, false, N_PROMPTS, prompts, s, false, &c, NULL, NULL) == 0) {
