@@ -471,7 +471,7 @@ enum dp_req_kind {
 struct dp_req_rec {
         uint8_t kind;           /* enum dp_req_kind */
         uint8_t transport;      /* index given in the transport's config */
-        uint16_t reserved;
+        uint16_t flags;         /* enum dp_req_flag */
         uint32_t payload_len;
         uint64_t client;        /* opaque handle, meaning private to the transport: echo it */
         uint64_t request_id;
@@ -488,6 +488,28 @@ struct dp_resp_rec {
         uint64_t request_id;
         uint8_t payload[];      /* already encoded: dp_tokens_encode, dp_done_encode, ... */
 };
+
+enum dp_req_flag {
+        /* The record holds a struct dp_req_ext, not the payload: the payload stays where the
+         * transport received it (the DPDK transport: the mbuf the NIC wrote, in pinned
+         * memory) until the consumer calls dp_req_release(). */
+        DP_REQF_EXTERNAL = 1u << 0,
+};
+
+struct dp_req_ext {
+        const uint8_t *data;    /* the request payload (GENERATE or TOKENIZE message) */
+        uint32_t len;
+        uint32_t reserved;
+        void (*release)(void *ctx, void *ref); /* gives the buffer back; any thread */
+        void *ctx, *ref;
+};
+
+/* The payload of a request record, inline or external; NULL (len 0) for a malformed
+ * external record. */
+const uint8_t *dp_req_payload(const struct dp_req_rec *r, uint32_t *len);
+/* The consumer is done with the payload (no-op for inline records). Call it exactly once
+ * per record, before dp_ring_release(). */
+void dp_req_release(const struct dp_req_rec *r);
 
 /* Producer helpers: copy a record into the ring. Return 0, or -ENOBUFS when full. */
 int dp_req_push(struct dp_ring *r, const struct dp_req_rec *h, const void *payload, size_t len);
@@ -625,3 +647,109 @@ int dp_req_push_peer(struct dp_ring *r, const struct dp_req_rec *h, const void *
 const struct dp_req_peer *dp_req_peer(const struct dp_req_rec *r, size_t rec_len);
 /* "127.0.0.1:45678", "[::1]:45678", or "-" when p is NULL. Returns snprintf's count. */
 int dp_req_peer_format(const struct dp_req_peer *p, char *buf, size_t cap);
+
+/* ==== the DPDK transport (dataplane/dpdk.c; only in a build with SLUICE_HAVE_DPDK) ====
+ * Kernel-bypass UDP: a poll-mode loop per dataplane lcore, one rx/tx queue pair each (RSS
+ * spreads clients), Ethernet/ARP/IPv4/ICMP/UDP in user space (packet.c), then the same UDP
+ * protocol core as the kernel UDP transport. Receive buffers live in external memory
+ * registered with DPDK (rte_extmem_register + rte_dev_dma_map) and, through
+ * struct dp_host_mem_ops, with CUDA; single-datagram requests reach the engine as
+ * DP_REQF_EXTERNAL records that point into the mbuf. docs/dpdk.md. */
+
+#define DP_DPDK_MAX_LCORES 8
+
+/* What the engine side offers for the receive memory (the daemon fills it; all optional). */
+struct dp_host_mem_ops {
+        void *user;
+        const char *name;       /* "cuda", for messages */
+        /* Page-lock p[0, n) and map it for the GPU (cudaHostRegister, mapped); *dev_ptr gets
+         * the GPU's address of p. 0 or a negative errno. */
+        int (*register_host)(void *user, void *p, size_t n, void **dev_ptr);
+        void (*unregister_host)(void *user, void *p);
+        /* GPUDirect RDMA: n bytes of GPU memory that the NIC can write and the CPU can read
+         * (a BAR mapping); *cpu gets the CPU's address. NULL: not available. */
+        int (*alloc_device)(void *user, size_t n, void **cpu, void **dev_ptr);
+        void (*free_device)(void *user, void *cpu);
+};
+
+enum dp_dpdk_drop {
+        /* the parser's reasons, in the order of packet.h's enum dpk_kind */
+        DP_DPDK_DROP_SHORT, DP_DPDK_DROP_OVERSIZE, DP_DPDK_DROP_L2, DP_DPDK_DROP_IP_HEADER,
+        DP_DPDK_DROP_IP_CHECKSUM, DP_DPDK_DROP_NOT_OUR_ADDRESS, DP_DPDK_DROP_IP_FRAGMENT,
+        DP_DPDK_DROP_IP_PROTOCOL, DP_DPDK_DROP_UDP_LENGTH, DP_DPDK_DROP_UDP_CHECKSUM,
+        DP_DPDK_DROP_UDP_PORT, DP_DPDK_DROP_ARP, DP_DPDK_DROP_ICMP, DP_DPDK_DROP_SPLIT,
+        /* the transport's */
+        DP_DPDK_DROP_SEGMENTS,  /* a multi-segment frame without header/data split */
+        DP_DPDK_DROP_TX_FULL,   /* the tx queue did not take a frame */
+        DP_DPDK_DROP_NO_ARP,    /* a reply to an address with no ARP entry (a request went out) */
+        DP_DPDK_DROP_NO_MBUF,   /* the pool was empty when a frame was to be sent */
+        DP_DPDK_DROP_N,
+};
+const char *dp_dpdk_drop_name(unsigned reason); /* "ip_checksum", ... */
+
+/* Per lcore (= per queue pair), read from any thread. */
+struct dp_dpdk_stats {
+        uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
+        uint64_t drops[DP_DPDK_DROP_N];
+        uint64_t arp_requests_rx, arp_replies_rx, arp_replies_tx, arp_requests_tx;
+        uint64_t icmp_echo;
+        uint64_t prompts_zero_copy;   /* requests handed to the engine inside their mbuf */
+        uint64_t prompts_copied;      /* requests copied into the ring (reassembled, or pool pressure) */
+        uint64_t polls, idle_polls;
+        struct dp_transport_stats proto; /* the UDP protocol core's counters */
+};
+
+struct dp_dpdk_config {
+        const char *eal_args;   /* split on blanks; the transport adds --vdev/-a for port */
+        const char *port;       /* PCI address, a virtual device ("net_af_packet0,iface=veth0"),
+                                 * or a port id (the device given in eal_args) */
+        uint32_t ip;            /* host order */
+        uint8_t prefix_len;
+        uint16_t udp_port;
+        unsigned n_queues;      /* rx/tx queue pairs = dataplane lcores, 1..DP_DPDK_MAX_LCORES */
+        unsigned lcores[DP_DPDK_MAX_LCORES]; /* EAL lcore ids; all 0: the first worker lcores */
+        unsigned rx_desc, tx_desc; /* 0: 1024 */
+        unsigned mbufs;         /* receive and transmit buffers; 0: 8192 */
+        unsigned idle_sleep_us; /* sleep this long after 256 empty polls; 0: poll always */
+        bool gpudirect;         /* payload pool in GPU memory, header/data split */
+        /* The protocol core's settings and, per queue, the rings (cfg.index = index[i]). */
+        struct dp_transport_config tc;
+        uint8_t index[DP_DPDK_MAX_LCORES];
+        struct dp_ring *req_ring[DP_DPDK_MAX_LCORES], *resp_ring[DP_DPDK_MAX_LCORES];
+        const struct dp_host_mem_ops *mem; /* may be NULL: pinned host memory (mlock) */
+};
+
+struct dp_dpdk;
+/* Starts EAL (once per process), the port and the memory. Errors say what is missing and
+ * how to fix it (hugepages, binding, permissions). */
+int dp_dpdk_create(struct dp_dpdk **out, const struct dp_dpdk_config *cfg, struct sl_error *err);
+int dp_dpdk_start(struct dp_dpdk *d, struct sl_error *err); /* launches the lcores */
+void dp_dpdk_stop(struct dp_dpdk *d);
+void dp_dpdk_free(struct dp_dpdk *d);
+unsigned dp_dpdk_queues(const struct dp_dpdk *d);
+void dp_dpdk_stats(const struct dp_dpdk *d, unsigned queue, struct dp_dpdk_stats *out);
+/* lcore id of queue q. */
+unsigned dp_dpdk_lcore(const struct dp_dpdk *d, unsigned q);
+/* Port-level drops the NIC counts (rte_eth_stats): missed (rx ring full), rx errors, no mbuf. */
+void dp_dpdk_port_drops(const struct dp_dpdk *d, uint64_t *imissed, uint64_t *ierrors, uint64_t *nombuf);
+/* One line for the log: port, driver, MAC, queues, offloads, memory and how it is registered. */
+int dp_dpdk_describe(const struct dp_dpdk *d, char *buf, size_t cap);
+
+/* Where p lies, for the zero-copy check: in a receive buffer of the live DPDK transport? */
+struct dp_dpdk_where {
+        bool in_pool;           /* p lies in the mbuf pool's external memory */
+        uint32_t buffer;        /* which buffer of the pool */
+        uint32_t frame_off;     /* offset from the start of the Ethernet frame received there */
+        bool dpdk_registered;   /* the memory is an external memseg list of DPDK's */
+        bool locked;            /* pinned by mlock */
+        bool host_registered;   /* pinned and mapped through dp_host_mem_ops (CUDA) */
+        void *device_ptr;       /* the GPU's address of p when host_registered, else NULL */
+};
+int dp_dpdk_locate(const void *p, struct dp_dpdk_where *w); /* 0, or -ENOENT: no live transport */
+
+/* Benchmark entry (bench/dpdk_bench.c): runs n frames, as a poll of queue q would, through
+ * the real receive path (parse, validate, request table, ring), on the calling lcore.
+ * pkts are struct rte_mbuf pointers from dp_dpdk_bench_pool(); they are consumed. */
+void dp_dpdk_bench_rx(struct dp_dpdk *d, unsigned q, void **pkts, unsigned n);
+void *dp_dpdk_bench_pool(struct dp_dpdk *d); /* struct rte_mempool * */
+void dp_dpdk_bench_reset(struct dp_dpdk *d, unsigned q); /* forget every request of queue q */

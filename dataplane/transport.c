@@ -294,3 +294,30 @@ int dp_req_peer_format(const struct dp_req_peer *p, char *buf, size_t cap)
                 return snprintf(buf, cap, "[%s]:%u", host, ntohs(p->addr.in6.sin6_port));
         return snprintf(buf, cap, "-");
 }
+
+/* ---- external payloads (DP_REQF_EXTERNAL) ---- */
+
+const uint8_t *dp_req_payload(const struct dp_req_rec *r, uint32_t *len)
+{
+        if (!(r->flags & DP_REQF_EXTERNAL)) {
+                *len = r->payload_len;
+                return r->payload;
+        }
+        struct dp_req_ext e;
+        *len = 0;
+        if (r->payload_len != sizeof(e))
+                return NULL;
+        memcpy(&e, r->payload, sizeof(e));
+        *len = e.len;
+        return e.data;
+}
+
+void dp_req_release(const struct dp_req_rec *r)
+{
+        struct dp_req_ext e;
+        if (!(r->flags & DP_REQF_EXTERNAL) || r->payload_len != sizeof(e))
+                return;
+        memcpy(&e, r->payload, sizeof(e));
+        if (e.release)
+                e.release(e.ctx, e.ref);
+}

@@ -8,7 +8,12 @@
 
 #include "dataplane.h"
 
-#define DPT_STAT(s, f, n) atomic_fetch_add_explicit((_Atomic uint64_t *)&(s)->f, (n), memory_order_relaxed)
+/* Counters have one writer (the transport's thread or lcore): a relaxed load and store, no
+ * locked instruction per packet; readers on other threads see whole values. */
+#define DPT_STAT(s, f, n)                                                                          \
+        atomic_store_explicit((_Atomic uint64_t *)&(s)->f,                                         \
+                              atomic_load_explicit((_Atomic uint64_t *)&(s)->f, memory_order_relaxed) + (n), \
+                              memory_order_relaxed)
 
 int dpt_listen_socket(const char *addr, int type, struct sockaddr_storage *bound, unsigned *blen,
                       struct sl_error *err);
