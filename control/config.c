@@ -53,6 +53,7 @@ static const char *const onoff_names[] = {"off", "on", NULL};
 static const char *const audit_names[] = {"off", "on", "with-text", NULL};
 static const char *const auth_names[] = {"off", NULL};
 static const char *const target_names[] = {"auto", "journal", "stderr", NULL};
+static const char *const dpdk_on_error_names[] = {"exit", "continue", NULL};
 
 #define F(field) offsetof(struct ctl_config, field), sizeof(((struct ctl_config *)0)->field)
 #define STR(s, n, field, rl) {s, n, K_STR, F(field), 0, 0, NULL, rl}
@@ -86,8 +87,15 @@ static const struct key keys[] = {
         STR("dpdk", "eal_args", dpdk.eal_args, false),
         STR("dpdk", "port", dpdk.port, false),
         {"dpdk", "address", K_ADDR, F(dpdk.address), 0, 0, NULL, false},
-        U32("dpdk", "queues", dpdk.queues, 1, 64, false),
+        U32("dpdk", "prefix_len", dpdk.prefix_len, 1, 32, false),
+        U32("dpdk", "queues", dpdk.queues, 1, 8, false),
+        STR("dpdk", "lcores", dpdk.lcores, false),
+        U32("dpdk", "rx_desc", dpdk.rx_desc, 64, 16384, false),
+        U32("dpdk", "tx_desc", dpdk.tx_desc, 64, 16384, false),
         U32("dpdk", "mbufs", dpdk.mbufs, 1024, 1u << 20, false),
+        U32("dpdk", "idle_sleep_us", dpdk.idle_sleep_us, 0, 100000, false),
+        ENUM("dpdk", "gpudirect", dpdk.gpudirect, onoff_names, false),
+        ENUM("dpdk", "on_error", dpdk.on_error, dpdk_on_error_names, false),
 
         U32("limits", "max_prompt_tokens", limits.max_prompt_tokens, 1, 32768, true),
         U32("limits", "max_prompt_bytes", limits.max_prompt_bytes, 1, 131072, true),
@@ -486,7 +494,10 @@ void ctl_config_defaults(struct ctl_config *cfg)
         ctl_addr_parse("127.0.0.1:7400", &cfg->dataplane.udp_listen.a[0], &e);
         cfg->dataplane.tcp_listen.n = 1;
         ctl_addr_parse("127.0.0.1:7400", &cfg->dataplane.tcp_listen.a[0], &e);
+        cfg->dpdk.prefix_len = 24;
         cfg->dpdk.queues = 1;
+        cfg->dpdk.rx_desc = 1024;
+        cfg->dpdk.tx_desc = 1024;
         cfg->dpdk.mbufs = 8192;
         cfg->limits.max_prompt_tokens = 4096;
         cfg->limits.max_prompt_bytes = 65536;
@@ -755,6 +766,23 @@ int ctl_config_validate(const struct ctl_config *cfg, struct sl_error *err)
         if ((cfg->dataplane.transports & CTL_TRANSPORT_DPDK) && (!cfg->dpdk.port[0] || !cfg->dpdk.address.len))
                 return key_error(err, o, LINE("dataplane", "transports"), K("dataplane", "transports"),
                                  "dpdk needs [dpdk] port and address");
+        if ((cfg->dataplane.transports & CTL_TRANSPORT_DPDK) && cfg->dpdk.address.ss.ss_family != AF_INET)
+                return key_error(err, o, LINE("dpdk", "address"), K("dpdk", "address"),
+                                 "the DPDK transport speaks IPv4: give an IPv4 address:port");
+        if (cfg->dpdk.lcores[0]) {
+                unsigned n = 1;
+                for (const char *c = cfg->dpdk.lcores; *c; c++) {
+                        if (*c == ',')
+                                n++;
+                        else if (*c < '0' || *c > '9')
+                                return key_error(err, o, LINE("dpdk", "lcores"), K("dpdk", "lcores"),
+                                                 "a comma-separated list of lcore numbers, e.g. 1,2");
+                }
+                if (n != cfg->dpdk.queues)
+                        return key_error(err, o, SL_MAX(LINE("dpdk", "lcores"), LINE("dpdk", "queues")),
+                                         K("dpdk", "lcores"), "%u lcore(s) listed for %u queue(s)", n,
+                                         cfg->dpdk.queues);
+        }
         if (cfg->log.audit != CTL_AUDIT_OFF && cfg->log.audit_path[0] != '/')
                 return key_error(err, o, LINE("log", "audit_path"), K("log", "audit_path"),
                                  "an absolute path is needed when audit is on");

@@ -27,6 +27,7 @@ enum ctl_backend { CTL_BACKEND_AUTO = 0, CTL_BACKEND_CPU, CTL_BACKEND_CUDA };
 enum ctl_audit_mode { CTL_AUDIT_OFF = 0, CTL_AUDIT_ON, CTL_AUDIT_WITH_TEXT };
 enum ctl_auth_mode { CTL_AUTH_OFF = 0 };
 enum ctl_log_target { CTL_LOG_AUTO = 0, CTL_LOG_JOURNAL, CTL_LOG_STDERR };
+enum ctl_dpdk_on_error { CTL_DPDK_EXIT = 0, CTL_DPDK_CONTINUE };
 enum ctl_transport { CTL_TRANSPORT_UDP = 1u << 0, CTL_TRANSPORT_TCP = 1u << 1, CTL_TRANSPORT_DPDK = 1u << 2 };
 
 /* A numeric socket address; port 0 means "any free port" (tests). Ready for bind(). */
@@ -71,10 +72,16 @@ struct ctl_config {
         } dataplane;
         struct {                                /* only with SLUICE_HAVE_DPDK */
                 char eal_args[CTL_EAL_ARGS_MAX];
-                char port[64];                  /* PCI address or port id */
-                struct ctl_addr address;        /* the port's own IP address:UDP port */
-                uint32_t queues;
+                char port[256];                 /* PCI address, virtual device, or port id */
+                struct ctl_addr address;        /* the port's own IPv4 address:UDP port */
+                uint32_t prefix_len;            /* of the port's subnet */
+                uint32_t queues;                /* rx/tx queue pairs = dataplane lcores */
+                char lcores[64];                /* "1,2": EAL lcore per queue; "" = the first workers */
+                uint32_t rx_desc, tx_desc;
                 uint32_t mbufs;
+                uint32_t idle_sleep_us;         /* 0: poll without pause */
+                unsigned gpudirect;             /* 0 off, 1 on */
+                enum ctl_dpdk_on_error on_error;
         } dpdk;
         struct {
                 uint32_t max_prompt_tokens;

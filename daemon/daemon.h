@@ -11,7 +11,13 @@
 #include "dataplane.h"
 #include "engine.h"
 
-enum { DT_UDP = 0, DT_TCP = 1, DT_N = 2 };
+/* Ring pairs between the transports and the engine thread: one each for the kernel UDP and
+ * TCP transports, one per DPDK queue (= lcore), so every ring keeps one producer and one
+ * consumer. Metrics label them by kind: udp, tcp, dpdk. */
+enum { DT_UDP = 0, DT_TCP = 1, DT_DPDK = 2, DT_N = DT_DPDK + DP_DPDK_MAX_LCORES };
+enum { DTK_UDP = 0, DTK_TCP = 1, DTK_DPDK = 2, DTK_N = 3 };
+static inline int dt_kind(int tr) { return tr < DT_DPDK ? tr : DTK_DPDK; }
+extern const char *const dt_kind_name[DTK_N];
 
 /* Request outcomes, the label values of sluice_requests_total. */
 enum d_outcome {
@@ -32,11 +38,17 @@ struct d_metrics {
         struct ctl_counter *steps, *preemptions, *resp_ring_full;
         struct ctl_counter *graph_steps, *gpu_errors;  /* CUDA backend */
         struct ctl_gauge *launches, *gpu;
-        struct ctl_counter *tr[DT_N][DTS_N];
+        struct ctl_counter *tr[DTK_N][DTS_N];
         uint64_t tr_last[DT_N][DTS_N]; /* engine thread: last values copied */
+        struct ctl_counter *prompts_zero_copy, *prompts_copied; /* how prompts reached the engine */
+        struct d_dpdk_metrics *dpdk;   /* per DPDK queue, when the transport runs */
 };
 
 int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_error *err);
+/* The DPDK series (per lcore and queue), once the transport is up; d_dpdk_metrics_update()
+ * copies its counters (engine thread, with the other transport counters). */
+int d_dpdk_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct dp_dpdk *dp, struct sl_error *err);
+void d_dpdk_metrics_update(struct d_metrics *m, struct dp_dpdk *dp);
 
 /* Limits that SIGHUP may change: the main thread writes them under lock and bumps gen;
  * the engine thread copies them when gen moved (once per loop, never per token). */
@@ -58,6 +70,7 @@ struct daemon {
         struct dp_notify wake;
         struct dp_udp *udp;
         struct dp_tcp *tcp;
+        struct dp_dpdk *dpdk;
         struct dp_info info;
         char model_name[CTL_NAME_MAX + 1];
         char server_name[CTL_NAME_MAX + 16];

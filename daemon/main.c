@@ -106,13 +106,81 @@ static void on_progress(void *user, const struct engine_load_progress *p)
 
 /* ---- transports ---- */
 
+/* live + recently finished requests per UDP table, for idempotency and resend */
+static unsigned udp_max_requests(const struct daemon *d)
+{
+        return SL_MAX(256u, 2 * (d->sopts.max_running + d->sopts.max_queued) + 64);
+}
+
+static bool ring_wanted(const struct ctl_config *c, int tr)
+{
+        if (tr == DT_UDP)
+                return c->dataplane.transports & CTL_TRANSPORT_UDP;
+        if (tr == DT_TCP)
+                return c->dataplane.transports & CTL_TRANSPORT_TCP;
+        return (c->dataplane.transports & CTL_TRANSPORT_DPDK) && (unsigned)(tr - DT_DPDK) < c->dpdk.queues;
+}
+
+#if SLUICE_HAVE_DPDK
+/* The DPDK transport, after the kernel ones; "where" gets "dpdk 10.0.0.2:7400". When it
+ * cannot start, the error says what is missing; with [dpdk] on_error = continue and a
+ * kernel transport running, sluiced says so and goes on without it. */
+static int start_dpdk(struct daemon *d, char *where, size_t cap, struct sl_error *err)
+{
+        const struct ctl_config *c = &d->cfg;
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&c->dpdk.address.ss;
+        struct dp_dpdk_config dc = {
+                .eal_args = c->dpdk.eal_args, .port = c->dpdk.port, .ip = ntohl(sin->sin_addr.s_addr),
+                .prefix_len = (uint8_t)c->dpdk.prefix_len, .udp_port = ntohs(sin->sin_port),
+                .n_queues = c->dpdk.queues, .rx_desc = c->dpdk.rx_desc, .tx_desc = c->dpdk.tx_desc,
+                .mbufs = c->dpdk.mbufs, .idle_sleep_us = c->dpdk.idle_sleep_us, .gpudirect = c->dpdk.gpudirect,
+                .tc = {.engine_wake = &d->wake, .load = serve_load, .load_arg = d, .info = &d->info,
+                       .lease_ms = c->limits.udp_lease_ms, .max_requests = udp_max_requests(d), .max_reasm = 64},
+                /* the engine has no host-registration hook yet: pinned host memory (mlock) */
+                .mem = NULL,
+        };
+        const char *lc = c->dpdk.lcores;
+        for (unsigned q = 0; q < dc.n_queues; q++) {
+                dc.index[q] = (uint8_t)(DT_DPDK + q);
+                dc.req_ring[q] = d->req_ring[DT_DPDK + q];
+                dc.resp_ring[q] = d->resp_ring[DT_DPDK + q];
+                if (*lc) { /* validated by the config: digits and commas, one per queue */
+                        dc.lcores[q] = (unsigned)strtoul(lc, (char **)&lc, 10);
+                        lc += *lc == ',';
+                }
+        }
+        int r = dp_dpdk_create(&d->dpdk, &dc, err);
+        if (r == 0 && (r = dp_dpdk_start(d->dpdk, err)) < 0) {
+                dp_dpdk_free(d->dpdk);
+                d->dpdk = NULL;
+        }
+        if (r < 0) {
+                bool kernel = c->dataplane.transports & (CTL_TRANSPORT_UDP | CTL_TRANSPORT_TCP);
+                if (c->dpdk.on_error == CTL_DPDK_CONTINUE && kernel) {
+                        ctl_logf(SL_LOG_WARNING, "%s; continuing on the kernel transports ([dpdk] on_error = continue)",
+                                 err->msg);
+                        return 0;
+                }
+                return r;
+        }
+        char desc[512], b[64];
+        dp_dpdk_describe(d->dpdk, desc, sizeof(desc));
+        ctl_logf(SL_LOG_INFO, "dpdk: %s", desc);
+        if (d->metrics && d_dpdk_metrics_register(d->metrics, &d->m, d->dpdk, err) < 0)
+                ctl_logf(SL_LOG_WARNING, "dpdk metrics: %s", err->msg);
+        size_t off = strlen(where);
+        snprintf(where + off, cap - off, "%sdpdk %s", off ? ", " : "", ctl_addr_format(&c->dpdk.address, b, sizeof(b)));
+        return 0;
+}
+#endif
+
 static int start_transports(struct daemon *d, char *where, size_t cap, struct sl_error *err)
 {
         const struct ctl_config *c = &d->cfg;
         static char addr[2][CTL_MAX_LISTEN][64];
         size_t off = 0;
         where[0] = 0;
-        for (int tr = 0; tr < DT_N; tr++) {
+        for (int tr = 0; tr < DT_DPDK; tr++) {
                 unsigned bit = tr == DT_UDP ? CTL_TRANSPORT_UDP : CTL_TRANSPORT_TCP;
                 const struct ctl_addr_list *l = tr == DT_UDP ? &c->dataplane.udp_listen : &c->dataplane.tcp_listen;
                 if (!(c->dataplane.transports & bit))
@@ -128,7 +196,7 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                         tc.listen[i] = ctl_addr_format(&l->a[i], addr[tr][i], sizeof(addr[tr][i]));
                 if (tr == DT_UDP) {
                         /* live + recently finished requests, for idempotency and resend */
-                        tc.max_requests = SL_MAX(256u, 2 * (d->sopts.max_running + d->sopts.max_queued) + 64);
+                        tc.max_requests = udp_max_requests(d);
                         tc.max_reasm = 64;
                         if ((r = dp_udp_create(&d->udp, &tc, err)) < 0 || (r = dp_udp_start(d->udp, err)) < 0)
                                 return sl_error_prefix(err, r, "udp");
@@ -156,6 +224,10 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                                 off = cap - 1;
                 }
         }
+#if SLUICE_HAVE_DPDK
+        if (c->dataplane.transports & CTL_TRANSPORT_DPDK)
+                return start_dpdk(d, where, cap, err);
+#endif
         return 0;
 }
 
@@ -416,8 +488,7 @@ int main(int argc, char **argv)
         };
         /* the rings exist before the engine thread reads them */
         for (int tr = 0; tr < DT_N; tr++) {
-                unsigned bit = tr == DT_UDP ? CTL_TRANSPORT_UDP : CTL_TRANSPORT_TCP;
-                if (!(d->cfg.dataplane.transports & bit))
+                if (!ring_wanted(&d->cfg, tr))
                         continue;
                 if ((r = dp_ring_create(&d->req_ring[tr], RING_BYTES, &err)) < 0 ||
                     (r = dp_ring_create(&d->resp_ring[tr], RING_BYTES, &err)) < 0) {
@@ -476,6 +547,10 @@ out:
         }
         dp_udp_free(d->udp);
         dp_tcp_free(d->tcp);
+#if SLUICE_HAVE_DPDK
+        dp_dpdk_free(d->dpdk);
+        free(d->m.dpdk);
+#endif
         if (d->http)
                 ctl_http_stop(d->http);
         serve_free(d);

@@ -5,7 +5,11 @@
 #include <errno.h>
 #include <stdio.h>
 
+#include <stdlib.h>
+
 #include "daemon.h"
+
+const char *const dt_kind_name[DTK_N] = {"udp", "tcp", "dpdk"};
 
 static const double ttft_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 static const double itl_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
@@ -58,7 +62,11 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
         NN(m->resp_ring_full = ctl_metrics_counter(reg, "sluice_response_drops_total",
                                                    "Response frames lost to a response ring that stayed full",
                                                    NULL, err));
-        static const char *const tn[DT_N] = {"udp", "tcp"};
+        static const char prompt_help[] = "Token-id prompts by where the engine read them: in place (the "
+                                          "transport's receive buffer, or the request ring), or from a copy";
+        NN(m->prompts_zero_copy = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=in_place",
+                                                      err));
+        NN(m->prompts_copied = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=copy", err));
         static const struct { const char *name, *help; } tc[DTS_N] = {
                 [DTS_RX_FRAMES] = {"sluice_transport_rx_frames_total", "Frames received"},
                 [DTS_TX_FRAMES] = {"sluice_transport_tx_frames_total", "Frames sent"},
@@ -70,11 +78,115 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                 [DTS_ERRORS_SENT] = {"sluice_transport_errors_sent_total",
                                      "ERROR frames sent by the transport itself"},
         };
-        for (int t = 0; t < DT_N; t++)
+        for (int t = 0; t < DTK_N; t++)
                 for (int k = 0; k < DTS_N; k++) {
-                        snprintf(labels, sizeof(labels), "transport=%s", tn[t]);
+                        snprintf(labels, sizeof(labels), "transport=%s", dt_kind_name[t]);
                         NN(m->tr[t][k] = ctl_metrics_counter(reg, tc[k].name, tc[k].help, labels, err));
                 }
 #undef NN
         return 0;
+}
+
+/* ---- DPDK: per lcore and queue ---- */
+
+enum { DD_RX, DD_TX, DD_RX_BYTES, DD_TX_BYTES, DD_MALFORMED, DD_ARP_REQ_RX, DD_ARP_REP_RX, DD_ARP_REP_TX,
+       DD_ARP_REQ_TX, DD_ICMP, DD_ZERO_COPY, DD_COPIED, DD_DROP0, DD_N = DD_DROP0 + DP_DPDK_DROP_N };
+
+struct d_dpdk_metrics {
+        unsigned n;
+        struct ctl_counter *c[DP_DPDK_MAX_LCORES][DD_N];
+        uint64_t last[DP_DPDK_MAX_LCORES][DD_N];
+        struct ctl_counter *port[3];
+        uint64_t port_last[3];
+};
+
+#define ARP_HELP "ARP frames, by kind"
+#define REQ_HELP "Requests handed to the engine: in their receive buffer (zero_copy) or copied into the ring"
+
+int d_dpdk_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct dp_dpdk *dp, struct sl_error *err)
+{
+        static const struct { const char *name, *help, *extra; } s[DD_DROP0] = {
+                [DD_RX] = {"sluice_dpdk_rx_packets_total", "Frames received, per lcore and queue", NULL},
+                [DD_TX] = {"sluice_dpdk_tx_packets_total", "Frames sent, per lcore and queue", NULL},
+                [DD_RX_BYTES] = {"sluice_dpdk_rx_bytes_total", "Bytes received", NULL},
+                [DD_TX_BYTES] = {"sluice_dpdk_tx_bytes_total", "Bytes sent", NULL},
+                [DD_MALFORMED] = {"sluice_dpdk_malformed_total",
+                                  "Protocol frames that failed validation (docs/protocol.md 2.4, payloads)", NULL},
+                [DD_ARP_REQ_RX] = {"sluice_dpdk_arp_total", ARP_HELP, "kind=request_rx"},
+                [DD_ARP_REP_RX] = {"sluice_dpdk_arp_total", ARP_HELP, "kind=reply_rx"},
+                [DD_ARP_REP_TX] = {"sluice_dpdk_arp_total", ARP_HELP, "kind=reply_tx"},
+                [DD_ARP_REQ_TX] = {"sluice_dpdk_arp_total", ARP_HELP, "kind=request_tx"},
+                [DD_ICMP] = {"sluice_dpdk_icmp_echo_total", "ICMP echo requests answered", NULL},
+                [DD_ZERO_COPY] = {"sluice_dpdk_requests_total",
+                                  REQ_HELP, "path=zero_copy"},
+                [DD_COPIED] = {"sluice_dpdk_requests_total", REQ_HELP, "path=copied"},
+        };
+        char labels[128];
+        struct d_dpdk_metrics *dm = calloc(1, sizeof(*dm));
+        if (!dm)
+                return -ENOMEM;
+        dm->n = dp_dpdk_queues(dp);
+        for (unsigned q = 0; q < dm->n; q++) {
+                unsigned lc = dp_dpdk_lcore(dp, q);
+                for (int k = 0; k < DD_N; k++) {
+                        const char *name, *help, *extra;
+                        char ex[64];
+                        if (k < DD_DROP0) {
+                                name = s[k].name, help = s[k].help, extra = s[k].extra;
+                        } else {
+                                name = "sluice_dpdk_drops_total";
+                                help = "Frames dropped, by reason";
+                                snprintf(ex, sizeof(ex), "reason=%s", dp_dpdk_drop_name((unsigned)(k - DD_DROP0)));
+                                extra = ex;
+                        }
+                        snprintf(labels, sizeof(labels), "lcore=%u,queue=%u%s%s", lc, q, extra ? "," : "", extra ? extra : "");
+                        if (!(dm->c[q][k] = ctl_metrics_counter(reg, name, help, labels, err))) {
+                                free(dm);
+                                return -EINVAL;
+                        }
+                }
+        }
+        static const char *const pr[3] = {"missed", "errors", "no_mbuf"};
+        for (int i = 0; i < 3; i++) {
+                snprintf(labels, sizeof(labels), "reason=%s", pr[i]);
+                if (!(dm->port[i] = ctl_metrics_counter(reg, "sluice_dpdk_port_drops_total",
+                                                        "Frames the port itself dropped (rte_eth_stats)", labels, err))) {
+                        free(dm);
+                        return -EINVAL;
+                }
+        }
+        m->dpdk = dm;
+        return 0;
+}
+
+static void add_delta(struct ctl_counter *c, uint64_t v, uint64_t *last)
+{
+        if (v > *last)
+                ctl_counter_add(c, v - *last);
+        *last = v;
+}
+
+void d_dpdk_metrics_update(struct d_metrics *m, struct dp_dpdk *dp)
+{
+        struct d_dpdk_metrics *dm = m->dpdk;
+        if (!dm || !dp)
+                return;
+        for (unsigned q = 0; q < dm->n; q++) {
+                struct dp_dpdk_stats st;
+                uint64_t v[DD_N];
+                dp_dpdk_stats(dp, q, &st);
+                v[DD_RX] = st.rx_packets, v[DD_TX] = st.tx_packets, v[DD_RX_BYTES] = st.rx_bytes;
+                v[DD_TX_BYTES] = st.tx_bytes, v[DD_MALFORMED] = st.proto.malformed;
+                v[DD_ARP_REQ_RX] = st.arp_requests_rx, v[DD_ARP_REP_RX] = st.arp_replies_rx;
+                v[DD_ARP_REP_TX] = st.arp_replies_tx, v[DD_ARP_REQ_TX] = st.arp_requests_tx;
+                v[DD_ICMP] = st.icmp_echo, v[DD_ZERO_COPY] = st.prompts_zero_copy, v[DD_COPIED] = st.prompts_copied;
+                for (int i = 0; i < DP_DPDK_DROP_N; i++)
+                        v[DD_DROP0 + i] = st.drops[i];
+                for (int k = 0; k < DD_N; k++)
+                        add_delta(dm->c[q][k], v[k], &dm->last[q][k]);
+        }
+        uint64_t p[3];
+        dp_dpdk_port_drops(dp, &p[0], &p[1], &p[2]);
+        for (int i = 0; i < 3; i++)
+                add_delta(dm->port[i], p[i], &dm->port_last[i]);
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "sluice_config.h"
 
 #define DRAIN_BURST 64u          /* request records per ring per loop */
 #define IDLE_WAIT_MS 100         /* bounded, so heartbeat and watchdog keep ticking */
@@ -26,7 +27,7 @@ const char *const d_outcome_name[DO_N] = {
         [DO_SHUTTING_DOWN] = "shutting_down", [DO_TOKENIZE] = "tokenize",
 };
 
-static const char *const tr_name[DT_N] = {"udp", "tcp"};
+#define tr_name(tr) dt_kind_name[dt_kind(tr)]
 
 /* One live GENERATE: how to address its responses, and what the audit line needs. */
 struct dreq {
@@ -60,7 +61,7 @@ struct serve {
 
 static size_t max_payload(uint8_t tr)
 {
-        return tr == DT_UDP ? DP_UDP_MAX_PAYLOAD : DP_TCP_MAX_PAYLOAD;
+        return tr == DT_TCP ? DP_TCP_MAX_PAYLOAD : DP_UDP_MAX_PAYLOAD; /* UDP and DPDK: one datagram */
 }
 
 static void kick(struct daemon *d, uint8_t tr)
@@ -151,7 +152,7 @@ static void audit(struct serve *s, uint8_t tr, uint64_t rid, const struct dp_req
 {
         uint64_t now = sl_now_ns();
         struct ctl_audit_record a = {
-                .request_id = rid, .transport = tr_name[tr], .prompt_tokens = prompt_tokens,
+                .request_id = rid, .transport = tr_name(tr), .prompt_tokens = prompt_tokens,
                 .generated_tokens = gen_tokens, .outcome = outcome, .ttft_us = ttft_ns / 1000,
                 .latency_us = rx_ns && now > rx_ns ? (now - rx_ns) / 1000 : 0,
         };
@@ -184,7 +185,7 @@ static void reject(struct serve *s, const struct dp_req_rec *r, int code, uint32
         audit(s, r->transport, r->request_id, s->rx_peer, 0, 0, oc == DO_BUSY ? "busy" : outcome, 0,
               r->rx_ns, NULL);
         ctl_logf(SL_LOG_DEBUG, "request %016llx (%s): %s: %s", (unsigned long long)r->request_id,
-                 tr_name[r->transport], dp_err_name(code), msg);
+                 tr_name(r->transport), dp_err_name(code), msg);
 }
 
 /* ---- request table ---- */
@@ -335,7 +336,7 @@ static int tokenize(struct serve *s, const struct dp_req_rec *r, const char *tex
         return n;
 }
 
-static void handle_generate(struct serve *s, const struct dp_req_rec *r)
+static void handle_generate(struct serve *s, const struct dp_req_rec *r, const uint8_t *pl, uint32_t pl_len)
 {
         struct daemon *d = s->d;
         struct sl_error err = {0};
@@ -344,7 +345,7 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
                 reject(s, r, DP_ERR_SHUTTING_DOWN, 1000, 0, DO_SHUTTING_DOWN, "server is shutting down");
                 return;
         }
-        int rc = dp_generate_decode(r->payload, r->payload_len, &g, &err);
+        int rc = dp_generate_decode(pl, pl_len, &g, &err);
         if (rc < 0) {
                 int code = -rc;
                 reject(s, r, code, 0, 0, code == DP_ERR_PROMPT_TOO_LONG ? DO_PROMPT_TOO_LONG : DO_BAD_PARAM, "%s",
@@ -352,6 +353,7 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
                 return;
         }
         const uint32_t max_ctx = d->sopts.max_ctx;
+        const int32_t *prompt = s->ids;
         int n;
         if (g.flags & DP_GEN_PROMPT_IDS) {
                 if (g.prompt_len > s->lim.max_prompt_tokens) {
@@ -360,15 +362,25 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
                         return;
                 }
                 for (uint32_t i = 0; i < g.prompt_len; i++) {
-                        s->ids[i] = dp_id_get(g.prompt_ids, i);
-                        if (s->ids[i] < 0 || (uint32_t)s->ids[i] >= d->n_vocab) {
+                        int32_t id = dp_id_get(g.prompt_ids, i);
+                        if (id < 0 || (uint32_t)id >= d->n_vocab) {
                                 reject(s, r, DP_ERR_BAD_PARAM, 0, 0, DO_BAD_PARAM,
-                                       "prompt token %u is %d, outside the vocabulary of %u", i, s->ids[i],
-                                       d->n_vocab);
+                                       "prompt token %u is %d, outside the vocabulary of %u", i, id, d->n_vocab);
                                 return;
                         }
                 }
                 n = (int)g.prompt_len;
+                /* The wire's little-endian i32 ids are the engine's int32_t array on a
+                 * little-endian host: when they are 4-byte aligned where they lie (the DPDK
+                 * receive buffer, or the request ring), the engine reads them there. */
+                if (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && ((uintptr_t)g.prompt_ids & 3) == 0) {
+                        prompt = (const int32_t *)(const void *)g.prompt_ids;
+                        ctl_counter_add(d->m.prompts_zero_copy, 1);
+                } else {
+                        for (uint32_t i = 0; i < g.prompt_len; i++)
+                                s->ids[i] = dp_id_get(g.prompt_ids, i);
+                        ctl_counter_add(d->m.prompts_copied, 1);
+                }
         } else {
                 if (g.prompt_len > s->lim.max_prompt_bytes) {
                         reject(s, r, DP_ERR_PROMPT_TOO_LONG, 0, s->lim.max_prompt_bytes, DO_PROMPT_TOO_LONG,
@@ -402,7 +414,7 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
                        "prompt (%d tokens) + max_tokens (%u) is over the context of %u", n, mt, max_ctx);
                 return;
         }
-        struct engine_request q = {.prompt = s->ids, .n_prompt = (uint32_t)n, .max_tokens = mt,
+        struct engine_request q = {.prompt = prompt, .n_prompt = (uint32_t)n, .max_tokens = mt,
                                    .n_stop = g.n_stop, .t_receipt_ns = r->rx_ns};
         q.sampling = (struct engine_sampling){
                 .temperature = g.sampling.temperature, .top_k = g.sampling.top_k, .top_p = g.sampling.top_p,
@@ -445,7 +457,7 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
                 memcpy(e->prompt, g.prompt_text, e->prompt_len);
         }
         if (g.flags & DP_GEN_ECHO_PROMPT)
-                send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_PROMPT, s->ids, (uint32_t)n, NULL, 0);
+                send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_PROMPT, prompt, (uint32_t)n, NULL, 0);
         uint32_t retry_ms = 0;
         rc = engine_sched_submit(d->sched, &q, &retry_ms, &err);
         if (rc >= 0)
@@ -462,11 +474,11 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r)
                 reject(s, r, DP_ERR_INTERNAL, 0, 0, DO_ERROR, "%s", err.msg[0] ? err.msg : strerror(-rc));
 }
 
-static void handle_tokenize(struct serve *s, const struct dp_req_rec *r)
+static void handle_tokenize(struct serve *s, const struct dp_req_rec *r, const uint8_t *pl, uint32_t pl_len)
 {
         struct sl_error err = {0};
         struct dp_tokenize t;
-        int rc = dp_tokenize_decode(r->payload, r->payload_len, &t, &err);
+        int rc = dp_tokenize_decode(pl, pl_len, &t, &err);
         if (rc < 0) {
                 reject(s, r, -rc, 0, 0, -rc == DP_ERR_PROMPT_TOO_LONG ? DO_PROMPT_TOO_LONG : DO_BAD_PARAM, "%s",
                        err.msg);
@@ -513,14 +525,16 @@ static void handle_tokenize(struct serve *s, const struct dp_req_rec *r)
 
 static void handle(struct serve *s, const struct dp_req_rec *r)
 {
-        if (r->transport >= DT_N)
+        uint32_t pl_len;
+        const uint8_t *pl = dp_req_payload(r, &pl_len);
+        if (r->transport >= DT_N || !pl)
                 return;
         switch (r->kind) {
         case DP_REQ_GENERATE:
-                handle_generate(s, r);
+                handle_generate(s, r, pl, pl_len);
                 break;
         case DP_REQ_TOKENIZE:
-                handle_tokenize(s, r);
+                handle_tokenize(s, r, pl, pl_len);
                 break;
         case DP_REQ_CANCEL:
         case DP_REQ_CLIENT_GONE: {
@@ -548,6 +562,7 @@ static unsigned drain(struct serve *s, uint8_t tr)
                         s->rx_peer = dp_req_peer(r, len);
                         handle(s, r);
                         s->rx_peer = NULL;
+                        dp_req_release(r); /* the engine copied what it keeps (prompt, stops) */
                 }
                 dp_ring_release(ring);
                 n++;
@@ -598,6 +613,17 @@ static void update_metrics(struct serve *s)
                         dp_udp_stats(d->udp, &ts);
                 else if (tr == DT_TCP && d->tcp)
                         dp_tcp_stats(d->tcp, &ts);
+#if SLUICE_HAVE_DPDK
+                else if (tr >= DT_DPDK && d->dpdk && (unsigned)(tr - DT_DPDK) < dp_dpdk_queues(d->dpdk)) {
+                        struct dp_dpdk_stats ds;
+                        dp_dpdk_stats(d->dpdk, (unsigned)(tr - DT_DPDK), &ds);
+                        ts = ds.proto;
+                        ts.rx_frames = ds.rx_packets, ts.tx_frames = ds.tx_packets;
+                        ts.rx_bytes = ds.rx_bytes, ts.tx_bytes = ds.tx_bytes;
+                        for (int i = 0; i < DP_DPDK_DROP_N; i++)
+                                ts.drop_bad_crc += ds.drops[i]; /* every frame the lcore dropped */
+                }
+#endif
                 else
                         continue;
                 uint64_t v[DTS_N] = {
@@ -611,10 +637,13 @@ static void update_metrics(struct serve *s)
                 };
                 for (int k = 0; k < DTS_N; k++) {
                         if (v[k] > m->tr_last[tr][k])
-                                ctl_counter_add(m->tr[tr][k], v[k] - m->tr_last[tr][k]);
+                                ctl_counter_add(m->tr[dt_kind(tr)][k], v[k] - m->tr_last[tr][k]);
                         m->tr_last[tr][k] = v[k];
                 }
         }
+#if SLUICE_HAVE_DPDK
+        d_dpdk_metrics_update(m, d->dpdk);
+#endif
 }
 
 static void refresh_limits(struct serve *s)

@@ -36,8 +36,9 @@
 
 #define BURST 32
 #define TICK_NS 5000000ull
-#define ELT 2176u                          /* bytes per buffer in the external area (34 x 64) */
-#define DATA_ROOM (ELT - 64u)              /* headroom + 1984 bytes: any 1514-byte frame */
+#define ELT 2304u                          /* bytes per buffer in the external area (36 x 64) */
+#define DATA_ROOM (ELT - 64u)              /* headroom + 2112 bytes: any 1514-byte frame, and the
+                                            * 2016 bytes net_af_packet's default frames need */
 #define IP_ALIGN 2u                        /* buffers start 2 bytes into a line: the IPv4
                                             * header and all after it are 4-byte aligned */
 #define IDLE_POLLS 256u
@@ -431,15 +432,19 @@ static int eal_start(const struct dp_dpdk_config *c, struct sl_error *err)
                         return sl_errorf(err, -E2BIG, "dpdk: more than %d EAL arguments", MAX_EAL_ARGS - 1);
                 argv[argc++] = t;
         }
-        static const char *const lc[] = {"-l", "-c", "--lcores", NULL}, *const mem[] = {"--in-memory", "--file-prefix", NULL},
-                                 *const tel[] = {"--telemetry", "--no-telemetry", NULL}, *const ll[] = {"--log-level", NULL};
+        static const char *const lc[] = {"-l", "-c", "--lcores", NULL}, *const mem[] = {"--in-memory", "--file-prefix", "--no-shconf", NULL},
+                                 *const tel[] = {"--telemetry", "--no-telemetry", NULL}, *const ll[] = {"--log-level", NULL},
+                                 *const nohuge[] = {"--no-huge", NULL};
         if (!has_arg(argv, argc, lc)) {
                 snprintf(lbuf, sizeof(lbuf), "0-%u", c->n_queues);
                 argv[argc++] = (char *)"-l";
                 argv[argc++] = lbuf;
         }
+        /* one process, no files under /var/run/dpdk shared with others (--no-huge is
+         * legacy memory, which --in-memory refuses: --no-shconf then) */
+        bool no_huge = has_arg(argv, argc, nohuge);
         if (!has_arg(argv, argc, mem))
-                argv[argc++] = (char *)"--in-memory";
+                argv[argc++] = no_huge ? (char *)"--no-shconf" : (char *)"--in-memory";
         if (!has_arg(argv, argc, tel))
                 argv[argc++] = (char *)"--no-telemetry";
         if (!has_arg(argv, argc, ll))
@@ -464,13 +469,12 @@ static int eal_start(const struct dp_dpdk_config *c, struct sl_error *err)
                 g_eal_up = true;
                 return 0;
         }
-        bool nohuge = has_arg(argv, argc, (const char *const[]){"--no-huge", NULL});
         if (e == EACCES || e == EPERM)
                 return sl_errorf(err, -EACCES,
                                  "dpdk: EAL cannot start: %s. Run sluiced as root, or give it CAP_SYS_ADMIN, "
                                  "CAP_IPC_LOCK and CAP_NET_RAW (AmbientCapabilities=) and access to /dev/vfio and "
                                  "/dev/hugepages", rte_strerror(e));
-        if (!nohuge && hugepages_free() == 0)
+        if (!no_huge && hugepages_free() == 0)
                 return sl_errorf(err, -ENOMEM,
                                  "dpdk: EAL cannot start (%s): no free hugepages. Reserve some with "
                                  "'dpdk-hugepages.py --setup 2G' (or sysctl vm.nr_hugepages), or for a test "
