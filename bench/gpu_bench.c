@@ -91,6 +91,8 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
                         goto out;
                 }
         }
+        const uint64_t t_start = sl_now_ns();
+        uint64_t t_mark = t_start;
         uint64_t dec_ns = 0, dec_gpu_ns = 0, dec_tok = 0, dec_steps = 0, first_prefill_ns = 0;
         double kv_bytes = 0;
         const double per_pos = (double)hp->n_layer * hp->n_head_kv * (hp->head_dim_k + hp->head_dim_v) * 2;
@@ -101,21 +103,25 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
                 for (uint32_t i = 0; i < n; i++)
                         if (g_ctr[i].gen < G)
                                 ctx_sum += P + g_ctr[i].gen;
-                uint64_t t0 = sl_now_ns();
                 if ((r = engine_sched_step(s, &ev, &done, &err)) < 0) {
                         fprintf(stderr, "step: %s\n", err.msg);
                         goto out;
                 }
-                uint64_t dt = sl_now_ns() - t0;
+                /* Steps overlap (the next is launched before the last is read), so a step's time
+                 * is the time between two completions; the first prefill's runs from the start. */
+                uint64_t now = sl_now_ns(), dt = now - t_mark;
+                t_mark = now;
                 engine_sched_stats(s, &b);
-                if (b.prompt_tokens == a.prompt_tokens) {
+                if (b.steps == a.steps)
+                        continue; /* launched only */
+                if (b.prefill_last == 0) {
                         dec_ns += dt;
                         dec_gpu_ns += b.gpu_ns_last;
                         dec_tok += b.generated_tokens - a.generated_tokens;
                         dec_steps++;
                         kv_bytes += per_pos * ctx_sum;
                 } else if (!first_prefill_ns) {
-                        first_prefill_ns = dt;
+                        first_prefill_ns = now - t_start;
                 }
         }
         struct engine_sched_stats st;

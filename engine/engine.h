@@ -324,7 +324,8 @@ struct engine_sched_stats {
         uint32_t kv_blocks_total;
         uint32_t max_queued;
         uint32_t max_running;
-        uint64_t steps;             /* engine_forward calls */
+        uint64_t steps;             /* steps completed (batches run and sampled) */
+        uint32_t prefill_last;      /* prompt tokens in the last completed step (0: decode only) */
         uint64_t tokens_computed;   /* batch tokens (prefill + decode) */
         uint64_t prompt_tokens;     /* prefill tokens computed, recomputation included */
         uint64_t generated_tokens;  /* tokens emitted */
@@ -332,13 +333,13 @@ struct engine_sched_stats {
         uint64_t rejected_busy;
         uint64_t finished[8];       /* by enum engine_finish (index 1..7) */
         uint64_t preemptions;
-        uint64_t step_ns_last;      /* wall time of the last step's forward + sampling */
+        uint64_t step_ns_last;      /* wall time of the last engine_sched_step() call */
         /* CUDA backend */
         uint64_t graph_steps;       /* decode steps replayed from a captured graph */
         uint64_t eager_steps;
-        uint32_t launches_last;     /* kernel launches the host enqueued in the last step */
+        uint32_t launches_last;     /* kernel launches the host enqueued for the last completed step */
         uint64_t gpu_errors;        /* steps failed by a CUDA error */
-        uint64_t gpu_ns_last;       /* device time of the last step (first to last event) */
+        uint64_t gpu_ns_last;       /* device time of the last completed step (first to last event) */
 };
 
 struct engine_sched;

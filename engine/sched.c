@@ -335,6 +335,7 @@ void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats 
         LD(max_queued);
         LD(max_running);
         LD(steps);
+        LD(prefill_last);
         LD(tokens_computed);
         LD(prompt_tokens);
         LD(generated_tokens);
@@ -937,6 +938,7 @@ static int complete(struct engine_sched *s, const struct engine_sched_events *ev
                 int32_t id = s->cuda ? s->ids[row] : engine_sampler_sample(sl->smp, s->logits + (size_t)row * s->n_vocab);
                 take_token(s, idx, id, now, ev, user);
         }
+        ST_SET(s, prefill_last, f->n_prefill);
         ST_ADD(s, steps, 1);
         return (int)f->n;
 }

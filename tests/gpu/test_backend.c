@@ -240,7 +240,7 @@ static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_
                 if ((r = engine_sched_step(sch, &ev, c, &err)) < 0)
                         goto fail;
                 engine_sched_stats(sch, &b);
-                if (b.prompt_tokens == a.prompt_tokens) {
+                if (b.steps > a.steps && b.prefill_last == 0) { /* completed a decode step */
                         lsum += b.launches_last;
                         lsteps++;
                 }
