@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "daemon.h"
+#include "sluice_config.h"
 
 const char *const dt_kind_name[DTK_N] = {"udp", "tcp", "dpdk"};
 
@@ -88,6 +89,10 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
 }
 
 /* ---- DPDK: per lcore and queue ---- */
+
+/* Only in a build with DPDK: dp_dpdk_* exist there alone, and main.c/serve.c call these
+ * under the same condition. */
+#if SLUICE_HAVE_DPDK
 
 enum { DD_RX, DD_TX, DD_RX_BYTES, DD_TX_BYTES, DD_MALFORMED, DD_ARP_REQ_RX, DD_ARP_REP_RX, DD_ARP_REP_TX,
        DD_ARP_REQ_TX, DD_ICMP, DD_ZERO_COPY, DD_COPIED, DD_DROP0, DD_N = DD_DROP0 + DP_DPDK_DROP_N };
@@ -190,3 +195,4 @@ void d_dpdk_metrics_update(struct d_metrics *m, struct dp_dpdk *dp)
         for (int i = 0; i < 3; i++)
                 add_delta(dm->port[i], p[i], &dm->port_last[i]);
 }
+#endif
