@@ -203,7 +203,8 @@ static void run(const char *addr)
         static uint8_t big[1600];
         memset(big, 0, sizeof(big));
         h = (struct dp_header){ .opcode = DP_OP_PING, .flags = DP_F_CRC, .request_id = 10, .frag_count = 1 };
-        CHECK(dp_frame_encode(big, sizeof(big), sizeof(big), &h, big + 64, sizeof(big) - 32, NULL, NULL) == sizeof(big));
+        CHECK(dp_frame_encode(big, sizeof(big), sizeof(big), &h, big + DP_HEADER_SIZE, sizeof(big) - DP_HEADER_SIZE,
+                             NULL, NULL) == sizeof(big));
         CHECK(send(fd, big, sizeof(big), 0) == (ssize_t)sizeof(big));
         CHECK(recv_frame(fd, buf, &f, 2000));
         CHECK(f.h.opcode == DP_OP_ERROR && f.h.request_id == 10);

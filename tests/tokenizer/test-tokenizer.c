@@ -32,6 +32,8 @@ struct wb {
 
 static void put(struct wb *w, const void *d, size_t n)
 {
+        if (!n) /* an empty buffer's p is NULL: memcpy(NULL, ..., 0) is still UB */
+                return;
         if (w->n + n > w->cap) {
                 w->cap = (w->n + n) * 2 + 256;
                 w->p = realloc(w->p, w->cap);
