@@ -428,6 +428,60 @@ bool dp_crc32c_hw_available(void);
 /* CRC32C of a frame as the crc field carries it: header bytes [0, 28) then [32, len). */
 uint32_t dp_frame_crc(const void *frame, size_t len);
 
+/* ==== client keys and frame authentication (dataplane/auth.c; docs/security.md) ==== */
+
+#define DP_KEY_MIN 16u          /* secret bytes */
+#define DP_KEY_MAX 64u
+#define DP_KEYS_MAX 4096u
+#define DP_KEYS_FILE_MAX (1u << 20)
+
+/* One client key: id, secret and optional per-key limits (0 = the server's defaults). */
+struct dp_key {
+        uint32_t id;
+        uint32_t secret_len;
+        uint8_t secret[DP_KEY_MAX];
+        uint32_t max_inflight;  /* concurrent requests */
+        uint32_t rps;           /* requests per second */
+        uint32_t tps;           /* generated tokens per second */
+};
+
+/* A set of keys, immutable once built (a reload builds a new one). */
+struct dp_keys;
+
+/* Parses a keys file's text: one key per line, "ID SECRET_HEX [max_inflight=N] [rps=N]
+ * [tps=N]", blank lines and '#' comments ignored. Errors name origin:line. */
+int dp_keys_parse(const char *text, size_t len, const char *origin, struct dp_keys **out, struct sl_error *err);
+/* Reads and parses a keys file. check_owner: the file must be a regular file owned by this
+ * process's effective uid with no group/other permission bits (0600 or 0400). */
+int dp_keys_load(const char *path, bool check_owner, struct dp_keys **out, struct sl_error *err);
+void dp_keys_free(struct dp_keys *ks);
+uint32_t dp_keys_count(const struct dp_keys *ks);
+const struct dp_key *dp_keys_at(const struct dp_keys *ks, uint32_t i);       /* by position */
+const struct dp_key *dp_keys_find(const struct dp_keys *ks, uint32_t id);    /* NULL: unknown */
+
+/* Writes the MAC of an encoded frame that has DP_F_AUTH (its trailer's key id, timestamp and
+ * nonce already set): HMAC-SHA256 with the key over the frame up to the MAC with the crc
+ * field as zero; then the CRC when DP_F_CRC. 0 or -EINVAL. */
+int dp_frame_sign(uint8_t *frame, size_t len, const struct dp_key *key);
+
+/* Counters of one replay window (one per transport thread: not thread-safe). */
+struct dp_auth_stats {
+        uint64_t ok, missing, unknown_key, expired, bad_mac, replayed, replay_full;
+};
+
+/* The (key, nonce) pairs seen within the window: a fixed table (capacity a power of two). */
+struct dp_replay;
+int dp_replay_create(struct dp_replay **out, uint32_t capacity, uint32_t window_ms, struct sl_error *err);
+void dp_replay_free(struct dp_replay *rp);
+void dp_replay_stats(const struct dp_replay *rp, struct dp_auth_stats *out);
+
+/* The server's check of a decoded frame f (frame: its bytes): a trailer, a known key, a
+ * timestamp within the window of now_ms (Unix time), the MAC, and a nonce not seen with that
+ * key within the window. 0 (key: the client's key) or -DP_ERR_UNAUTHENTICATED with the
+ * reason. No allocation. */
+int dp_auth_check(const struct dp_keys *ks, struct dp_replay *rp, const uint8_t *frame, const struct dp_frame *f,
+                  uint64_t now_ms, const struct dp_key **key, struct sl_error *err);
+
 /* ==== rings between transports and the engine (dataplane/ring.c) ==== */
 
 /* A single-producer/single-consumer ring of variable-length records in one allocation of
