@@ -859,13 +859,13 @@ int dp_dpdk_describe(const struct dp_dpdk *d, char *buf, size_t cap)
                                              : "pinned host memory (mlock; no CUDA registration in this build)";
         return snprintf(buf, cap,
                         "port %u %s (%s) %02x:%02x:%02x:%02x:%02x:%02x, %u queue(s) on lcore(s) %s%s, offloads rx %s%s "
-                        "tx %s%s; %u buffers in %zu KiB of external memory, %s, DMA map %s%s",
+                        "tx %s%s; %u buffers in %zu KiB of external memory, %s, rte_dev_dma_map %s%s",
                         d->port, d->port_name, d->driver, m[0], m[1], m[2], m[3], m[4], m[5], d->cfg.n_queues, lcs,
                         d->rss ? " with RSS" : "", d->rx_off & RTE_ETH_RX_OFFLOAD_IPV4_CKSUM ? "ip " : "",
                         d->rx_off & RTE_ETH_RX_OFFLOAD_UDP_CKSUM ? "udp" : (d->rx_off ? "" : "none"),
                         d->tx_off & RTE_ETH_TX_OFFLOAD_IPV4_CKSUM ? "ip " : "",
                         d->tx_off & RTE_ETH_TX_OFFLOAD_UDP_CKSUM ? "udp" : (d->tx_off ? "" : "none"), d->cfg.mbufs,
-                        d->area_len / 1024, mem, d->dma_mapped ? "done" : "not needed (virtual device)",
+                        d->area_len / 1024, mem, d->dma_mapped ? "accepted" : "not supported by the device",
                         d->payload_pool ? "; GPUDirect payload pool with header/data split" : "");
 }
 

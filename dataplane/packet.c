@@ -35,25 +35,31 @@ const char *dpk_kind_name(enum dpk_kind k)
 
 /* ---- checksums ---- */
 
-/* 64-bit words with end-around carry: the one's-complement sum of the 16-bit words, since
- * 2^64 = 1 modulo 0xffff. Byte order does not matter as long as the result is stored in
- * the same (memory) order (RFC 1071 §2(B)). */
+/* 32-bit words summed into two 64-bit accumulators (no carry can be lost below 2^32 words),
+ * then added to acc with an end-around carry: the one's-complement sum of the 16-bit words,
+ * since 2^16 = 2^32 = 2^64 = 1 modulo 0xffff. Byte order does not matter as long as the
+ * result is stored in the same (memory) order (RFC 1071 §2(B)). */
 uint64_t dpk_sum(const void *buf, size_t len, uint64_t acc)
 {
         const uint8_t *p = buf;
-        uint64_t w = 0;
-        for (; len >= 8; p += 8, len -= 8) {
-                memcpy(&w, p, 8);
-                acc += w;
-                acc += acc < w;
+        uint64_t a = 0, b = 0;
+        uint32_t w[4];
+        for (; len >= 16; p += 16, len -= 16) {
+                memcpy(w, p, 16);
+                a += w[0], b += w[1], a += w[2], b += w[3];
+        }
+        for (; len >= 4; p += 4, len -= 4) {
+                memcpy(w, p, 4);
+                a += w[0];
         }
         if (len) {
-                w = 0;
-                memcpy(&w, p, len); /* the missing bytes are the zero pad of §2 */
-                acc += w;
-                acc += acc < w;
+                w[0] = 0;
+                memcpy(w, p, len); /* the missing bytes are the zero pad of §2 */
+                a += w[0];
         }
-        return acc;
+        a += b;
+        acc += a;
+        return acc + (acc < a);
 }
 
 static uint16_t fold(uint64_t acc)

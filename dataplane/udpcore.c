@@ -348,9 +348,8 @@ static void on_resend(struct dpu *u, const struct dpu_peer *p, struct dpu_req *q
         }
 }
 
-void dpu_on_datagram(struct dpu *u, const struct dpu_peer *pp, const uint8_t *buf, size_t dlen, uint64_t now)
+void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf, size_t dlen, uint64_t now)
 {
-        const struct dpu_peer p = *pp;
         struct sl_error err;
         struct dp_frame f;
         union dp_msg m;
@@ -371,7 +370,7 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *pp, const uint8_t *bu
                 uint32_t detail = -rc == DP_ERR_BAD_VERSION ? DP_VERSION
                                 : -rc == DP_ERR_TOO_LARGE ? (dlen > DP_MAX_FRAME_UDP ? DP_MAX_FRAME_UDP : DP_MAX_MESSAGE)
                                 : 0;
-                send_error(u, &p, dlen, rid, -rc, false, detail, err.msg);
+                send_error(u, p, dlen, rid, -rc, false, detail, err.msg);
                 return;
         }
         uint64_t rid = f.h.request_id;
@@ -389,30 +388,30 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *pp, const uint8_t *bu
                 uint8_t pl[512];
                 dpt_fill_info(&u->cfg, &info, DP_MAX_FRAME_UDP, (uint32_t)(u->lease_ns / 1000000));
                 long n = dp_info_encode(pl, sizeof(pl), &info);
-                reply_no_larger(u, &p, DP_OP_INFO, rid, f.h.seq, pl, n, dlen);
+                reply_no_larger(u, p, DP_OP_INFO, rid, f.h.seq, pl, n, dlen);
                 return;
         }
         case DP_OP_PING: {
                 rc = dp_ping_decode(f.payload, f.h.payload_len, &m.ping, &err);
                 if (rc < 0)
                         break;
-                renew(u, req_find(u, &p.ss, rid), now);
+                renew(u, req_find(u, &p->ss, rid), now);
                 struct dp_pong pong = { .token = m.ping.token };
                 dpt_load(&u->cfg, &pong.load);
                 uint8_t pl[64];
                 long n = dp_pong_encode(pl, sizeof(pl), &pong);
-                reply_no_larger(u, &p, DP_OP_PONG, rid, f.h.seq, pl, n, dlen);
+                reply_no_larger(u, p, DP_OP_PONG, rid, f.h.seq, pl, n, dlen);
                 return;
         }
         case DP_OP_GENERATE:
         case DP_OP_TOKENIZE:
-                on_request(u, &p, &f, dlen, now);
+                on_request(u, p, &f, dlen, now);
                 return;
         case DP_OP_CANCEL:
                 rc = dp_cancel_decode(f.payload, f.h.payload_len, &err);
                 if (rc < 0)
                         break;
-                q = req_find(u, &p.ss, rid);
+                q = req_find(u, &p->ss, rid);
                 if (q) {
                         if (q->state == RQ_LIVE) {
                                 renew(u, q, now);
@@ -421,31 +420,31 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *pp, const uint8_t *bu
                         return; /* over already: harmless (§5.3) */
                 }
                 for (unsigned i = 0; i < u->n_reasm; i++)
-                        if (u->reasm[i].used && u->reasm[i].rid == rid && peer_eq(&u->reasm[i].peer, &p.ss)) {
+                        if (u->reasm[i].used && u->reasm[i].rid == rid && peer_eq(&u->reasm[i].peer, &p->ss)) {
                                 u->reasm[i].used = false;
                                 return;
                         }
-                send_error(u, &p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
+                send_error(u, p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
                 return;
         case DP_OP_RESEND:
                 rc = dp_resend_decode(f.payload, f.h.payload_len, &m.resend, &err);
                 if (rc < 0)
                         break;
-                q = req_find(u, &p.ss, rid);
+                q = req_find(u, &p->ss, rid);
                 if (!q) {
-                        send_error(u, &p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
+                        send_error(u, p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
                         return;
                 }
                 renew(u, q, now);
-                on_resend(u, &p, q, &m.resend, dlen);
+                on_resend(u, p, q, &m.resend, dlen);
                 return;
         case DP_OP_ACK:
                 rc = dp_ack_decode(f.payload, f.h.payload_len, &m.ack, &err);
                 if (rc < 0)
                         break;
-                q = req_find(u, &p.ss, rid);
+                q = req_find(u, &p->ss, rid);
                 if (!q) {
-                        send_error(u, &p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
+                        send_error(u, p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
                         return;
                 }
                 renew(u, q, now);
@@ -458,7 +457,7 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *pp, const uint8_t *bu
                 break;
         }
         DPT_STAT(&u->st, malformed, 1);
-        send_error(u, &p, dlen, rid, -rc, false, 0, err.msg);
+        send_error(u, p, dlen, rid, -rc, false, 0, err.msg);
 }
 
 /* ---- engine responses ---- */
