@@ -348,6 +348,17 @@ static void on_resend(struct dpu *u, const struct dpu_peer *p, struct dpu_req *q
         }
 }
 
+/* The request a RESEND or ACK names, its lease renewed; NOT_FOUND to the client if none. */
+static struct dpu_req *named_request(struct dpu *u, const struct dpu_peer *p, size_t dlen, uint64_t rid,
+                                     uint64_t now)
+{
+        struct dpu_req *q = req_find(u, &p->ss, rid);
+        if (!q)
+                send_error(u, p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
+        renew(u, q, now);
+        return q;
+}
+
 void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf, size_t dlen, uint64_t now)
 {
         struct sl_error err;
@@ -358,6 +369,15 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
         DPT_STAT(&u->st, rx_frames, 1);
         DPT_STAT(&u->st, rx_bytes, dlen);
         rc = dp_frame_decode(buf, dlen, DP_MAX_FRAME_UDP, DP_DECODE_REQUIRE_CRC, &f, &err);
+        if (rc == 0 && u->auth.ctx) {
+                /* §7: not from a key holder: counted, and nothing goes back (a spoofed
+                 * source must not get even an ERROR) */
+                dpt_auth_enter(&u->auth);
+                if (dpt_auth_check(&u->auth, buf, &f, NULL, &err) < 0) {
+                        DPT_STAT(&u->st, unauthenticated, 1);
+                        return;
+                }
+        }
         if (rc < 0) {
                 uint64_t rid = 0;
                 DPT_STAT(&u->st, malformed, 1);
@@ -430,24 +450,15 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
                 rc = dp_resend_decode(f.payload, f.h.payload_len, &m.resend, &err);
                 if (rc < 0)
                         break;
-                q = req_find(u, &p->ss, rid);
-                if (!q) {
-                        send_error(u, p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
-                        return;
-                }
-                renew(u, q, now);
-                on_resend(u, p, q, &m.resend, dlen);
+                if ((q = named_request(u, p, dlen, rid, now)))
+                        on_resend(u, p, q, &m.resend, dlen);
                 return;
         case DP_OP_ACK:
                 rc = dp_ack_decode(f.payload, f.h.payload_len, &m.ack, &err);
                 if (rc < 0)
                         break;
-                q = req_find(u, &p->ss, rid);
-                if (!q) {
-                        send_error(u, p, dlen, rid, DP_ERR_NOT_FOUND, false, 0, "unknown request id");
+                if (!(q = named_request(u, p, dlen, rid, now)))
                         return;
-                }
-                renew(u, q, now);
                 if (m.ack.next_seq > q->acked)
                         q->acked = SL_MIN(m.ack.next_seq, q->next_seq);
                 return;
@@ -586,6 +597,11 @@ int dpu_init(struct dpu *u, const struct dp_transport_config *cfg, const struct 
                 dpu_destroy(u);
                 return sl_errorf(err, -ENOMEM, "udp: out of memory for %u requests x %u frames", n, h);
         }
+        int r = dpt_auth_init(&u->auth, cfg->auth, &u->st.auth, err);
+        if (r < 0) {
+                dpu_destroy(u);
+                return r;
+        }
         dpu_reset(u);
         return 0;
 }
@@ -603,6 +619,7 @@ void dpu_reset(struct dpu *u)
 
 void dpu_destroy(struct dpu *u)
 {
+        dpt_auth_free(&u->auth);
         free(u->req);
         free(u->bucket);
         free(u->free_req);
