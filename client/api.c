@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "client.h"
 #include "sluice_config.h"
 
@@ -188,6 +190,26 @@ int sluice_connect(const struct sluice_opts *opts, struct sluice_conn **out)
                 o.connect_timeout_ms = opts->connect_timeout_ms;
         if (opts->retransmit_ms)
                 o.retransmit_ms = opts->retransmit_ms;
+        o.key_file = opts->key_file;
+        o.key_id = opts->key_id;
+        struct dp_key key = {0};
+        if (o.key_file) {
+                struct dp_keys *ks = NULL;
+                struct sl_error e = {0};
+                int kr = dp_keys_load(o.key_file, true, &ks, &e);
+                if (kr < 0) {
+                        snprintf(g_connect_err, sizeof(g_connect_err), "%s", e.msg);
+                        return kr;
+                }
+                const struct dp_key *k = o.key_id ? dp_keys_find(ks, o.key_id) : dp_keys_at(ks, 0);
+                if (!k) {
+                        snprintf(g_connect_err, sizeof(g_connect_err), "key id %u is not in %s", o.key_id, o.key_file);
+                        dp_keys_free(ks);
+                        return -ENOKEY;
+                }
+                key = *k;
+                dp_keys_free(ks);
+        }
         if ((o.transport != SLUICE_UDP && o.transport != SLUICE_TCP) ||
             (o.family != SLUICE_AF_ANY && o.family != SLUICE_AF_INET && o.family != SLUICE_AF_INET6)) {
                 snprintf(g_connect_err, sizeof(g_connect_err), "sluice_connect: bad transport or family");
@@ -217,6 +239,11 @@ int sluice_connect(const struct sluice_opts *opts, struct sluice_conn **out)
                          tname);
                 struct sluice_conn *c = NULL;
                 rc = sluice_conn_open(&o, ai, peer, &c, g_connect_err, sizeof(g_connect_err));
+                if (rc == 0 && o.key_file) {
+                        c->signing = true;
+                        c->key = key;
+                        randombytes_buf(&c->nonce, sizeof(c->nonce)); /* distinct across connections */
+                }
                 if (rc == 0) {
                         rc = hello(c, o.connect_timeout_ms, NULL);
                         if (rc == 0) {
@@ -234,6 +261,8 @@ int sluice_connect(const struct sluice_opts *opts, struct sluice_conn **out)
                         break;
         }
         freeaddrinfo(res);
+        if (o.key_file)
+                sodium_memzero(&key, sizeof(key));
         return rc;
 }
 

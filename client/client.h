@@ -81,6 +81,9 @@ struct sluice_conn {
         char err[288];
         uint8_t *rbuf;          /* TCP receive buffer */
         size_t rlen;
+        bool signing;           /* every frame carries an auth trailer with key */
+        struct dp_key key;
+        uint64_t nonce;         /* next trailer's nonce (under send_mu) */
 };
 
 /* conn.c */

@@ -96,24 +96,37 @@ static int send_all(struct sluice_conn *c, const uint8_t *p, size_t len)
         return 0;
 }
 
+/* The trailer of the next frame (under send_mu): the key, the time, a fresh nonce. Every
+ * send, retransmissions included, gets its own, so that the server's replay window never
+ * mistakes a retry for a replay. */
+static struct dp_auth next_auth(struct sluice_conn *c)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (struct dp_auth){.key_id = c->key.id, .nonce = c->nonce++,
+                                .timestamp_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u};
+}
+
 int sluice_send_simple(struct sluice_conn *c, uint8_t opcode, uint64_t id, uint32_t seq,
                        const void *payload, size_t len)
 {
         uint8_t buf[DP_MAX_FRAME_UDP];
-        struct dp_header h = {.opcode = opcode, .flags = DP_F_CRC, .request_id = id, .seq = seq,
-                              .frag_count = 1};
-        long n = dp_frame_encode(buf, sizeof(buf), c->max_frame_tx, &h, payload, len, NULL, NULL);
-        if (n < 0)
-                return (int)n;
+        struct dp_header h = {.opcode = opcode, .flags = DP_F_CRC | (c->signing ? DP_F_AUTH : 0), .request_id = id,
+                              .seq = seq, .frag_count = 1};
         pthread_mutex_lock(&c->send_mu);
-        int r = send_all(c, buf, (size_t)n);
+        struct dp_auth a = c->signing ? next_auth(c) : (struct dp_auth){0};
+        long n = dp_frame_encode(buf, sizeof(buf), c->max_frame_tx, &h, payload, len, NULL, &a);
+        int r = n < 0 ? (int)n : c->signing ? dp_frame_sign(buf, (size_t)n, &c->key) : 0;
+        if (r == 0)
+                r = send_all(c, buf, (size_t)n);
         pthread_mutex_unlock(&c->send_mu);
         return r;
 }
 
 int sluice_req_send(struct sluice_conn *c, struct sluice_req *r)
 {
-        struct dp_header h = {.opcode = r->opcode, .flags = DP_F_CRC, .request_id = r->id};
+        struct dp_header h = {.opcode = r->opcode, .flags = DP_F_CRC | (c->signing ? DP_F_AUTH : 0),
+                              .request_id = r->id};
         int n = dp_fragment_count(r->msg_len, c->max_frame_tx, h.flags);
         if (n < 0)
                 return sluice_seterr(c, -EMSGSIZE, "request of %zu bytes is over the protocol's limit",
@@ -124,9 +137,12 @@ int sluice_req_send(struct sluice_conn *c, struct sluice_req *r)
         int rc = 0;
         pthread_mutex_lock(&c->send_mu);
         for (int i = 0; i < n && rc == 0; i++) {
+                struct dp_auth a = c->signing ? next_auth(c) : (struct dp_auth){0};
                 long len = dp_fragment_encode(buf, c->max_frame_tx, c->max_frame_tx, &h, r->msg,
-                                              r->msg_len, (unsigned)i, NULL, NULL);
-                rc = len < 0 ? (int)len : send_all(c, buf, (size_t)len);
+                                              r->msg_len, (unsigned)i, NULL, &a);
+                rc = len < 0 ? (int)len : c->signing ? dp_frame_sign(buf, (size_t)len, &c->key) : 0;
+                if (rc == 0)
+                        rc = send_all(c, buf, (size_t)len);
         }
         pthread_mutex_unlock(&c->send_mu);
         free(buf);
@@ -738,5 +754,6 @@ void sluice_conn_free(struct sluice_conn *c)
         pthread_mutex_destroy(&c->mu);
         pthread_mutex_destroy(&c->send_mu);
         free(c->rbuf);
+        explicit_bzero(&c->key, sizeof(c->key));
         free(c);
 }

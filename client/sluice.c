@@ -39,6 +39,9 @@ static void usage(FILE *f)
                 "  -H, --host H          server host (default localhost)\n"
                 "  -p, --port P          server port (default 7400)\n"
                 "      --timeout MS      fail when the server says nothing for MS ms (default 30000)\n"
+                "      --key-file PATH   sign every frame with a key from PATH (\"ID SECRET_HEX\" lines,\n"
+                "                        mode 0600); default $SLUICE_KEY_FILE\n"
+                "      --key-id ID       which key of the file (default $SLUICE_KEY_ID, else the lowest)\n"
                 "  -q, --quiet           no usage line after generate\n"
                 "  -h, --help            this help\n"
                 "  -V, --version         the version\n"
@@ -128,7 +131,7 @@ static int fail(int rc, const char *what, const char *msg)
 }
 
 enum { OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_UDP, OPT_TCP, OPT_TIMEOUT, OPT_STOP,
-       OPT_DEADLINE };
+       OPT_DEADLINE, OPT_KEY_FILE, OPT_KEY_ID };
 
 int main(int argc, char **argv)
 {
@@ -141,6 +144,7 @@ int main(int argc, char **argv)
                 {"timeout", required_argument, NULL, OPT_TIMEOUT}, {"stop", required_argument, NULL, OPT_STOP},
                 {"deadline", required_argument, NULL, OPT_DEADLINE}, {"quiet", no_argument, NULL, 'q'},
                 {"help", no_argument, NULL, 'h'},              {"version", no_argument, NULL, 'V'},
+                {"key-file", required_argument, NULL, OPT_KEY_FILE}, {"key-id", required_argument, NULL, OPT_KEY_ID},
                 {NULL, 0, NULL, 0},
         };
         struct sluice_opts o;
@@ -154,6 +158,10 @@ int main(int argc, char **argv)
 
         sluice_opts_init(&o);
         sluice_gen_params_init(&gp);
+        const char *key_id = getenv("SLUICE_KEY_ID");
+        o.key_file = getenv("SLUICE_KEY_FILE");
+        if (o.key_file && !o.key_file[0])
+                o.key_file = NULL;
         while ((opt = getopt_long(argc, argv, "n:H:p:q46hV", longopts, NULL)) != -1) {
                 switch (opt) {
                 case 'n':
@@ -213,11 +221,18 @@ int main(int argc, char **argv)
                                 return usage_error("bad --deadline '%s' (ms)", optarg);
                         gp.deadline_ms = (uint32_t)v;
                         break;
+                case OPT_KEY_FILE: o.key_file = optarg; break;
+                case OPT_KEY_ID: key_id = optarg; break;
                 case 'q': quiet = true; break;
                 case 'h': usage(stdout); return EXIT_OK;
                 case 'V': printf("sluice %s (protocol %d)\n", sluice_version(), SLUICE_PROTOCOL_VERSION); return EXIT_OK;
                 default: fprintf(stderr, "Try 'sluice --help'.\n"); return EXIT_USAGE;
                 }
+        }
+        if (key_id && key_id[0]) {
+                if (!parse_num(key_id, 1, 4294967295.0, &v))
+                        return usage_error("bad --key-id '%s' (1..4294967295)", key_id);
+                o.key_id = (uint32_t)v;
         }
         if (optind >= argc)
                 return usage_error("a command is needed (generate, info, ping, tokenize)%s", "");
@@ -233,6 +248,8 @@ int main(int argc, char **argv)
 
         struct sluice_conn *c = NULL;
         int rc = sluice_connect(&o, &c);
+        if (rc < 0 && o.key_file && (rc == -EPERM || rc == -ENOKEY || rc == -ENOENT || rc == -EINVAL || rc == -EFBIG))
+                return fail(rc, "key", sluice_errmsg(NULL)), EXIT_USAGE;
         if (rc < 0)
                 return fail(rc, "cannot reach the server", sluice_errmsg(NULL));
         int ex = EXIT_OK;
@@ -285,12 +302,13 @@ int main(int argc, char **argv)
                                "max_prompt_tokens: %u\nmax_prompt_bytes: %u\nmax_new_tokens: %u\n"
                                "max_stop: %u\nmax_stop_len: %u\nmax_frame: %u\nmax_message: %u\nlease_ms: %u\n"
                                "queue_depth: %u\nactive: %u\nkv_blocks_free: %u\nkv_blocks_total: %u\n"
-                               "max_inflight: %u\ndraining: %s\n",
+                               "max_inflight: %u\ndraining: %s\nauth_required: %s\ncookie_required: %s\n",
                                in.model, in.server, in.protocol_version, in.n_ctx, in.n_vocab, in.max_prompt_tokens,
                                in.max_prompt_bytes, in.max_new_tokens, in.max_stop, in.max_stop_len, in.max_frame,
                                in.max_message, in.lease_ms, in.load.queue_depth, in.load.active,
                                in.load.kv_blocks_free, in.load.kv_blocks_total, in.load.max_inflight,
-                               in.load.draining ? "yes" : "no");
+                               in.load.draining ? "yes" : "no", in.auth_required ? "yes" : "no",
+                               in.cookie_required ? "yes" : "no");
                 }
         } else {
                 struct sluice_load l;

@@ -46,6 +46,11 @@ struct sluice_opts {
                                    * the call with -ETIMEDOUT; 0: 30000 */
         uint32_t connect_timeout_ms; /* connect + HELLO; 0: 5000 */
         uint32_t retransmit_ms;   /* UDP: first retransmit / resend interval; 0: 200 */
+        const char *key_file;     /* a keys file (the server's format: "ID SECRET_HEX ..." per
+                                   * line; it must be private to this user, mode 0600 or 0400):
+                                   * every frame is signed with key key_id (0: the file's lowest
+                                   * id). NULL: frames go unsigned. */
+        uint32_t key_id;
 };
 void sluice_opts_init(struct sluice_opts *o);
 

@@ -51,7 +51,7 @@ struct key {
 static const char *const backend_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const onoff_names[] = {"off", "on", NULL};
 static const char *const audit_names[] = {"off", "on", "with-text", NULL};
-static const char *const auth_names[] = {"off", NULL};
+static const char *const auth_names[] = {"off", "required", NULL};
 static const char *const target_names[] = {"auto", "journal", "stderr", NULL};
 static const char *const dpdk_on_error_names[] = {"exit", "continue", NULL};
 
@@ -108,8 +108,9 @@ static const struct key keys[] = {
         U32("limits", "udp_lease_ms", limits.udp_lease_ms, 1000, 600000, false),
         U64("limits", "tcp_output_limit", limits.tcp_output_limit, 65536, 1ull << 30, false),
 
-        ENUM("auth", "mode", auth.mode, auth_names, true),
+        ENUM("auth", "mode", auth.mode, auth_names, false),
         STR("auth", "keys_file", auth.keys_file, true),
+        U32("auth", "replay_window_ms", auth.replay_window_ms, 1000, 3600000, false),
 
         {"metrics", "http_listen", K_ADDR_OFF, F(metrics), 0, 0, NULL, false},
 
@@ -432,8 +433,7 @@ static int set_key(struct ctl_config *cfg, const struct key *k, const char *v, c
         case K_ENUM:
                 if (parse_enum(v, k->names, &e) < 0) {
                         names_list(k->names, list, sizeof(list));
-                        return key_error(err, origin, line, k, "'%s' is not one of %s%s", quote(v, q, sizeof(q)),
-                                         list, k->names == auth_names ? " (authentication comes later)" : "");
+                        return key_error(err, origin, line, k, "'%s' is not one of %s", quote(v, q, sizeof(q)), list);
                 }
                 if (k->names == backend_names && e == CTL_BACKEND_CUDA && !SLUICE_HAVE_CUDA)
                         return key_error(err, origin, line, k, "cuda: this sluiced is built without CUDA");
@@ -509,6 +509,7 @@ void ctl_config_defaults(struct ctl_config *cfg)
         cfg->limits.udp_lease_ms = 10000;
         cfg->limits.tcp_output_limit = 4u << 20;
         cfg->auth.mode = CTL_AUTH_OFF;
+        cfg->auth.replay_window_ms = 30000;
         cfg->metrics.enabled = true;
         ctl_addr_parse("127.0.0.1:9464", &cfg->metrics.http_listen, &e);
         cfg->log.level = SL_LOG_INFO;
@@ -788,6 +789,10 @@ int ctl_config_validate(const struct ctl_config *cfg, struct sl_error *err)
                                  "an absolute path is needed when audit is on");
         if (!cfg->server.name[0])
                 return key_error(err, o, LINE("server", "name"), K("server", "name"), "must not be empty");
+        if (cfg->auth.mode == CTL_AUTH_REQUIRED && !cfg->auth.keys_file[0])
+                return key_error(err, o, SL_MAX(LINE("auth", "mode"), LINE("auth", "keys_file")), K("auth", "keys_file"),
+                                 "mode = required needs the clients' keys file (or mode = off to serve "
+                                 "without authentication)");
         return 0;
 }
 

@@ -25,7 +25,7 @@
 
 enum ctl_backend { CTL_BACKEND_AUTO = 0, CTL_BACKEND_CPU, CTL_BACKEND_CUDA };
 enum ctl_audit_mode { CTL_AUDIT_OFF = 0, CTL_AUDIT_ON, CTL_AUDIT_WITH_TEXT };
-enum ctl_auth_mode { CTL_AUTH_OFF = 0 };
+enum ctl_auth_mode { CTL_AUTH_OFF = 0, CTL_AUTH_REQUIRED = 1 };
 enum ctl_log_target { CTL_LOG_AUTO = 0, CTL_LOG_JOURNAL, CTL_LOG_STDERR };
 enum ctl_dpdk_on_error { CTL_DPDK_EXIT = 0, CTL_DPDK_CONTINUE };
 enum ctl_transport { CTL_TRANSPORT_UDP = 1u << 0, CTL_TRANSPORT_TCP = 1u << 1, CTL_TRANSPORT_DPDK = 1u << 2 };
@@ -96,7 +96,8 @@ struct ctl_config {
         } limits;
         struct {
                 enum ctl_auth_mode mode;
-                char keys_file[CTL_PATH_MAX];   /* reserved */
+                char keys_file[CTL_PATH_MAX];   /* relative: in $CREDENTIALS_DIRECTORY */
+                uint32_t replay_window_ms;      /* timestamps within ± this; nonces remembered as long */
         } auth;
         struct {
                 bool enabled;                   /* false: http_listen = off */

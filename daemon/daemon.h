@@ -28,7 +28,8 @@ extern const char *const d_outcome_name[DO_N];
 
 /* Counters copied from struct dp_transport_stats. */
 enum { DTS_RX_FRAMES, DTS_TX_FRAMES, DTS_RX_BYTES, DTS_TX_BYTES, DTS_MALFORMED, DTS_DROPS, DTS_ERRORS_SENT,
-       DTS_N };
+       DTS_AUTH_OK, DTS_AUTH_MISSING, DTS_AUTH_UNKNOWN_KEY, DTS_AUTH_EXPIRED, DTS_AUTH_BAD_MAC, DTS_AUTH_REPLAYED,
+       DTS_AUTH_FULL, DTS_N };
 
 struct d_metrics {
         struct ctl_counter *requests[DO_N];
@@ -71,6 +72,7 @@ struct daemon {
         struct dp_udp *udp;
         struct dp_tcp *tcp;
         struct dp_dpdk *dpdk;
+        struct dp_auth_ctx auth;         /* clients' keys, shared by the transports */
         struct dp_info info;
         char model_name[CTL_NAME_MAX + 1];
         char server_name[CTL_NAME_MAX + 16];
@@ -89,6 +91,8 @@ struct daemon {
         _Atomic bool cancel_all;         /* drain timeout: cancel every live request */
         _Atomic bool fatal;              /* the engine failed for good: drain, exit non-zero */
         _Atomic bool stop;               /* engine thread: leave the loop */
+        _Atomic bool transports_up;      /* udp/tcp/dpdk and m.dpdk are set: the engine thread
+                                          * starts first and reads them only after this (acquire) */
         _Atomic uint32_t n_live;         /* entries in the request table */
         pthread_t engine_th;
         struct serve *serve;             /* serve.c's private state */

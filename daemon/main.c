@@ -71,6 +71,23 @@ static int build_config(const struct args *a, struct ctl_config *cfg, struct sl_
         return ctl_config_validate(cfg, err);
 }
 
+/* The clients' keys ([auth] keys_file). A relative path is a credential passed by systemd
+ * (LoadCredential=sluice-keys:/etc/sluice/keys): looked up in $CREDENTIALS_DIRECTORY, whose
+ * files systemd makes readable by the service's user alone. Any other file must be owned by
+ * this process's user with no group or other access. */
+static int load_keys(const struct ctl_config *c, struct dp_keys **out, struct sl_error *err)
+{
+        char path[CTL_PATH_MAX + 512];
+        const char *f = c->auth.keys_file, *cred = getenv("CREDENTIALS_DIRECTORY");
+        const bool in_cred = f[0] != '/' && cred && cred[0];
+        if (in_cred)
+                snprintf(path, sizeof(path), "%s/%s", cred, f);
+        else
+                snprintf(path, sizeof(path), "%s", f);
+        int r = dp_keys_load(path, !in_cred, out, err);
+        return r < 0 ? sl_error_prefix(err, r, "[auth] keys_file") : r;
+}
+
 static void limits_from(struct d_limits *l, const struct ctl_config *c)
 {
         l->max_prompt_tokens = c->limits.max_prompt_tokens;
@@ -135,7 +152,8 @@ static int start_dpdk(struct daemon *d, char *where, size_t cap, struct sl_error
                 .n_queues = c->dpdk.queues, .rx_desc = c->dpdk.rx_desc, .tx_desc = c->dpdk.tx_desc,
                 .mbufs = c->dpdk.mbufs, .idle_sleep_us = c->dpdk.idle_sleep_us, .gpudirect = c->dpdk.gpudirect,
                 .tc = {.engine_wake = &d->wake, .load = serve_load, .load_arg = d, .info = &d->info,
-                       .lease_ms = c->limits.udp_lease_ms, .max_requests = udp_max_requests(d), .max_reasm = 64},
+                       .lease_ms = c->limits.udp_lease_ms, .max_requests = udp_max_requests(d), .max_reasm = 64,
+                       .auth = &d->auth},
                 /* the engine has no host-registration hook yet: pinned host memory (mlock) */
                 .mem = NULL,
         };
@@ -191,6 +209,7 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                         .resp_ring = d->resp_ring[tr], .engine_wake = &d->wake, .load = serve_load, .load_arg = d,
                         .info = &d->info, .lease_ms = c->limits.udp_lease_ms,
                         .out_bytes = (unsigned)SL_MIN(c->limits.tcp_output_limit, (uint64_t)UINT32_MAX),
+                        .auth = &d->auth,
                 };
                 for (unsigned i = 0; i < l->n && i < DP_MAX_LISTEN; i++)
                         tc.listen[i] = ctl_addr_format(&l->a[i], addr[tr][i], sizeof(addr[tr][i]));
@@ -253,6 +272,22 @@ static void reload(struct daemon *d, const struct args *a)
         if (r < 0) {
                 ctl_logf(SL_LOG_ERR, "reload rejected, the old configuration stays: %s", err.msg);
                 goto done;
+        }
+        if (nw->auth.mode == CTL_AUTH_REQUIRED) {
+                /* keys rotate: frames signed with a key still in the file keep passing, on
+                 * connections that stay open; a removed key is refused from now on */
+                struct dp_keys *ks = NULL;
+                if (load_keys(nw, &ks, &err) < 0) {
+                        ctl_logf(SL_LOG_ERR, "reload rejected, the old configuration and keys stay: %s", err.msg);
+                        goto done;
+                }
+                uint32_t n = dp_keys_count(ks);
+                struct dp_keys *old = dp_auth_swap(&d->auth, ks, 2000);
+                if (old)
+                        dp_keys_free(old);
+                else
+                        ctl_logf(SL_LOG_WARNING, "a transport did not pass a mark in 2 s: the old keys are leaked, not freed");
+                ctl_logf(SL_LOG_NOTICE, "authentication: %u key(s) in force", n);
         }
         ctl_config_changed_keys(&d->cfg, nw, keys, sizeof(keys));
         ctl_log_set_level(nw->log.level);
@@ -341,6 +376,9 @@ int main(int argc, char **argv)
         struct sl_error err = {0};
         int r = build_config(&a, &d->cfg, &err);
         if (a.check) {
+                struct dp_keys *ks = NULL;
+                if (r == 0 && d->cfg.auth.mode == CTL_AUTH_REQUIRED && (r = load_keys(&d->cfg, &ks, &err)) == 0)
+                        dp_keys_free(ks);
                 if (r < 0) {
                         fprintf(stderr, "sluiced: %s\n", err.msg);
                         return 1;
@@ -502,12 +540,29 @@ int main(int argc, char **argv)
         }
         engine_started = true;
 
-        /* ---- transports ---- */
+        /* ---- authentication, then the transports ---- */
+        {
+                struct dp_keys *ks = NULL;
+                const bool req = d->cfg.auth.mode == CTL_AUTH_REQUIRED;
+                if ((req && (r = load_keys(&d->cfg, &ks, &err)) < 0) ||
+                    (r = dp_auth_ctx_init(&d->auth, req, d->cfg.auth.replay_window_ms, ks, &err)) < 0) {
+                        dp_keys_free(ks);
+                        ctl_logf(SL_LOG_ERR, "%s", err.msg);
+                        goto stop;
+                }
+                if (req)
+                        ctl_logf(SL_LOG_NOTICE, "authentication required: %u client key(s), replay window %u ms",
+                                 dp_keys_count(ks), d->cfg.auth.replay_window_ms);
+                else
+                        ctl_logf(SL_LOG_WARNING, "authentication is off ([auth] mode = off): any client that can "
+                                 "reach the listen addresses can use this server");
+        }
         char where[1024];
         if ((r = start_transports(d, where, sizeof(where), &err)) < 0) {
                 ctl_logf(SL_LOG_ERR, "%s", err.msg);
                 goto stop;
         }
+        atomic_store_explicit(&d->transports_up, true, memory_order_release);
         if (d->http)
                 ctl_http_set_state(d->http, CTL_HEALTH_READY);
         ctl_logf(SL_LOG_NOTICE, "serving %s on %s; http %s", d->model_name, where, http_addr);
@@ -551,6 +606,7 @@ out:
         dp_dpdk_free(d->dpdk);
         free(d->m.dpdk);
 #endif
+        dp_auth_ctx_destroy(&d->auth);
         if (d->http)
                 ctl_http_stop(d->http);
         serve_free(d);

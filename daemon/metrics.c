@@ -68,7 +68,9 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
         NN(m->prompts_zero_copy = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=in_place",
                                                       err));
         NN(m->prompts_copied = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=copy", err));
-        static const struct { const char *name, *help; } tc[DTS_N] = {
+        static const char auth_help[] = "Frames checked by authentication, by outcome (refused ones are dropped on "
+                                        "UDP and answered with ERROR on TCP)";
+        static const struct { const char *name, *help, *label; } tc[DTS_N] = {
                 [DTS_RX_FRAMES] = {"sluice_transport_rx_frames_total", "Frames received"},
                 [DTS_TX_FRAMES] = {"sluice_transport_tx_frames_total", "Frames sent"},
                 [DTS_RX_BYTES] = {"sluice_transport_rx_bytes_total", "Bytes received"},
@@ -78,10 +80,18 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                                "Frames dropped (bad CRC, short HELLO, full buffers or tables, slow readers, unacknowledged UDP windows)"},
                 [DTS_ERRORS_SENT] = {"sluice_transport_errors_sent_total",
                                      "ERROR frames sent by the transport itself"},
+                [DTS_AUTH_OK] = {"sluice_auth_frames_total", auth_help, "result=ok"},
+                [DTS_AUTH_MISSING] = {"sluice_auth_frames_total", auth_help, "result=no_trailer"},
+                [DTS_AUTH_UNKNOWN_KEY] = {"sluice_auth_frames_total", auth_help, "result=unknown_key"},
+                [DTS_AUTH_EXPIRED] = {"sluice_auth_frames_total", auth_help, "result=outside_window"},
+                [DTS_AUTH_BAD_MAC] = {"sluice_auth_frames_total", auth_help, "result=bad_mac"},
+                [DTS_AUTH_REPLAYED] = {"sluice_auth_frames_total", auth_help, "result=replayed"},
+                [DTS_AUTH_FULL] = {"sluice_auth_frames_total", auth_help, "result=replay_table_full"},
         };
         for (int t = 0; t < DTK_N; t++)
                 for (int k = 0; k < DTS_N; k++) {
-                        snprintf(labels, sizeof(labels), "transport=%s", dt_kind_name[t]);
+                        snprintf(labels, sizeof(labels), "transport=%s%s%s", dt_kind_name[t], tc[k].label ? "," : "",
+                                 tc[k].label ? tc[k].label : "");
                         NN(m->tr[t][k] = ctl_metrics_counter(reg, tc[k].name, tc[k].help, labels, err));
                 }
 #undef NN

@@ -607,6 +607,8 @@ static void update_metrics(struct serve *s)
         last_steps = st.steps, last_pre = st.preemptions, last_graph = st.graph_steps, last_gerr = st.gpu_errors;
         ctl_gauge_set(m->launches, st.launches_last);
         ctl_gauge_set(m->gpu, engine_sched_backend(d->sched) == ENGINE_BACKEND_CUDA);
+        if (!atomic_load_explicit(&d->transports_up, memory_order_acquire))
+                return; /* main.c is still creating them */
         for (int tr = 0; tr < DT_N; tr++) {
                 struct dp_transport_stats ts;
                 if (tr == DT_UDP && d->udp)
@@ -634,6 +636,10 @@ static void update_metrics(struct serve *s)
                                       ts.drop_ring_full + ts.drop_table_full + ts.drop_stale_resp +
                                       ts.output_overflows + ts.window_full,
                         [DTS_ERRORS_SENT] = ts.errors_sent,
+                        [DTS_AUTH_OK] = ts.auth.ok, [DTS_AUTH_MISSING] = ts.auth.missing,
+                        [DTS_AUTH_UNKNOWN_KEY] = ts.auth.unknown_key, [DTS_AUTH_EXPIRED] = ts.auth.expired,
+                        [DTS_AUTH_BAD_MAC] = ts.auth.bad_mac, [DTS_AUTH_REPLAYED] = ts.auth.replayed,
+                        [DTS_AUTH_FULL] = ts.auth.replay_full,
                 };
                 for (int k = 0; k < DTS_N; k++) {
                         if (v[k] > m->tr_last[tr][k])

@@ -345,13 +345,17 @@ struct replay_ent {
 struct dp_replay {
         uint32_t mask;
         uint64_t window_ms;
-        struct dp_auth_stats st;
+        struct dp_auth_stats own, *st;
         struct replay_ent e[];
 };
 
+/* One writer: a relaxed load and store, no locked instruction. */
+#define COUNT(rp, f) __atomic_store_n(&(rp)->st->f, __atomic_load_n(&(rp)->st->f, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED)
+
 #define REPLAY_PROBE 32u
 
-int dp_replay_create(struct dp_replay **out, uint32_t capacity, uint32_t window_ms, struct sl_error *err)
+int dp_replay_create(struct dp_replay **out, uint32_t capacity, uint32_t window_ms, struct dp_auth_stats *stats,
+                     struct sl_error *err)
 {
         *out = NULL;
         if (capacity < 64 || capacity > (1u << 24) || (capacity & (capacity - 1)))
@@ -363,6 +367,7 @@ int dp_replay_create(struct dp_replay **out, uint32_t capacity, uint32_t window_
                 return sl_errorf(err, -ENOMEM, "replay table of %u entries: out of memory", capacity);
         rp->mask = capacity - 1;
         rp->window_ms = window_ms;
+        rp->st = stats ? stats : &rp->own;
         *out = rp;
         return 0;
 }
@@ -374,7 +379,10 @@ void dp_replay_free(struct dp_replay *rp)
 
 void dp_replay_stats(const struct dp_replay *rp, struct dp_auth_stats *out)
 {
-        *out = rp->st;
+        const uint64_t *s = (const uint64_t *)rp->st;
+        uint64_t *d = (uint64_t *)out;
+        for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+                d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
 }
 
 static uint32_t replay_hash(uint32_t key_id, uint64_t nonce)
@@ -411,17 +419,17 @@ int dp_auth_check(const struct dp_keys *ks, struct dp_replay *rp, const uint8_t 
         if (key)
                 *key = NULL;
         if (!f->has_auth) {
-                rp->st.missing++;
+                COUNT(rp, missing);
                 return sl_errorf(err, -DP_ERR_UNAUTHENTICATED, "no authentication trailer (this server requires keys)");
         }
         const int i = find_index(ks, f->auth.key_id);
         if (i < 0) {
-                rp->st.unknown_key++;
+                COUNT(rp, unknown_key);
                 return sl_errorf(err, -DP_ERR_UNAUTHENTICATED, "unknown key id %u", f->auth.key_id);
         }
         const uint64_t ts = f->auth.timestamp_ms, w = rp->window_ms;
         if (ts + w < now_ms || ts > now_ms + w) {
-                rp->st.expired++;
+                COUNT(rp, expired);
                 return sl_errorf(err, -DP_ERR_UNAUTHENTICATED,
                                  "timestamp %llu is %lld ms from the server's clock, outside the %llu ms window",
                                  (unsigned long long)ts, (long long)(ts - now_ms), (unsigned long long)w);
@@ -429,21 +437,83 @@ int dp_auth_check(const struct dp_keys *ks, struct dp_replay *rp, const uint8_t 
         uint8_t mac[DP_MAC_SIZE];
         frame_mac(&ks->st[i], frame, f->len, mac);
         if (sodium_memcmp(mac, frame + f->len - DP_MAC_SIZE, DP_MAC_SIZE) != 0) {
-                rp->st.bad_mac++;
+                COUNT(rp, bad_mac);
                 return sl_errorf(err, -DP_ERR_UNAUTHENTICATED, "bad MAC for key id %u", f->auth.key_id);
         }
         int r = replay_insert(rp, f->auth.key_id, f->auth.nonce, ts, now_ms);
         if (r == -EEXIST) {
-                rp->st.replayed++;
+                COUNT(rp, replayed);
                 return sl_errorf(err, -DP_ERR_UNAUTHENTICATED, "replayed frame (key id %u, nonce %llu)",
                                  f->auth.key_id, (unsigned long long)f->auth.nonce);
         }
         if (r < 0) {
-                rp->st.replay_full++;
+                COUNT(rp, replay_full);
                 return sl_errorf(err, -DP_ERR_UNAUTHENTICATED, "replay window full; retry");
         }
-        rp->st.ok++;
+        COUNT(rp, ok);
         if (key)
                 *key = &ks->k[i];
         return 0;
+}
+
+/* ---- the transports' shared context ---- */
+
+int dp_auth_ctx_init(struct dp_auth_ctx *ctx, bool required, uint32_t window_ms, struct dp_keys *keys,
+                     struct sl_error *err)
+{
+        memset(ctx, 0, sizeof(*ctx));
+        if (required && !keys)
+                return sl_errorf(err, -EINVAL, "authentication required but no keys");
+        if (window_ms < 1000 || window_ms > 3600000)
+                return sl_errorf(err, -EINVAL, "replay window of %u ms: want 1000..3600000", window_ms);
+        ctx->required = required;
+        ctx->window_ms = window_ms;
+        ctx->replay_capacity = 1u << 16;
+        atomic_init(&ctx->keys, keys);
+        atomic_init(&ctx->epoch, 1);
+        atomic_init(&ctx->n_readers, 0);
+        for (unsigned i = 0; i < DP_AUTH_READERS; i++)
+                atomic_init(&ctx->seen[i], UINT64_MAX);
+        return 0;
+}
+
+void dp_auth_ctx_destroy(struct dp_auth_ctx *ctx)
+{
+        dp_keys_free(atomic_exchange(&ctx->keys, NULL));
+}
+
+int dp_auth_reader(struct dp_auth_ctx *ctx)
+{
+        uint32_t i = atomic_fetch_add(&ctx->n_readers, 1);
+        if (i >= DP_AUTH_READERS) {
+                atomic_fetch_sub(&ctx->n_readers, 1);
+                return -ENOSPC;
+        }
+        return (int)i;
+}
+
+void dp_auth_enter(struct dp_auth_ctx *ctx, int reader)
+{
+        atomic_store(&ctx->seen[reader], atomic_load(&ctx->epoch));
+}
+
+void dp_auth_idle(struct dp_auth_ctx *ctx, int reader)
+{
+        atomic_store(&ctx->seen[reader], UINT64_MAX);
+}
+
+struct dp_keys *dp_auth_swap(struct dp_auth_ctx *ctx, struct dp_keys *keys, unsigned timeout_ms)
+{
+        struct dp_keys *old = atomic_exchange(&ctx->keys, keys);
+        const uint64_t e = atomic_fetch_add(&ctx->epoch, 1) + 1;
+        const uint32_t n = SL_MIN(atomic_load(&ctx->n_readers), DP_AUTH_READERS);
+        /* A reader that marked an epoch before e may hold old; once it marks again (or goes
+         * idle) it reads keys after the exchange. */
+        for (uint32_t i = 0; i < n; i++)
+                for (unsigned waited = 0; atomic_load(&ctx->seen[i]) < e; waited++) {
+                        if (waited >= timeout_ms)
+                                return NULL;
+                        usleep(1000);
+                }
+        return old;
 }

@@ -5,6 +5,7 @@
  * decoders return views into the input after checking every length, count and sum. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -464,14 +465,17 @@ const struct dp_key *dp_keys_find(const struct dp_keys *ks, uint32_t id);    /* 
  * field as zero; then the CRC when DP_F_CRC. 0 or -EINVAL. */
 int dp_frame_sign(uint8_t *frame, size_t len, const struct dp_key *key);
 
-/* Counters of one replay window (one per transport thread: not thread-safe). */
+/* Frames checked, by outcome. Written by one thread (relaxed atomic stores), readable by
+ * others with relaxed loads (a transport's stats copy). */
 struct dp_auth_stats {
         uint64_t ok, missing, unknown_key, expired, bad_mac, replayed, replay_full;
 };
 
-/* The (key, nonce) pairs seen within the window: a fixed table (capacity a power of two). */
+/* The (key, nonce) pairs seen within the window: a fixed table (capacity a power of two),
+ * one per transport thread. stats: where to count (NULL: inside the table). */
 struct dp_replay;
-int dp_replay_create(struct dp_replay **out, uint32_t capacity, uint32_t window_ms, struct sl_error *err);
+int dp_replay_create(struct dp_replay **out, uint32_t capacity, uint32_t window_ms, struct dp_auth_stats *stats,
+                     struct sl_error *err);
 void dp_replay_free(struct dp_replay *rp);
 void dp_replay_stats(const struct dp_replay *rp, struct dp_auth_stats *out);
 
@@ -481,6 +485,40 @@ void dp_replay_stats(const struct dp_replay *rp, struct dp_auth_stats *out);
  * reason. No allocation. */
 int dp_auth_check(const struct dp_keys *ks, struct dp_replay *rp, const uint8_t *frame, const struct dp_frame *f,
                   uint64_t now_ms, const struct dp_key **key, struct sl_error *err);
+
+/* What the transports share for authentication: whether it is required, the window, and the
+ * keys in force, which a reload swaps while the transports run. A transport thread takes a
+ * reader slot, marks each pass of its loop (dp_auth_enter) and the moments it blocks with
+ * nothing held (dp_auth_idle); between two marks it may use the keys it got from
+ * dp_auth_keys(). dp_auth_swap() returns the old keys only once no reader can still hold
+ * them, so they can be freed. */
+#define DP_AUTH_READERS 64u
+
+struct dp_auth_ctx {
+        bool required;
+        uint32_t window_ms;                /* replay window (timestamps within ± of it) */
+        uint32_t replay_capacity;          /* per transport thread */
+        _Atomic(struct dp_keys *) keys;
+        _Atomic uint64_t epoch;
+        _Atomic uint32_t n_readers;
+        _Atomic uint64_t seen[DP_AUTH_READERS]; /* per reader: epoch at its last mark */
+};
+
+/* ctx->keys = keys (owned by the context from now on; NULL when not required). */
+int dp_auth_ctx_init(struct dp_auth_ctx *ctx, bool required, uint32_t window_ms, struct dp_keys *keys,
+                     struct sl_error *err);
+void dp_auth_ctx_destroy(struct dp_auth_ctx *ctx); /* frees the keys; no reader may be running */
+int dp_auth_reader(struct dp_auth_ctx *ctx);       /* a reader slot, or -ENOSPC */
+void dp_auth_enter(struct dp_auth_ctx *ctx, int reader);
+void dp_auth_idle(struct dp_auth_ctx *ctx, int reader);
+static inline const struct dp_keys *dp_auth_keys(struct dp_auth_ctx *ctx)
+{
+        return atomic_load(&ctx->keys);
+}
+/* Installs keys and returns the previous ones once no reader holds them (waiting up to
+ * timeout_ms for each to pass a mark); NULL when they may still be in use (then they are
+ * leaked rather than freed under a reader). */
+struct dp_keys *dp_auth_swap(struct dp_auth_ctx *ctx, struct dp_keys *keys, unsigned timeout_ms);
 
 /* ==== rings between transports and the engine (dataplane/ring.c) ==== */
 
@@ -623,6 +661,8 @@ struct dp_transport_stats {
         uint64_t output_overflows;      /* TCP: requests failed because a reader was slow */
         uint64_t window_full;           /* UDP: requests failed: a window of frames unacknowledged */
         uint64_t io_errors;             /* failed io_uring completions */
+        uint64_t unauthenticated;       /* frames refused by authentication (reasons in auth) */
+        struct dp_auth_stats auth;
 };
 
 struct dp_transport_config {
@@ -645,6 +685,7 @@ struct dp_transport_config {
         unsigned max_conns;             /* TCP connections; default 64 */
         unsigned out_bytes;             /* TCP per-connection output bound; default 262144 */
         int sndbuf;                     /* TCP SO_SNDBUF for accepted sockets; 0: kernel's */
+        struct dp_auth_ctx *auth;       /* keys and window; NULL or not required: no checks */
 };
 
 /* UDP: one socket per listen address, all in one io_uring run by one thread. */

@@ -360,6 +360,7 @@ static int lcore_main(void *arg)
                         dp_notify_kick(d->cfg.tc.engine_wake);
                         q->core.pushed = false;
                 }
+                dpt_auth_idle(&q->core.auth); /* between bursts it holds no keys */
                 LQ_STAT(q, polls, 1);
                 if (n || out) {
                         idle = 0;

@@ -66,6 +66,7 @@ struct dp_tcp {
         uint8_t *mem;            /* all connection buffers */
         struct tcp_req *reqs;
         bool pushed;
+        struct dpt_auth auth;
         struct dp_transport_stats st;
 };
 
@@ -376,6 +377,15 @@ static void on_recv(struct dp_tcp *t, struct conn *c, int res, uint64_t now)
                 struct dp_frame f;
                 int rc = fl < 0 ? (int)fl : dp_frame_decode(c->rx + off, (size_t)fl, DP_MAX_FRAME_TCP, 0, &f, &err);
                 DPT_STAT(&t->st, rx_frames, 1);
+                if (rc == 0 && dpt_auth_check(&t->auth, c->rx + off, &f, NULL, &err) < 0) {
+                        /* not from a key holder: ERROR (terminal for a request), and the
+                         * connection stays, for frames of keys still present */
+                        DPT_STAT(&t->st, unauthenticated, 1);
+                        out_error(t, c, f.h.request_id, 0, DP_ERR_UNAUTHENTICATED,
+                                  f.h.opcode == DP_OP_GENERATE || f.h.opcode == DP_OP_TOKENIZE, 0, err.msg);
+                        off += (size_t)fl;
+                        continue;
+                }
                 if (rc < 0) {
                         DPT_STAT(&t->st, malformed, 1);
                         if (fl < 0 || rc == -DP_ERR_BAD_CRC || rc == -DP_ERR_BAD_VERSION || rc == -DP_ERR_TOO_LARGE) {
@@ -505,6 +515,7 @@ static void *tcp_main(void *arg)
         wake_arm(t);
         while (!dpt_thread_stopping(&t->th)) {
                 uint64_t now = sl_now_ns();
+                dpt_auth_enter(&t->auth);
                 drain_responses(t);
                 if (now >= next_tick) {
                         for (unsigned i = 0; i < t->n_conn; i++) {
@@ -525,7 +536,9 @@ static void *tcp_main(void *arg)
                 bool busy = !dp_ring_empty(t->cfg.resp_ring) || t->pushed;
                 struct __kernel_timespec ts = { 0, busy ? 0 : (long long)TICK_NS };
                 struct io_uring_cqe *cqe;
+                dpt_auth_idle(&t->auth);
                 int r = io_uring_submit_and_wait_timeout(&t->ring, &cqe, busy ? 0 : 1, &ts, NULL);
+                dpt_auth_enter(&t->auth);
                 atomic_store(&t->wake.sleeping, 0);
                 if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
                         DPT_STAT(&t->st, io_errors, 1);
@@ -623,7 +636,7 @@ int dp_tcp_create(struct dp_tcp **out, const struct dp_transport_config *cfg, st
                 t->n_lis++;
         }
         r = dp_notify_init(&t->wake, err);
-        if (r < 0)
+        if (r < 0 || (r = dpt_auth_init(&t->auth, cfg->auth, &t->st.auth, err)) < 0)
                 goto fail;
         r = io_uring_queue_init(4 * t->n_conn + 2 * cfg->n_listen + 64, &t->ring, 0);
         if (r < 0) {
@@ -663,6 +676,7 @@ void dp_tcp_free(struct dp_tcp *t)
                 if (t->lfd[i] >= 0)
                         close(t->lfd[i]);
         dp_notify_destroy(&t->wake);
+        dpt_auth_free(&t->auth);
         free(t->conn);
         free(t->reqs);
         free(t->mem);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dataplane.h"
@@ -171,6 +172,8 @@ void dpt_fill_info(const struct dp_transport_config *cfg, struct dp_info *info, 
                 info->server = (struct dp_str){ "sluice", 6 };
         }
         info->version = DP_VERSION;
+        if (cfg->auth && cfg->auth->required)
+                info->flags |= DP_INFO_AUTH_REQUIRED;
         info->max_frame = max_frame;
         info->lease_ms = lease_ms;
         dpt_load(cfg, &info->load);
@@ -320,4 +323,45 @@ void dp_req_release(const struct dp_req_rec *r)
         memcpy(&e, r->payload, sizeof(e));
         if (e.release)
                 e.release(e.ctx, e.ref);
+}
+
+/* ---- authentication ---- */
+
+int dpt_auth_init(struct dpt_auth *a, struct dp_auth_ctx *ctx, struct dp_auth_stats *stats, struct sl_error *err)
+{
+        memset(a, 0, sizeof(*a));
+        a->reader = -1;
+        if (!ctx || !ctx->required)
+                return 0;
+        int r = dp_auth_reader(ctx);
+        if (r < 0)
+                return sl_errorf(err, r, "authentication: more than %u transport threads", DP_AUTH_READERS);
+        a->reader = r;
+        if ((r = dp_replay_create(&a->rp, ctx->replay_capacity, ctx->window_ms, stats, err)) < 0)
+                return r;
+        a->ctx = ctx;
+        dp_auth_idle(ctx, a->reader);
+        return 0;
+}
+
+void dpt_auth_free(struct dpt_auth *a)
+{
+        if (a->ctx)
+                dp_auth_idle(a->ctx, a->reader);
+        dp_replay_free(a->rp);
+        a->rp = NULL;
+        a->ctx = NULL;
+}
+
+int dpt_auth_check(struct dpt_auth *a, const uint8_t *frame, const struct dp_frame *f, const struct dp_key **key,
+                   struct sl_error *err)
+{
+        if (key)
+                *key = NULL;
+        if (!a->ctx)
+                return 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        const uint64_t now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+        return dp_auth_check(dp_auth_keys(a->ctx), a->rp, frame, f, now_ms, key, err);
 }

@@ -31,6 +31,33 @@ struct dpt_thread {
         _Atomic bool stop;
 };
 
+/* A transport thread's part in authentication: its reader slot in the shared context and its
+ * replay table (counting into the transport's stats). */
+struct dpt_auth {
+        struct dp_auth_ctx *ctx;        /* NULL: authentication off */
+        int reader;
+        struct dp_replay *rp;
+};
+
+int dpt_auth_init(struct dpt_auth *a, struct dp_auth_ctx *ctx, struct dp_auth_stats *stats, struct sl_error *err);
+void dpt_auth_free(struct dpt_auth *a);
+/* 0 when the frame may pass (authentication off, or a valid trailer: *key is then the
+ * client's key, else NULL), or -DP_ERR_UNAUTHENTICATED with the reason. */
+int dpt_auth_check(struct dpt_auth *a, const uint8_t *frame, const struct dp_frame *f, const struct dp_key **key,
+                   struct sl_error *err);
+/* Marks of the thread's loop: a pass begins (keys may be read until the next mark), or the
+ * thread is about to block holding nothing. */
+static inline void dpt_auth_enter(struct dpt_auth *a)
+{
+        if (a->ctx)
+                dp_auth_enter(a->ctx, a->reader);
+}
+static inline void dpt_auth_idle(struct dpt_auth *a)
+{
+        if (a->ctx)
+                dp_auth_idle(a->ctx, a->reader);
+}
+
 int dpt_thread_start(struct dpt_thread *t, void *(*fn)(void *), void *arg, const char *who,
                      struct sl_error *err);
 void dpt_thread_stop(struct dpt_thread *t, int wake_fd); /* no-op when not running */

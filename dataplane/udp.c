@@ -157,6 +157,7 @@ static void *udp_main(void *arg)
                 if (busy)
                         atomic_store(&u->wake.sleeping, 0);
                 struct io_uring_cqe *cqe;
+                dpt_auth_idle(&u->core.auth); /* holds no keys while blocked */
                 int r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, busy ? 0 : 1, &ts, NULL);
                 atomic_store(&u->wake.sleeping, 0);
                 if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)

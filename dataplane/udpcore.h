@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "dataplane.h"
+#include "transport.h"
 
 /* A client address, and which of the transport's sockets (or queues) it came in on. */
 struct dpu_peer {
@@ -50,6 +51,7 @@ struct dpu {
         struct dpu_reasm *reasm;
         uint8_t *reasm_buf;
         bool pushed;             /* request records pushed since the transport last kicked the engine */
+        struct dpt_auth auth;    /* this thread's reader slot and replay table */
         struct dp_transport_stats st;
 };
 

@@ -142,7 +142,7 @@ static void test_errors(void)
         if (!SLUICE_HAVE_CUDA)
                 EXPECT_ERROR("[engine]\nbackend = cuda\n", "t.conf:2: [engine] backend: cuda: this sluiced is built without CUDA");
         EXPECT_ERROR("[auth]\nmode = hmac\n",
-                     "t.conf:2: [auth] mode: 'hmac' is not one of off (authentication comes later)");
+                     "t.conf:2: [auth] mode: 'hmac' is not one of off, required");
         EXPECT_ERROR("[log]\nlevel = loud\n", "t.conf:2: [log] level: 'loud' is not one of err, warning, notice, info, debug");
         EXPECT_ERROR("[log]\naudit = yes\n", "t.conf:2: [log] audit: 'yes' is not one of off, on, with-text");
         EXPECT_ERROR("[dataplane]\ntransports = udp,quic\n", "t.conf:2: [dataplane] transports: 'quic' is not one of udp, tcp, dpdk");

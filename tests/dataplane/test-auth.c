@@ -85,7 +85,7 @@ static void test_sign_and_check(const struct dp_keys *ks)
         CHECK(k3 && k3->secret_len == 16 && k3->max_inflight == 2 && k3->tps == 100, "key 3 fields");
         struct dp_replay *rp;
         struct sl_error err = {0};
-        CHECK(dp_replay_create(&rp, 1024, WINDOW, &err) == 0, "replay create: %s", err.msg);
+        CHECK(dp_replay_create(&rp, 1024, WINDOW, NULL, &err) == 0, "replay create: %s", err.msg);
 
         uint8_t buf[256], ref[256];
         size_t n = make_frame(buf, sizeof(buf), k7, 7, NOW, 1);
@@ -167,7 +167,7 @@ static void test_sign_and_check(const struct dp_keys *ks)
         dp_replay_free(rp);
 
         /* a full table refuses (fail closed) rather than forgetting a live nonce */
-        CHECK(dp_replay_create(&rp, 64, WINDOW, &err) == 0, "small replay table");
+        CHECK(dp_replay_create(&rp, 64, WINDOW, NULL, &err) == 0, "small replay table");
         int full = 0, okc = 0;
         for (uint64_t nonce = 0; nonce < 200; nonce++) {
                 n = make_frame(buf, sizeof(buf), k7, 7, NOW, 1000 + nonce);
@@ -180,8 +180,8 @@ static void test_sign_and_check(const struct dp_keys *ks)
         n = make_frame(buf, sizeof(buf), k7, 7, NOW + WINDOW + 1000, 5000);
         CHECK(check(ks, rp, buf, n, NOW + WINDOW + 1000, &err) == 0, "after the window: %s", err.msg);
         dp_replay_free(rp);
-        CHECK(dp_replay_create(&rp, 100, WINDOW, &err) == -EINVAL, "capacity not a power of two");
-        CHECK(dp_replay_create(&rp, 64, 10, &err) == -EINVAL, "window too short");
+        CHECK(dp_replay_create(&rp, 100, WINDOW, NULL, &err) == -EINVAL, "capacity not a power of two");
+        CHECK(dp_replay_create(&rp, 64, 10, NULL, &err) == -EINVAL, "window too short");
 }
 
 static void bad(const char *text, const char *want)
