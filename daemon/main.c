@@ -139,6 +139,24 @@ static bool ring_wanted(const struct ctl_config *c, int tr)
 }
 
 #if SLUICE_HAVE_DPDK
+/* The engine's side of the DPDK receive memory: on a GPU backend, registered and mapped for
+ * the GPU (the requests' ids are then in GPU-visible memory where the NIC wrote them). */
+static int dpdk_register_host(void *user, void *p, size_t n, void **dev_ptr)
+{
+        struct daemon *d = user;
+        struct sl_error err = {0};
+        int r = engine_host_register(d->model, p, n, dev_ptr, &err);
+        if (r < 0)
+                ctl_logf(SL_LOG_ERR, "dpdk receive memory: %s", err.msg);
+        return r;
+}
+
+static void dpdk_unregister_host(void *user, void *p)
+{
+        struct daemon *d = user;
+        engine_host_unregister(d->model, p);
+}
+
 /* The DPDK transport, after the kernel ones; "where" gets "dpdk 10.0.0.2:7400". When it
  * cannot start, the error says what is missing; with [dpdk] on_error = continue and a
  * kernel transport running, sluiced says so and goes on without it. */
@@ -154,9 +172,13 @@ static int start_dpdk(struct daemon *d, char *where, size_t cap, struct sl_error
                 .tc = {.engine_wake = &d->wake, .load = serve_load, .load_arg = d, .info = &d->info,
                        .lease_ms = c->limits.udp_lease_ms, .max_requests = udp_max_requests(d), .max_reasm = 64,
                        .auth = &d->auth},
-                /* the engine has no host-registration hook yet: pinned host memory (mlock) */
-                .mem = NULL,
         };
+        /* a GPU backend maps the receive memory for the GPU; else pinned host memory (mlock) */
+        static struct dp_host_mem_ops cuda_mem = {.name = "cuda", .register_host = dpdk_register_host,
+                                                  .unregister_host = dpdk_unregister_host};
+        cuda_mem.user = d;
+        if (engine_model_backend(d->model) == ENGINE_BACKEND_CUDA)
+                dc.mem = &cuda_mem;
         const char *lc = c->dpdk.lcores;
         for (unsigned q = 0; q < dc.n_queues; q++) {
                 dc.index[q] = (uint8_t)(DT_DPDK + q);
@@ -298,6 +320,7 @@ static void reload(struct daemon *d, const struct args *a)
         pthread_mutex_lock(&d->lim_lock);
         limits_from(&d->lim, nw);
         atomic_fetch_add_explicit(&d->lim_gen, 1, memory_order_release);
+        atomic_store_explicit(&d->max_inflight, nw->limits.max_concurrent_per_client, memory_order_relaxed);
         pthread_mutex_unlock(&d->lim_lock);
         /* udp_lease_ms and tcp_output_limit are read by the transports at start only */
         d->cfg = *nw;
@@ -410,6 +433,7 @@ int main(int argc, char **argv)
         bool engine_started = false;
         pthread_mutex_init(&d->lim_lock, NULL);
         limits_from(&d->lim, &d->cfg);
+        atomic_store_explicit(&d->max_inflight, d->cfg.limits.max_concurrent_per_client, memory_order_relaxed);
         ctl_log_open(d->cfg.log.target, d->cfg.log.level);
         ctl_notify_init();
         if (sfd < 0) {
@@ -563,6 +587,10 @@ int main(int argc, char **argv)
                 goto stop;
         }
         atomic_store_explicit(&d->transports_up, true, memory_order_release);
+        if (d->udp) /* what the engine pushed while kick() skipped them (serve.c) */
+                dp_udp_kick(d->udp);
+        if (d->tcp)
+                dp_tcp_kick(d->tcp);
         if (d->http)
                 ctl_http_set_state(d->http, CTL_HEALTH_READY);
         ctl_logf(SL_LOG_NOTICE, "serving %s on %s; http %s", d->model_name, where, http_addr);

@@ -97,6 +97,12 @@ const char *engine_backend_name(enum engine_backend b);                /* "auto"
 const char *engine_model_backend_reason(const struct engine_model *m);
 /* -ENODEV when the model is not on a GPU. */
 int engine_model_gpu_info(const struct engine_model *m, struct engine_gpu_info *out);
+/* Host memory that other components fill and the GPU may read in place (a NIC's receive
+ * buffers): page-locks [p, p + n) and maps it into the address space of the model's GPU
+ * (cudaHostRegister, mapped, portable); *dev_ptr gets the GPU's address of p. -EOPNOTSUPP
+ * when the model is not on a GPU, -EIO with the reason when CUDA refuses. */
+int engine_host_register(const struct engine_model *m, void *p, size_t n, void **dev_ptr, struct sl_error *err);
+void engine_host_unregister(const struct engine_model *m, void *p);
 /* Is a usable GPU present for this build? (-ENODEV with the reason when not.) */
 int engine_gpu_probe(int device, struct engine_gpu_info *out, struct sl_error *err);
 

@@ -528,6 +528,29 @@ int engine_model_gpu_info(const struct engine_model *m, struct engine_gpu_info *
         return m->backend == ENGINE_BACKEND_CUDA ? -EIO : -ENODEV;
 }
 
+int engine_host_register(const struct engine_model *m, void *p, size_t n, void **dev_ptr, struct sl_error *err)
+{
+#if SLUICE_HAVE_CUDA
+        if (m->cuda)
+                return ecu_host_register(m->cuda, p, n, dev_ptr, err);
+#endif
+        (void)p;
+        (void)n;
+        (void)dev_ptr;
+        return sl_errorf(err, -EOPNOTSUPP, "the model is not on a GPU (backend %s)",
+                         m->backend == ENGINE_BACKEND_CUDA ? "cuda, not loaded" : "cpu");
+}
+
+void engine_host_unregister(const struct engine_model *m, void *p)
+{
+#if SLUICE_HAVE_CUDA
+        if (m->cuda)
+                ecu_host_unregister(m->cuda, p);
+#endif
+        (void)m;
+        (void)p;
+}
+
 int engine_model_load(const char *path, const struct engine_load_opts *opts, struct engine_model **out,
                       struct sl_error *err)
 {

@@ -1402,6 +1402,25 @@ extern "C" void ecu_host_free(void *p)
                 cudaFreeHost(p);
 }
 
+extern "C" int ecu_host_register(struct ecu_model *em, void *p, size_t n, void **dev_ptr, struct sl_error *err)
+{
+        if (CUDA_CHECK(cudaSetDevice(em->device)) < 0 ||
+            CUDA_CHECK(cudaHostRegister(p, n, cudaHostRegisterMapped | cudaHostRegisterPortable)) < 0)
+                return cuda_fail(err, -EIO, "registering host memory for the GPU");
+        if (CUDA_CHECK(cudaHostGetDevicePointer(dev_ptr, p, 0)) < 0) {
+                cudaHostUnregister(p);
+                return cuda_fail(err, -EIO, "mapping registered host memory");
+        }
+        return 0;
+}
+
+extern "C" void ecu_host_unregister(struct ecu_model *em, void *p)
+{
+        (void)em;
+        if (cudaHostUnregister(p) != cudaSuccess)
+                cudaGetLastError();
+}
+
 extern "C" bool ecu_host_mapped(const void *p)
 {
         cudaPointerAttributes at;

@@ -137,6 +137,9 @@ int ecu_step(struct ecu_ctx *c, const struct engine_kv *kv, const struct engine_
  * arrays. NULL when there is no usable GPU or the mapping is not at the same address. */
 void *ecu_host_alloc(size_t n);
 void ecu_host_free(void *p);
+/* Page-locks and maps [p, p + n) for the model's GPU (cudaHostRegister, mapped, portable). */
+int ecu_host_register(struct ecu_model *em, void *p, size_t n, void **dev_ptr, struct sl_error *err);
+void ecu_host_unregister(struct ecu_model *em, void *p);
 /* Is p inside memory that ecu_host_alloc() gave (and so readable by the GPU)? */
 bool ecu_host_mapped(const void *p);
 
