@@ -98,6 +98,8 @@ target = stderr
 level = warning
 [server]
 drain_timeout_ms = 5000
+[auth]
+mode = off
 """)
         self.proc = None
 

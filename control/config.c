@@ -508,7 +508,7 @@ void ctl_config_defaults(struct ctl_config *cfg)
         cfg->limits.request_timeout_ms = 300000;
         cfg->limits.udp_lease_ms = 10000;
         cfg->limits.tcp_output_limit = 4u << 20;
-        cfg->auth.mode = CTL_AUTH_OFF;
+        cfg->auth.mode = CTL_AUTH_REQUIRED; /* off only when a config says so */
         cfg->auth.replay_window_ms = 30000;
         cfg->metrics.enabled = true;
         ctl_addr_parse("127.0.0.1:9464", &cfg->metrics.http_listen, &e);

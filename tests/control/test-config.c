@@ -26,6 +26,7 @@ static struct ctl_config cfg;
 static int parse(const char *text, struct sl_error *err)
 {
         ctl_config_defaults(&cfg);
+        cfg.auth.mode = CTL_AUTH_OFF; /* as if the file said so: most cases are not about auth */
         int r = ctl_config_parse_string("t.conf", text, strlen(text), &cfg, err);
         if (r == 0)
                 r = ctl_config_validate(&cfg, err);
@@ -56,6 +57,8 @@ static void test_shipped(const char *path)
         /* The shipped file sets only the model path and auth mode: all else is the default. */
         CHECK(!strcmp(cfg.model.path, "/var/lib/sluice/model.gguf"));
         strcpy(def.model.path, cfg.model.path);
+        CHECK(cfg.auth.mode == CTL_AUTH_OFF); /* said explicitly: the default is required */
+        def.auth.mode = cfg.auth.mode;
         CHECK(ctl_config_diff_reloadable(&def, &cfg, NULL) == 0);
         char buf[256];
         CHECK(ctl_config_changed_keys(&def, &cfg, buf, sizeof(buf)) == 0);
@@ -265,6 +268,27 @@ static void test_reload_diff(void)
         CHECK(!strcmp(err.msg, "[limits] udp_lease_ms changed: it cannot change on reload (restart sluiced)"));
 }
 
+/* Authentication is required unless a config turns it off explicitly. */
+static void test_auth_default(void)
+{
+        struct sl_error err = {{0}};
+        struct ctl_config c;
+        ctl_config_defaults(&c);
+        CHECK(c.auth.mode == CTL_AUTH_REQUIRED && c.auth.replay_window_ms == 30000);
+        static const char text[] = "[model]\npath = /m\n";
+        CHECK(ctl_config_parse_string("t.conf", text, strlen(text), &c, &err) == 0);
+        CHECK(ctl_config_validate(&c, &err) == -EINVAL &&
+              strstr(err.msg, "mode = required needs the clients' keys file (or mode = off"));
+        static const char off[] = "[model]\npath = /m\n[auth]\nmode = off\n";
+        ctl_config_defaults(&c);
+        CHECK(ctl_config_parse_string("t.conf", off, strlen(off), &c, &err) == 0 &&
+              ctl_config_validate(&c, &err) == 0 && c.auth.mode == CTL_AUTH_OFF);
+        static const char req[] = "[model]\npath = /m\n[auth]\nmode = required\nkeys_file = k\nreplay_window_ms = 999\n";
+        ctl_config_defaults(&c);
+        CHECK(ctl_config_parse_string("t.conf", req, strlen(req), &c, &err) == -EINVAL &&
+              strstr(err.msg, "replay_window_ms"));
+}
+
 int main(int argc, char **argv)
 {
         if (argc < 2) {
@@ -275,6 +299,7 @@ int main(int argc, char **argv)
         test_all_keys();
         test_errors();
         test_load_errors();
+        test_auth_default();
         test_overrides();
         test_reload_diff();
         if (failures) {

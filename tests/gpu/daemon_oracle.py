@@ -65,7 +65,7 @@ def run_backend(args, backend, tmp, texts, idp):
             f"[metrics]\nhttp_listen = 127.0.0.1:0\n[engine]\nbackend = {backend}\nthreads = 0\n"
             f"max_running = {args.n}\nmax_queued = {2 * args.n}\ntoken_budget = 512\nprefill_chunk = 256\n"
             + ("kv_blocks = 4096\n" if backend == "cpu" else "")
-            + "[log]\ntarget = stderr\n")
+            + "[log]\ntarget = stderr\n[auth]\nmode = off\n")
     d = Daemon(args.sluiced, args.model, tmp, config_text=conf)
     t0 = time.monotonic()
     try:

@@ -140,7 +140,7 @@ class Daemon:
             config_text = (f"[model]\npath = {model}\n[dataplane]\nudp_listen = 127.0.0.1:0\n"
                            "tcp_listen = 127.0.0.1:0\n[metrics]\nhttp_listen = 127.0.0.1:0\n"
                            "[engine]\nthreads = 2\nkv_blocks = 512\nmax_running = 16\nmax_queued = 64\n"
-                           "[log]\ntarget = stderr\n")
+                           "[log]\ntarget = stderr\n[auth]\nmode = off\n")
         self.conf.write_text(config_text)
         e = dict(os.environ)
         e.pop("NOTIFY_SOCKET", None)

@@ -85,7 +85,7 @@ def config(model, dev, extra=""):
             f"port = net_af_packet0,iface={dev}\naddress = {SRV_IP}:{PORT}\nprefix_len = 24\n"
             "idle_sleep_us = 50\nmbufs = 4096\n"
             f"{extra}"
-            "[metrics]\nhttp_listen = 127.0.0.1:0\n[log]\ntarget = stderr\n")
+            "[metrics]\nhttp_listen = 127.0.0.1:0\n[log]\ntarget = stderr\n[auth]\nmode = off\n")
 
 
 @pytest.fixture

@@ -181,6 +181,7 @@ def test_start_refused_with_reason(daemon, sluiced, small_model, tmp_path):
     base = (f"[model]\npath = {small_model}\n[dataplane]\nudp_listen = 127.0.0.1:0\n"
             "[metrics]\nhttp_listen = off\n[log]\ntarget = stderr\n")
     cases = [
+        ("", "mode = required needs the clients' keys file (or mode = off"),  # the default
         ("[auth]\nmode = required\n", "mode = required needs the clients' keys file"),
         (f"[auth]\nmode = required\nkeys_file = {keys}\n", "chmod 600"),
         (f"[auth]\nmode = required\nkeys_file = {tmp_path}/none.keys\n", "No such file"),

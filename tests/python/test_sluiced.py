@@ -423,7 +423,7 @@ def test_shutting_down_refuses_new_requests(daemon, cli):
 
 def test_check_config(sluiced, small_model, tmp_path):
     good = tmp_path / "good.conf"
-    good.write_text(f"[model]\npath = {small_model}\n")
+    good.write_text(f"[model]\npath = {small_model}\n[auth]\nmode = off\n")
     r = run([sluiced, "--check-config", "-c", good], timeout=10)
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.conf"
@@ -504,7 +504,7 @@ def test_audit_log_names_the_client(daemon, cli, small_model, tmp_path):
     conf = (f"[model]\npath = {small_model}\n[dataplane]\nudp_listen = 127.0.0.1:0, [::1]:0\n"
             "tcp_listen = 127.0.0.1:0, [::1]:0\n[metrics]\nhttp_listen = 127.0.0.1:0\n"
             "[engine]\nthreads = 2\nkv_blocks = 512\nmax_running = 16\nmax_queued = 64\n"
-            f"[log]\ntarget = stderr\naudit = on\naudit_path = {audit}\n")
+            f"[log]\ntarget = stderr\naudit = on\naudit_path = {audit}\n[auth]\nmode = off\n")
     d = daemon(config_text=conf)
     v6 = {}
     for t in ("udp", "tcp"):
