@@ -85,6 +85,8 @@ struct daemon {
         pthread_mutex_t lim_lock;
         struct d_limits lim;
         _Atomic uint32_t lim_gen;
+        _Atomic uint32_t max_inflight;   /* cfg.limits.max_concurrent_per_client for serve_load on
+                                          * the transport threads: reload() rewrites cfg meanwhile */
 
         uint64_t heartbeat;              /* bumped by the engine loop (atomic builtins) */
         _Atomic bool draining;           /* new requests get SHUTTING_DOWN */

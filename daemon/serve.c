@@ -66,6 +66,10 @@ static size_t max_payload(uint8_t tr)
 
 static void kick(struct daemon *d, uint8_t tr)
 {
+        /* main.c may still be creating the transports (this thread starts first); it kicks
+         * them itself once they are all up, so nothing pushed before then waits */
+        if (!atomic_load_explicit(&d->transports_up, memory_order_acquire))
+                return;
         if (tr == DT_UDP && d->udp)
                 dp_udp_kick(d->udp);
         else if (tr == DT_TCP && d->tcp)
@@ -581,7 +585,7 @@ void serve_load(void *arg, struct dp_load *l)
         l->active = st.running;
         l->kv_blocks_total = st.kv_blocks_total;
         l->kv_blocks_free = st.kv_blocks_total - st.kv_blocks_used;
-        l->max_inflight = d->cfg.limits.max_concurrent_per_client;
+        l->max_inflight = atomic_load_explicit(&d->max_inflight, memory_order_relaxed);
         l->flags = atomic_load_explicit(&d->draining, memory_order_relaxed) ? DP_LOAD_DRAINING : 0;
 }
 
