@@ -255,6 +255,21 @@ static bool stream_complete(const struct sluice_req *r)
 
 /* ---- receiving ---- */
 
+/* UDP: once a stream is complete, one ACK of all of it lets the server forget the request
+ * now rather than a lease later (its request table is what bounds new requests). */
+static void ack_complete(struct sluice_conn *c, struct sluice_req *r)
+{
+        if (c->tcp || !stream_complete(r) || r->acked == r->next_missing)
+                return;
+        uint8_t p[8];
+        struct dp_ack a = {.next_seq = r->next_missing};
+        long n = dp_ack_encode(p, sizeof(p), &a);
+        if (n > 0 && sluice_send_simple(c, DP_OP_ACK, r->id, 0, p, (size_t)n) == 0) {
+                r->acked = r->next_missing;
+                r->t_last_ack = sl_now_ns();
+        }
+}
+
 /* Files one stream frame (TOKENS, DONE, terminal ERROR) by its seq. Under c->mu. */
 static void stream_put(struct sluice_conn *c, struct sluice_req *r, const struct dp_frame *f)
 {
@@ -400,8 +415,10 @@ static void handle_frame(struct sluice_conn *c, const uint8_t *buf, size_t len)
                 break;
         case DP_OP_TOKENS:
         case DP_OP_DONE:
-                if (r && is_stream(r))
+                if (r && is_stream(r)) {
                         stream_put(c, r, &f);
+                        ack_complete(c, r);
+                }
                 break;
         case DP_OP_ERROR: {
                 struct dp_error er;
@@ -423,6 +440,7 @@ static void handle_frame(struct sluice_conn *c, const uint8_t *buf, size_t len)
                 }
                 if (is_stream(r) && (er.flags & DP_ERRF_TERMINAL)) {
                         stream_put(c, r, &f);
+                        ack_complete(c, r);
                         break;
                 }
                 if (r->state != REQ_OPEN)

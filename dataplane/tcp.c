@@ -620,6 +620,7 @@ int dp_tcp_create(struct dp_tcp **out, const struct dp_transport_config *cfg, st
                 r = sl_errorf(err, -ENOMEM, "tcp: out of memory for %u connections", t->n_conn);
                 goto fail;
         }
+        memset(t->mem, 0, per * t->n_conn); /* every page now: resident memory does not grow while serving */
         for (unsigned i = 0; i < t->n_conn; i++) {
                 struct conn *c = &t->conn[i];
                 c->fd = -1;

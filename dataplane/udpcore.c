@@ -461,6 +461,8 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
                         return;
                 if (m.ack.next_seq > q->acked)
                         q->acked = SL_MIN(m.ack.next_seq, q->next_seq);
+                if (q->state == RQ_DONE && q->acked == q->next_seq)
+                        req_free(u, q); /* the client has the whole stream: §5.3 */
                 return;
         default:
                 rc = -DP_ERR_UNKNOWN_OPCODE;
@@ -602,6 +604,9 @@ int dpu_init(struct dpu *u, const struct dp_transport_config *cfg, const struct 
                 dpu_destroy(u);
                 return r;
         }
+        /* every page now: resident memory does not grow while serving */
+        memset(u->hist_buf, 0, (size_t)u->n_req * u->hist * DP_MAX_FRAME_UDP);
+        memset(u->reasm_buf, 0, (size_t)u->n_reasm * DP_MAX_MESSAGE);
         dpu_reset(u);
         return 0;
 }

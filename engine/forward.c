@@ -471,6 +471,7 @@ int engine_ctx_create(const struct engine_model *m, uint32_t n_threads, uint32_t
                         r = sl_errorf(err, -ENOMEM, "cannot allocate activations for %u tokens", max_tokens);
                         goto fail;
                 }
+                memset(*bufs[i], 0, T * sizes[i] * sizeof(float)); /* pages now, not while serving */
         }
         /* Widest activation row in its widest vec_dot type (f32). */
         c->act_row_cap = SL_ALIGN_UP(SL_MAX(SL_MAX(E, F), OD) * sizeof(float), 64);
@@ -480,6 +481,7 @@ int engine_ctx_create(const struct engine_model *m, uint32_t n_threads, uint32_t
                         r = sl_errorf(err, -ENOMEM, "cannot allocate activations for %u tokens", max_tokens);
                         goto fail;
                 }
+                memset(c->act[j], 0, T * c->act_row_cap);
         }
         c->out_tok = malloc(T * sizeof(int32_t));
         c->ts = calloc(n_threads, sizeof(*c->ts));
@@ -491,6 +493,7 @@ int engine_ctx_create(const struct engine_model *m, uint32_t n_threads, uint32_t
                 r = sl_errorf(err, -ENOMEM, "out of memory");
                 goto fail;
         }
+        memset(c->ts_mem, 0, per * n_threads);
         for (uint32_t i = 0; i < n_threads; i++) {
                 float *base = (float *)((uint8_t *)c->ts_mem + per * i);
                 c->ts[i].rope = base;

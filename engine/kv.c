@@ -61,6 +61,10 @@ int engine_kv_create(const struct engine_model *m, const struct engine_kv_opts *
                               (unsigned long long)(bk + bv));
                 goto fail;
         }
+        if (!opts->tables_only) { /* every page now: no page faults, no RSS growth while serving */
+                memset(kv->k, 0, bk);
+                memset(kv->v, 0, bv);
+        }
         /* Stack pops the lowest ids first: nicer locality for short runs. */
         for (uint32_t i = 0; i < kv->n_blocks; i++)
                 kv->free_list[i] = kv->n_blocks - 1 - i;

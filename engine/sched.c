@@ -221,8 +221,8 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
         if (cuda && (s->tok_mem = ecu_host_alloc(tok_bytes)))
                 s->tok_mapped = true;
 #endif
-        if (!s->tok_mem)
-                s->tok_mem = malloc(tok_bytes);
+        if (!s->tok_mem && (s->tok_mem = malloc(tok_bytes)))
+                memset(s->tok_mem, 0, tok_bytes); /* pages now, not while serving */
         s->overlap = cuda && !o.no_overlap;
         s->b_prev = malloc(sizeof(int32_t) * o.token_budget);
         for (int f = 0; f < 2; f++) {
