@@ -633,6 +633,7 @@ int dp_notify_wait(struct dp_notify *n, int timeout_ms);
 #define DP_MAX_LISTEN 8
 
 /* Parses "1.2.3.4:5", "[::1]:5" or "host:port" with a numeric host. Returns 0 or -EINVAL. */
+struct sockaddr;
 struct sockaddr_storage;
 int dp_addr_parse(const char *s, struct sockaddr_storage *ss, unsigned *sslen, struct sl_error *err);
 
@@ -661,6 +662,8 @@ struct dp_transport_stats {
         uint64_t output_overflows;      /* TCP: requests failed because a reader was slow */
         uint64_t window_full;           /* UDP: requests failed: a window of frames unacknowledged */
         uint64_t io_errors;             /* failed io_uring completions */
+        uint64_t tls_handshakes;        /* TCP with TLS: handshakes completed */
+        uint64_t tls_failures;          /* TCP with TLS: handshakes failed or timed out */
         uint64_t unauthenticated;       /* frames refused by authentication (reasons in auth) */
         struct dp_auth_stats auth;
 };
@@ -686,6 +689,11 @@ struct dp_transport_config {
         unsigned out_bytes;             /* TCP per-connection output bound; default 262144 */
         int sndbuf;                     /* TCP SO_SNDBUF for accepted sockets; 0: kernel's */
         struct dp_auth_ctx *auth;       /* keys and window; NULL or not required: no checks */
+        struct dp_tls_ctx *tls;         /* TCP: speak TLS 1.3 only, with this context (taken
+                                         * over by the transport); NULL: plaintext */
+        /* TCP: told why a TLS handshake failed (the transport's thread; may be NULL) */
+        void (*tls_note)(void *arg, const struct sockaddr *peer, const char *why);
+        void *tls_note_arg;
 };
 
 /* UDP: one socket per listen address, all in one io_uring run by one thread. */
@@ -713,6 +721,17 @@ void dp_tcp_free(struct dp_tcp *t);
 void dp_tcp_kick(struct dp_tcp *t);
 int dp_tcp_local_addr(const struct dp_tcp *t, unsigned i, struct sockaddr_storage *ss, unsigned *len);
 void dp_tcp_stats(const struct dp_tcp *t, struct dp_transport_stats *out);
+/* A new TLS context (a reloaded certificate) for connections accepted from now on; the
+ * transport takes it over. Any thread. -EINVAL when the transport was created without TLS. */
+int dp_tcp_set_tls(struct dp_tcp *t, struct dp_tls_ctx *ctx);
+
+/* TLS 1.3 for the TCP transport (dataplane/tls.c, OpenSSL): PEM certificate chain and
+ * private key, and optionally the CA that signs the clients' certificates (mutual TLS;
+ * NULL or "": none asked). Errors name the file and OpenSSL's reason. */
+struct dp_tls_ctx;
+int dp_tls_ctx_create(struct dp_tls_ctx **out, const char *cert, const char *key, const char *client_ca,
+                      struct sl_error *err);
+void dp_tls_ctx_free(struct dp_tls_ctx *ctx);
 #define DP_TCP_MAX_PAYLOAD (DP_MAX_FRAME_TCP - DP_HEADER_SIZE)
 
 /* ---- the client's address on request records (dataplane/transport.c) ----

@@ -2,7 +2,10 @@
  * thread. Frames are length-delimited (dp_frame_length); many requests share a
  * connection; each connection's output is bounded, and a request whose stream would pass
  * the bound fails alone (terminal ERROR to the client, CANCEL to the engine) so that a
- * slow reader never stalls the engine. Framing errors close only that connection. */
+ * slow reader never stalls the engine. Framing errors close only that connection. With a
+ * TLS context every connection speaks TLS 1.3 (tls.c): ciphertext is received into its own
+ * buffer and fed to the session, plaintext is read into rx; frames queued in out are
+ * encrypted a chunk at a time, so the bound on out still holds. */
 #include <errno.h>
 #include <liburing.h>
 #include <netinet/in.h>
@@ -19,6 +22,10 @@
 #define RXCAP (2 * DP_MAX_FRAME_TCP)
 #define TICK_NS 5000000ull
 #define CLOSE_GRACE_NS 200000000ull /* time to flush the best-effort ERROR before a close */
+#define TLS_HANDSHAKE_NS 10000000000ull /* a connection that has not finished it by then is closed */
+#define TLS_INCAP 16384u                /* ciphertext per receive */
+#define TLS_CHUNK 65536u                /* plaintext encrypted per send */
+#define TLS_OUTCAP (TLS_CHUNK + 1024u)  /* its ciphertext: 4 records' overhead, close_notify */
 
 enum { TU_ACCEPT = 1, TU_RECV = 2, TU_SEND = 3, TU_WAKE = 4 };
 enum { C_FREE, C_OPEN, C_CLOSING };
@@ -46,6 +53,14 @@ struct conn {
         struct dp_reasm reasm;
         struct sockaddr_storage peer;   /* stamped on request records (the audit log) */
         socklen_t peer_len;
+        /* TLS */
+        struct dpt_tls *tls;            /* NULL: plaintext */
+        uint8_t *cin, *cout;            /* ciphertext received; ciphertext being sent */
+        size_t cout_sent, cout_fill;
+        uint64_t hs_deadline;
+        bool tls_closed;                /* close_notify queued */
+        bool tls_out_off;               /* no more ciphertext goes out (a plaintext ERROR for a
+                                         * client without TLS is in cout, or the socket failed) */
 };
 
 struct dp_tcp {
@@ -67,6 +82,9 @@ struct dp_tcp {
         struct tcp_req *reqs;
         bool pushed;
         struct dpt_auth auth;
+        struct dp_tls_ctx *tls;         /* this thread's; NULL: plaintext */
+        _Atomic(struct dp_tls_ctx *) tls_next; /* a reloaded one, taken at the next pass */
+        bool tls_on;
         struct dp_transport_stats st;
 };
 
@@ -92,7 +110,10 @@ static void accept_arm(struct dp_tcp *t, unsigned i)
 static void recv_arm(struct dp_tcp *t, struct conn *c)
 {
         struct io_uring_sqe *sqe = sqe_get(t);
-        io_uring_prep_recv(sqe, c->fd, c->rx + c->rx_fill, RXCAP - c->rx_fill, 0);
+        if (c->tls)
+                io_uring_prep_recv(sqe, c->fd, c->cin, TLS_INCAP, 0);
+        else
+                io_uring_prep_recv(sqe, c->fd, c->rx + c->rx_fill, RXCAP - c->rx_fill, 0);
         io_uring_sqe_set_data64(sqe, ud(TU_RECV, (unsigned)(c - t->conn)));
         c->recv_busy = true;
 }
@@ -104,12 +125,53 @@ static void wake_arm(struct dp_tcp *t)
         io_uring_sqe_set_data64(sqe, ud(TU_WAKE, 0));
 }
 
+/* TLS: the next ciphertext to send into cout, once the last went out. Plaintext is
+ * encrypted only when the session holds no ciphertext, so what waits stays in out. */
+static void tls_fill_out(struct conn *c)
+{
+        if (c->cout_fill > c->cout_sent || c->tls_out_off)
+                return;
+        c->cout_sent = c->cout_fill = 0;
+        if (dpt_tls_established(c->tls) && dpt_tls_out_pending(c->tls) == 0) {
+                if (c->out_fill > c->out_sent) {
+                        size_t n = SL_MIN(c->out_fill - c->out_sent, (size_t)TLS_CHUNK);
+                        if (dpt_tls_write(c->tls, c->out + c->out_sent, n) < 0)
+                                n = c->out_fill - c->out_sent; /* a broken session: drop it all */
+                        c->out_sent += n;
+                        if (c->out_sent == c->out_fill)
+                                c->out_sent = c->out_fill = 0;
+                }
+                if (c->state == C_CLOSING && c->out_fill == c->out_sent && !c->tls_closed) {
+                        dpt_tls_close(c->tls);
+                        c->tls_closed = true;
+                }
+        }
+        c->cout_fill = dpt_tls_out_take(c->tls, c->cout, TLS_OUTCAP);
+}
+
+/* Nothing left to send (or nothing that can go out). */
+static bool out_idle(struct conn *c)
+{
+        if (c->send_busy || c->out_fill != c->out_sent)
+                return false;
+        return !c->tls || (c->cout_fill == c->cout_sent && (c->tls_out_off || !dpt_tls_out_pending(c->tls)));
+}
+
 static void flush(struct dp_tcp *t, struct conn *c)
 {
-        if (c->send_busy || c->shut || c->out_fill == c->out_sent)
+        if (c->send_busy || c->shut)
+                return;
+        const uint8_t *p = c->out + c->out_sent;
+        size_t n = c->out_fill - c->out_sent;
+        if (c->tls) {
+                tls_fill_out(c);
+                p = c->cout + c->cout_sent;
+                n = c->cout_fill - c->cout_sent;
+        }
+        if (!n)
                 return;
         struct io_uring_sqe *sqe = sqe_get(t);
-        io_uring_prep_send(sqe, c->fd, c->out + c->out_sent, c->out_fill - c->out_sent, MSG_NOSIGNAL);
+        io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
         io_uring_sqe_set_data64(sqe, ud(TU_SEND, (unsigned)(c - t->conn)));
         c->send_busy = true;
 }
@@ -121,7 +183,7 @@ static int out_frame(struct dp_tcp *t, struct conn *c, const struct dp_header *h
 {
         size_t limit = data ? t->out_cap - t->out_reserve : t->out_cap;
         size_t need = DP_HEADER_SIZE + plen;
-        if (c->out_fill + need > limit && !c->send_busy && c->out_sent) {
+        if (c->out_fill + need > limit && (c->tls || !c->send_busy) && c->out_sent) {
                 memmove(c->out, c->out + c->out_sent, c->out_fill - c->out_sent);
                 c->out_fill -= c->out_sent;
                 c->out_sent = 0;
@@ -192,7 +254,7 @@ static void reap(struct dp_tcp *t, struct conn *c, uint64_t now)
 {
         if (c->state != C_CLOSING)
                 return;
-        if (!c->shut && ((c->out_fill == c->out_sent && !c->send_busy) || now >= c->close_deadline)) {
+        if (!c->shut && (out_idle(c) || now >= c->close_deadline)) {
                 shutdown(c->fd, SHUT_RDWR); /* completes the pending recv (and send) */
                 c->shut = true;
         }
@@ -209,6 +271,8 @@ static void reap(struct dp_tcp *t, struct conn *c, uint64_t now)
         }
         for (unsigned i = 0; i < t->n_req; i++)
                 c->req[i].state = TR_FREE;
+        dpt_tls_free(c->tls);
+        c->tls = NULL;
         close(c->fd);
         c->fd = -1;
         c->gen++;
@@ -354,22 +418,12 @@ static void on_frame(struct dp_tcp *t, struct conn *c, const struct dp_frame *f,
         out_error(t, c, f->h.request_id, 0, -rc, false, 0, err.msg);
 }
 
-static void on_recv(struct dp_tcp *t, struct conn *c, int res, uint64_t now)
+/* Every whole frame in rx. */
+static void on_rx(struct dp_tcp *t, struct conn *c, uint64_t now)
 {
         struct sl_error err;
         size_t off = 0;
 
-        c->recv_busy = false;
-        if (c->state != C_OPEN)
-                return;
-        if (res <= 0) {
-                if (res < 0 && res != -ECONNRESET)
-                        DPT_STAT(&t->st, io_errors, 1);
-                close_conn(t, c);
-                return;
-        }
-        c->rx_fill += (size_t)res;
-        DPT_STAT(&t->st, rx_bytes, (uint64_t)res);
         while (c->state == C_OPEN) {
                 long fl = dp_frame_length(c->rx + off, c->rx_fill - off, DP_MAX_FRAME_TCP, &err);
                 if (fl == 0 || (fl > 0 && (size_t)fl > c->rx_fill - off))
@@ -407,8 +461,87 @@ static void on_recv(struct dp_tcp *t, struct conn *c, int res, uint64_t now)
                 memmove(c->rx, c->rx + off, c->rx_fill - off);
                 c->rx_fill -= off;
         }
+}
+
+/* A handshake that failed or timed out: counted, told (at most a debug line), and the
+ * connection closed. A client that sent a plaintext sluice frame gets a plaintext ERROR
+ * saying why instead of a TLS alert it could not read. */
+static void tls_fail(struct dp_tcp *t, struct conn *c, const char *why, bool plain_peer)
+{
+        DPT_STAT(&t->st, tls_failures, 1);
+        if (t->cfg.tls_note)
+                t->cfg.tls_note(t->cfg.tls_note_arg, c->peer_len ? (const struct sockaddr *)&c->peer : NULL, why);
+        if (plain_peer && !c->send_busy && c->cout_fill == c->cout_sent) {
+                long n = dpt_error_frame(c->cout, TLS_OUTCAP, 0, 0, 0, DP_ERR_BAD_FRAME, false, 0,
+                                         "this port speaks TLS 1.3 (sluice --tls)");
+                c->cout_sent = 0;
+                c->cout_fill = n > 0 ? (size_t)n : 0;
+                c->tls_out_off = true;
+                DPT_STAT(&t->st, errors_sent, 1);
+        }
+        close_conn(t, c);
+}
+
+/* n bytes of ciphertext arrived in cin: the handshake, then plaintext into rx. */
+static void on_tls_recv(struct dp_tcp *t, struct conn *c, size_t n, uint64_t now)
+{
+        struct sl_error err;
+        if (dpt_tls_feed(c->tls, c->cin, n) < 0) {
+                DPT_STAT(&t->st, io_errors, 1);
+                close_conn(t, c);
+                return;
+        }
+        if (!dpt_tls_established(c->tls)) {
+                int r = dpt_tls_handshake(c->tls, &err);
+                if (r < 0) {
+                        uint32_t magic = DP_MAGIC;
+                        tls_fail(t, c, err.msg, n >= 4 && !memcmp(c->cin, &magic, 4));
+                        return;
+                }
+                if (r == 0)
+                        return;
+                DPT_STAT(&t->st, tls_handshakes, 1);
+        }
+        /* rx always has room here: on_rx leaves less than one frame in it */
+        while (c->state == C_OPEN) {
+                long got = dpt_tls_read(c->tls, c->rx + c->rx_fill, RXCAP - c->rx_fill, &err);
+                if (got == 0)
+                        break;
+                if (got < 0) {
+                        if (got != -EPIPE)
+                                DPT_STAT(&t->st, io_errors, 1);
+                        close_conn(t, c);
+                        return;
+                }
+                c->rx_fill += (size_t)got;
+                on_rx(t, c, now);
+        }
+}
+
+static void on_recv(struct dp_tcp *t, struct conn *c, int res, uint64_t now)
+{
+        c->recv_busy = false;
+        if (c->state != C_OPEN)
+                return;
+        if (res <= 0) {
+                if (res < 0 && res != -ECONNRESET)
+                        DPT_STAT(&t->st, io_errors, 1);
+                if (c->tls && !dpt_tls_established(c->tls))
+                        tls_fail(t, c, res ? strerror(-res) : "the client closed the connection during the handshake",
+                                 false);
+                else
+                        close_conn(t, c);
+                return;
+        }
+        DPT_STAT(&t->st, rx_bytes, (uint64_t)res);
+        if (c->tls) {
+                on_tls_recv(t, c, (size_t)res, now);
+        } else {
+                c->rx_fill += (size_t)res;
+                on_rx(t, c, now);
+        }
         if (c->state == C_OPEN) {
-                flush(t, c); /* replies to this batch of frames */
+                flush(t, c); /* replies to this batch of frames, or the handshake's next flight */
                 recv_arm(t, c);
         }
 }
@@ -432,10 +565,21 @@ static void on_accept(struct dp_tcp *t, int fd)
         c->peer_len = sizeof(c->peer);
         if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peer_len) < 0)
                 c->peer_len = 0;
+        if (t->tls) {
+                c->tls = dpt_tls_accept(t->tls);
+                if (!c->tls) {
+                        close(fd);
+                        DPT_STAT(&t->st, tls_failures, 1);
+                        return;
+                }
+                c->hs_deadline = sl_now_ns() + TLS_HANDSHAKE_NS;
+        }
         c->fd = fd;
         c->state = C_OPEN;
         c->shut = c->send_busy = c->recv_busy = c->reasm_used = false;
         c->rx_fill = c->out_sent = c->out_fill = 0;
+        c->cout_sent = c->cout_fill = 0;
+        c->tls_closed = c->tls_out_off = false;
         DPT_STAT(&t->st, conns_accepted, 1);
         recv_arm(t, c);
 }
@@ -516,10 +660,20 @@ static void *tcp_main(void *arg)
         while (!dpt_thread_stopping(&t->th)) {
                 uint64_t now = sl_now_ns();
                 dpt_auth_enter(&t->auth);
+                if (atomic_load_explicit(&t->tls_next, memory_order_relaxed)) {
+                        struct dp_tls_ctx *nx = atomic_exchange_explicit(&t->tls_next, NULL, memory_order_acquire);
+                        if (nx) { /* sessions keep a reference to the context they began with */
+                                dp_tls_ctx_free(t->tls);
+                                t->tls = nx;
+                        }
+                }
                 drain_responses(t);
                 if (now >= next_tick) {
                         for (unsigned i = 0; i < t->n_conn; i++) {
                                 struct conn *c = &t->conn[i];
+                                if (c->state == C_OPEN && c->tls && now >= c->hs_deadline &&
+                                    !dpt_tls_established(c->tls))
+                                        tls_fail(t, c, "the handshake did not finish in 10 s", false);
                                 if (c->state == C_OPEN)
                                         for (unsigned k = 0; k < t->n_req; k++)
                                                 if (c->req[k].pend & PEND_CANCEL)
@@ -566,7 +720,13 @@ static void *tcp_main(void *arg)
                                 c->send_busy = false;
                                 if (cqe->res < 0) {
                                         c->out_sent = c->out_fill; /* nothing more will go out */
+                                        c->cout_sent = c->cout_fill;
+                                        if (c->tls)
+                                                c->tls_out_off = true; /* nor from the session */
                                         close_conn(t, c);
+                                } else if (c->tls) {
+                                        c->cout_sent += (size_t)cqe->res;
+                                        flush(t, c);
                                 } else {
                                         c->out_sent += (size_t)cqe->res;
                                         if (c->out_sent == c->out_fill)
@@ -593,12 +753,18 @@ int dp_tcp_create(struct dp_tcp **out, const struct dp_transport_config *cfg, st
         int r;
 
         *out = NULL;
-        if (!cfg->req_ring || !cfg->resp_ring || cfg->n_listen == 0 || cfg->n_listen > DP_MAX_LISTEN)
+        if (!cfg->req_ring || !cfg->resp_ring || cfg->n_listen == 0 || cfg->n_listen > DP_MAX_LISTEN) {
+                dp_tls_ctx_free(cfg->tls);
                 return sl_errorf(err, -EINVAL, "tcp: rings and 1..%d listen addresses are required", DP_MAX_LISTEN);
+        }
         t = calloc(1, sizeof(*t));
-        if (!t)
+        if (!t) {
+                dp_tls_ctx_free(cfg->tls);
                 return sl_errorf(err, -ENOMEM, "tcp: out of memory");
+        }
         t->cfg = *cfg;
+        t->tls = cfg->tls; /* ours from here on */
+        t->tls_on = cfg->tls != NULL;
         t->wake.fd = -1;
         for (unsigned i = 0; i < DP_MAX_LISTEN; i++)
                 t->lfd[i] = -1;
@@ -612,7 +778,7 @@ int dp_tcp_create(struct dp_tcp **out, const struct dp_transport_config *cfg, st
                               t->out_cap, 2 * t->out_reserve + DP_MAX_FRAME_TCP);
                 goto fail;
         }
-        size_t per = RXCAP + t->out_cap + DP_MAX_MESSAGE;
+        size_t per = RXCAP + t->out_cap + DP_MAX_MESSAGE + (t->tls_on ? TLS_INCAP + TLS_OUTCAP : 0);
         t->conn = calloc(t->n_conn, sizeof(*t->conn));
         t->reqs = calloc((size_t)t->n_conn * t->n_req, sizeof(*t->reqs));
         t->mem = malloc(per * t->n_conn);
@@ -627,6 +793,10 @@ int dp_tcp_create(struct dp_tcp **out, const struct dp_transport_config *cfg, st
                 c->rx = t->mem + per * i;
                 c->out = c->rx + RXCAP;
                 c->reasm.buf = c->out + t->out_cap;
+                if (t->tls_on) {
+                        c->cin = c->reasm.buf + DP_MAX_MESSAGE;
+                        c->cout = c->cin + TLS_INCAP;
+                }
                 c->req = t->reqs + (size_t)i * t->n_req;
         }
         for (unsigned i = 0; i < cfg->n_listen; i++) {
@@ -670,9 +840,13 @@ void dp_tcp_free(struct dp_tcp *t)
         dp_tcp_stop(t);
         if (t->ring_ok)
                 io_uring_queue_exit(&t->ring);
-        for (unsigned i = 0; t->conn && i < t->n_conn; i++)
+        for (unsigned i = 0; t->conn && i < t->n_conn; i++) {
+                dpt_tls_free(t->conn[i].tls);
                 if (t->conn[i].fd >= 0)
                         close(t->conn[i].fd);
+        }
+        dp_tls_ctx_free(t->tls);
+        dp_tls_ctx_free(atomic_exchange(&t->tls_next, NULL));
         for (unsigned i = 0; i < DP_MAX_LISTEN; i++)
                 if (t->lfd[i] >= 0)
                         close(t->lfd[i]);
@@ -685,6 +859,17 @@ void dp_tcp_free(struct dp_tcp *t)
 }
 
 void dp_tcp_kick(struct dp_tcp *t) { dp_notify_kick(&t->wake); }
+
+int dp_tcp_set_tls(struct dp_tcp *t, struct dp_tls_ctx *ctx)
+{
+        if (!t->tls_on || !ctx) {
+                dp_tls_ctx_free(ctx);
+                return -EINVAL;
+        }
+        /* one the thread has not taken yet is replaced, and freed here */
+        dp_tls_ctx_free(atomic_exchange_explicit(&t->tls_next, ctx, memory_order_acq_rel));
+        return 0;
+}
 
 int dp_tcp_local_addr(const struct dp_tcp *t, unsigned i, struct sockaddr_storage *ss, unsigned *len)
 {

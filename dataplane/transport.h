@@ -58,6 +58,23 @@ static inline void dpt_auth_idle(struct dpt_auth *a)
                 dp_auth_idle(a->ctx, a->reader);
 }
 
+/* ---- TLS sessions of the TCP transport (tls.c): OpenSSL over memory BIOs ---- */
+struct dpt_tls;
+struct dpt_tls *dpt_tls_accept(struct dp_tls_ctx *ctx); /* NULL: out of memory */
+void dpt_tls_free(struct dpt_tls *s);
+int dpt_tls_feed(struct dpt_tls *s, const void *p, size_t n); /* ciphertext received */
+/* 1 once established, 0 while it needs more from the peer, or a negative errno with the
+ * reason (-EKEYREJECTED: the client's certificate; -EPROTO: anything else). */
+int dpt_tls_handshake(struct dpt_tls *s, struct sl_error *err);
+/* Plaintext into buf: > 0 bytes, 0 when more ciphertext is needed, or a negative errno
+ * (-EPIPE: the peer closed the session). */
+long dpt_tls_read(struct dpt_tls *s, void *buf, size_t cap, struct sl_error *err);
+long dpt_tls_write(struct dpt_tls *s, const void *p, size_t n); /* all of n, or -EIO */
+size_t dpt_tls_out_pending(const struct dpt_tls *s);           /* ciphertext to send */
+size_t dpt_tls_out_take(struct dpt_tls *s, void *buf, size_t cap);
+bool dpt_tls_established(const struct dpt_tls *s);
+void dpt_tls_close(struct dpt_tls *s);                          /* queues close_notify */
+
 int dpt_thread_start(struct dpt_thread *t, void *(*fn)(void *), void *arg, const char *who,
                      struct sl_error *err);
 void dpt_thread_stop(struct dpt_thread *t, int wake_fd); /* no-op when not running */
