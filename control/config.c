@@ -83,6 +83,11 @@ static const struct key keys[] = {
         {"dataplane", "transports", K_TRANSPORTS, F(dataplane.transports), 0, 0, NULL, false},
         {"dataplane", "udp_listen", K_ADDRS, F(dataplane.udp_listen), 0, 0, NULL, false},
         {"dataplane", "tcp_listen", K_ADDRS, F(dataplane.tcp_listen), 0, 0, NULL, false},
+        ENUM("dataplane", "tls", dataplane.tls, onoff_names, false),
+        /* certificates are re-read on every reload (renewed files under the same names too) */
+        STR("dataplane", "tls_cert", dataplane.tls_cert, true),
+        STR("dataplane", "tls_key", dataplane.tls_key, true),
+        STR("dataplane", "tls_client_ca", dataplane.tls_client_ca, true),
 
         STR("dpdk", "eal_args", dpdk.eal_args, false),
         STR("dpdk", "port", dpdk.port, false),
@@ -741,6 +746,17 @@ static const struct key *K(const char *section, const char *name)
 
 #define LINE(s, n) cfg->line[K(s, n) - keys]
 
+/* 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104 */
+static bool addr_is_loopback(const struct ctl_addr *a)
+{
+        if (a->ss.ss_family == AF_INET)
+                return (ntohl(((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr) >> 24) == 127;
+        if (a->ss.ss_family != AF_INET6)
+                return false;
+        const struct in6_addr *v6 = &((const struct sockaddr_in6 *)&a->ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(v6) || (IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127);
+}
+
 int ctl_config_validate(const struct ctl_config *cfg, struct sl_error *err)
 {
         const char *o = cfg->origin;
@@ -764,6 +780,26 @@ int ctl_config_validate(const struct ctl_config *cfg, struct sl_error *err)
         if ((cfg->dataplane.transports & CTL_TRANSPORT_TCP) && !cfg->dataplane.tcp_listen.n)
                 return key_error(err, o, LINE("dataplane", "tcp_listen"), K("dataplane", "tcp_listen"),
                                  "empty, but transports has tcp");
+        if (cfg->dataplane.tls && !(cfg->dataplane.transports & CTL_TRANSPORT_TCP))
+                return key_error(err, o, SL_MAX(LINE("dataplane", "tls"), LINE("dataplane", "transports")),
+                                 K("dataplane", "tls"), "on, but transports has no tcp (TLS is for the TCP transport)");
+        if (cfg->dataplane.tls && (!cfg->dataplane.tls_cert[0] || !cfg->dataplane.tls_key[0]))
+                return key_error(err, o, SL_MAX(LINE("dataplane", "tls"), LINE("dataplane", "tls_cert")),
+                                 K("dataplane", cfg->dataplane.tls_cert[0] ? "tls_key" : "tls_cert"),
+                                 "tls = on needs tls_cert and tls_key (PEM files)");
+        if (!cfg->dataplane.tls && (cfg->dataplane.transports & CTL_TRANSPORT_TCP)) {
+                /* plaintext TCP stays available on loopback, for development */
+                for (uint32_t i = 0; i < cfg->dataplane.tcp_listen.n; i++) {
+                        char b[64];
+                        if (addr_is_loopback(&cfg->dataplane.tcp_listen.a[i]))
+                                continue;
+                        return key_error(err, o, SL_MAX(LINE("dataplane", "tcp_listen"), LINE("dataplane", "tls")),
+                                         K("dataplane", "tcp_listen"),
+                                         "%s is not a loopback address: plaintext TCP is for development on "
+                                         "loopback only (set tls = on with tls_cert and tls_key to listen there)",
+                                         ctl_addr_format(&cfg->dataplane.tcp_listen.a[i], b, sizeof(b)));
+                }
+        }
         if ((cfg->dataplane.transports & CTL_TRANSPORT_DPDK) && (!cfg->dpdk.port[0] || !cfg->dpdk.address.len))
                 return key_error(err, o, LINE("dataplane", "transports"), K("dataplane", "transports"),
                                  "dpdk needs [dpdk] port and address");

@@ -69,6 +69,10 @@ struct ctl_config {
                 unsigned transports;            /* enum ctl_transport bits */
                 struct ctl_addr_list udp_listen;
                 struct ctl_addr_list tcp_listen;
+                unsigned tls;                   /* 0 off, 1 on: the TCP transport speaks TLS 1.3 only */
+                char tls_cert[CTL_PATH_MAX];    /* PEM chain; relative: in $CREDENTIALS_DIRECTORY */
+                char tls_key[CTL_PATH_MAX];     /* PEM private key; relative: as tls_cert */
+                char tls_client_ca[CTL_PATH_MAX]; /* "" = no client certificates asked (mutual TLS off) */
         } dataplane;
         struct {                                /* only with SLUICE_HAVE_DPDK */
                 char eal_args[CTL_EAL_ARGS_MAX];

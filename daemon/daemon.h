@@ -29,7 +29,7 @@ extern const char *const d_outcome_name[DO_N];
 /* Counters copied from struct dp_transport_stats. */
 enum { DTS_RX_FRAMES, DTS_TX_FRAMES, DTS_RX_BYTES, DTS_TX_BYTES, DTS_MALFORMED, DTS_DROPS, DTS_ERRORS_SENT,
        DTS_AUTH_OK, DTS_AUTH_MISSING, DTS_AUTH_UNKNOWN_KEY, DTS_AUTH_EXPIRED, DTS_AUTH_BAD_MAC, DTS_AUTH_REPLAYED,
-       DTS_AUTH_FULL, DTS_N };
+       DTS_AUTH_FULL, DTS_TLS_OK, DTS_TLS_FAILED, DTS_N };
 
 struct d_metrics {
         struct ctl_counter *requests[DO_N];

@@ -75,17 +75,54 @@ static int build_config(const struct args *a, struct ctl_config *cfg, struct sl_
  * (LoadCredential=sluice-keys:/etc/sluice/keys): looked up in $CREDENTIALS_DIRECTORY, whose
  * files systemd makes readable by the service's user alone. Any other file must be owned by
  * this process's user with no group or other access. */
+/* Where a configured file is: a relative name in $CREDENTIALS_DIRECTORY when systemd gave
+ * one, else the name as it is. Returns whether it is a credential. */
+static bool cred_path(const char *f, char *path, size_t cap)
+{
+        const char *cred = getenv("CREDENTIALS_DIRECTORY");
+        const bool in_cred = f[0] && f[0] != '/' && cred && cred[0];
+        if (in_cred)
+                snprintf(path, cap, "%s/%s", cred, f);
+        else
+                snprintf(path, cap, "%s", f);
+        return in_cred;
+}
+
 static int load_keys(const struct ctl_config *c, struct dp_keys **out, struct sl_error *err)
 {
         char path[CTL_PATH_MAX + 512];
-        const char *f = c->auth.keys_file, *cred = getenv("CREDENTIALS_DIRECTORY");
-        const bool in_cred = f[0] != '/' && cred && cred[0];
-        if (in_cred)
-                snprintf(path, sizeof(path), "%s/%s", cred, f);
-        else
-                snprintf(path, sizeof(path), "%s", f);
+        const bool in_cred = cred_path(c->auth.keys_file, path, sizeof(path));
         int r = dp_keys_load(path, !in_cred, out, err);
         return r < 0 ? sl_error_prefix(err, r, "[auth] keys_file") : r;
+}
+
+/* The TCP transport's TLS context ([dataplane] tls_cert, tls_key, tls_client_ca), with
+ * relative names looked up as keys_file's. At start, on --check-config and on every reload. */
+static int load_tls(const struct ctl_config *c, struct dp_tls_ctx **out, struct sl_error *err)
+{
+        char cert[CTL_PATH_MAX + 512], key[CTL_PATH_MAX + 512], ca[CTL_PATH_MAX + 512];
+        cred_path(c->dataplane.tls_cert, cert, sizeof(cert));
+        cred_path(c->dataplane.tls_key, key, sizeof(key));
+        cred_path(c->dataplane.tls_client_ca, ca, sizeof(ca));
+        int r = dp_tls_ctx_create(out, cert, key, ca, err);
+        return r < 0 ? sl_error_prefix(err, r, "[dataplane] tls") : r;
+}
+
+/* Why a client's TLS handshake failed: a debug line at most (a port scan must not flood
+ * the log); the count is in /metrics. Called on the TCP transport's thread. */
+static void tls_note(void *arg, const struct sockaddr *peer, const char *why)
+{
+        (void)arg;
+        if (!ctl_log_enabled(SL_LOG_DEBUG))
+                return;
+        struct ctl_addr a = {0};
+        char b[80] = "-";
+        if (peer && (peer->sa_family == AF_INET || peer->sa_family == AF_INET6)) {
+                a.len = peer->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+                memcpy(&a.ss, peer, a.len);
+                ctl_addr_format(&a, b, sizeof(b));
+        }
+        ctl_logf(SL_LOG_DEBUG, "tcp: TLS handshake with %s failed: %s", b, why);
 }
 
 static void limits_from(struct d_limits *l, const struct ctl_config *c)
@@ -244,6 +281,9 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                 } else {
                         tc.max_requests = SL_MAX(64u, c->limits.max_concurrent_per_client);
                         tc.max_conns = 256;
+                        if (c->dataplane.tls && (r = load_tls(c, &tc.tls, err)) < 0)
+                                return r;
+                        tc.tls_note = tls_note;
                         if ((r = dp_tcp_create(&d->tcp, &tc, err)) < 0 || (r = dp_tcp_start(d->tcp, err)) < 0)
                                 return sl_error_prefix(err, r, "tcp");
                 }
@@ -258,9 +298,10 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                                 continue;
                         memcpy(&ca.ss, &ss, sizeof(ss));
                         ca.len = sl;
-                        off += (size_t)snprintf(where + off, off < cap ? cap - off : 0, "%s%s %s",
+                        off += (size_t)snprintf(where + off, off < cap ? cap - off : 0, "%s%s %s%s",
                                                 off ? ", " : "", tr == DT_UDP ? "udp" : "tcp",
-                                                ctl_addr_format(&ca, b, sizeof(b)));
+                                                ctl_addr_format(&ca, b, sizeof(b)),
+                                                tr == DT_TCP && c->dataplane.tls ? " (tls)" : "");
                         if (off >= cap)
                                 off = cap - 1;
                 }
@@ -278,6 +319,7 @@ static void reload(struct daemon *d, const struct args *a)
 {
         struct sl_error err = {0};
         struct ctl_config *nw = malloc(sizeof(*nw));
+        struct dp_tls_ctx *tls = NULL;
         char keys[512];
         ctl_notify_reloading();
         ctl_logf(SL_LOG_NOTICE, "SIGHUP: reloading the configuration");
@@ -293,6 +335,12 @@ static void reload(struct daemon *d, const struct args *a)
         r = ctl_config_diff_reloadable(&d->cfg, nw, &err);
         if (r < 0) {
                 ctl_logf(SL_LOG_ERR, "reload rejected, the old configuration stays: %s", err.msg);
+                goto done;
+        }
+        /* the certificate and key are read again (renewed files under the same names too),
+         * for connections accepted from now on */
+        if (nw->dataplane.tls && d->tcp && load_tls(nw, &tls, &err) < 0) {
+                ctl_logf(SL_LOG_ERR, "reload rejected, the old configuration and certificate stay: %s", err.msg);
                 goto done;
         }
         if (nw->auth.mode == CTL_AUTH_REQUIRED) {
@@ -311,6 +359,11 @@ static void reload(struct daemon *d, const struct args *a)
                         ctl_logf(SL_LOG_WARNING, "a transport did not pass a mark in 2 s: the old keys are leaked, not freed");
                 ctl_logf(SL_LOG_NOTICE, "authentication: %u key(s) in force", n);
         }
+        if (tls) {
+                dp_tcp_set_tls(d->tcp, tls);
+                tls = NULL;
+                ctl_logf(SL_LOG_NOTICE, "tcp: TLS certificate reloaded (for new connections)");
+        }
         ctl_config_changed_keys(&d->cfg, nw, keys, sizeof(keys));
         ctl_log_set_level(nw->log.level);
         if (ctl_audit_reopen(d->audit, nw->log.audit, nw->log.audit_path, &err) < 0)
@@ -326,6 +379,7 @@ static void reload(struct daemon *d, const struct args *a)
         d->cfg = *nw;
         ctl_logf(SL_LOG_NOTICE, "reloaded: %d changed key(s)%s%s", r, r ? ": " : "", r ? keys : "");
 done:
+        dp_tls_ctx_free(tls);
         free(nw);
         ctl_notify_ready("serving (configuration reloaded)");
 }
@@ -402,6 +456,10 @@ int main(int argc, char **argv)
                 struct dp_keys *ks = NULL;
                 if (r == 0 && d->cfg.auth.mode == CTL_AUTH_REQUIRED && (r = load_keys(&d->cfg, &ks, &err)) == 0)
                         dp_keys_free(ks);
+                struct dp_tls_ctx *tls = NULL;
+                if (r == 0 && d->cfg.dataplane.tls && (d->cfg.dataplane.transports & CTL_TRANSPORT_TCP) &&
+                    (r = load_tls(&d->cfg, &tls, &err)) == 0)
+                        dp_tls_ctx_free(tls);
                 if (r < 0) {
                         fprintf(stderr, "sluiced: %s\n", err.msg);
                         return 1;

@@ -70,6 +70,8 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
         NN(m->prompts_copied = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=copy", err));
         static const char auth_help[] = "Frames checked by authentication, by outcome (refused ones are dropped on "
                                         "UDP and answered with ERROR on TCP)";
+        static const char tls_help[] = "TLS handshakes on the TCP transport, by outcome (failed: refused, broken "
+                                       "or not finished in 10 s; the connection is closed)";
         static const struct { const char *name, *help, *label; } tc[DTS_N] = {
                 [DTS_RX_FRAMES] = {"sluice_transport_rx_frames_total", "Frames received"},
                 [DTS_TX_FRAMES] = {"sluice_transport_tx_frames_total", "Frames sent"},
@@ -87,6 +89,8 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                 [DTS_AUTH_BAD_MAC] = {"sluice_auth_frames_total", auth_help, "result=bad_mac"},
                 [DTS_AUTH_REPLAYED] = {"sluice_auth_frames_total", auth_help, "result=replayed"},
                 [DTS_AUTH_FULL] = {"sluice_auth_frames_total", auth_help, "result=replay_table_full"},
+                [DTS_TLS_OK] = {"sluice_tls_handshakes_total", tls_help, "result=ok"},
+                [DTS_TLS_FAILED] = {"sluice_tls_handshakes_total", tls_help, "result=failed"},
         };
         for (int t = 0; t < DTK_N; t++)
                 for (int k = 0; k < DTS_N; k++) {

@@ -644,6 +644,7 @@ static void update_metrics(struct serve *s)
                         [DTS_AUTH_UNKNOWN_KEY] = ts.auth.unknown_key, [DTS_AUTH_EXPIRED] = ts.auth.expired,
                         [DTS_AUTH_BAD_MAC] = ts.auth.bad_mac, [DTS_AUTH_REPLAYED] = ts.auth.replayed,
                         [DTS_AUTH_FULL] = ts.auth.replay_full,
+                        [DTS_TLS_OK] = ts.tls_handshakes, [DTS_TLS_FAILED] = ts.tls_failures,
                 };
                 for (int k = 0; k < DTS_N; k++) {
                         if (v[k] > m->tr_last[tr][k])

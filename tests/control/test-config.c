@@ -74,7 +74,8 @@ static void test_all_keys(void)
                 "[engine]\nbackend = cpu\nthreads = 4\nkv_memory = 256M\nblock_size = 32\nmax_seq_len = 2048\n"
                 "max_running = 8\nmax_queued = 0\ntoken_budget = 1024\nprefill_chunk = 1024\n"
                 "[dataplane]\ntransports = tcp , udp\nudp_listen = [::1]:7000, 127.0.0.1:7001\n"
-                "tcp_listen = 0.0.0.0:0\n"
+                "tcp_listen = 0.0.0.0:0\ntls = on\ntls_cert = /etc/sluice/cert.pem\ntls_key = key.pem\n"
+                "tls_client_ca = /etc/sluice/clients.pem\n"
                 "[limits]\nmax_prompt_tokens = 100\nmax_prompt_bytes = 131072\nmax_new_tokens = 32768\n"
                 "default_max_tokens = 16\nmax_frame = 1024\nmax_concurrent_per_client = 3\n"
                 "request_timeout_ms = 0\nudp_lease_ms = 1000\ntcp_output_limit = 1MiB\n"
@@ -100,6 +101,8 @@ static void test_all_keys(void)
         CHECK(!strcmp(ctl_addr_format(&cfg.dataplane.udp_listen.a[1], a, sizeof(a)), "127.0.0.1:7001"));
         CHECK(cfg.dataplane.udp_listen.a[1].len == sizeof(struct sockaddr_in));
         CHECK(!strcmp(ctl_addr_format(&cfg.dataplane.tcp_listen.a[0], a, sizeof(a)), "0.0.0.0:0"));
+        CHECK(cfg.dataplane.tls == 1 && !strcmp(cfg.dataplane.tls_cert, "/etc/sluice/cert.pem"));
+        CHECK(!strcmp(cfg.dataplane.tls_key, "key.pem") && !strcmp(cfg.dataplane.tls_client_ca, "/etc/sluice/clients.pem"));
         CHECK(cfg.limits.max_prompt_tokens == 100 && cfg.limits.max_prompt_bytes == 131072);
         CHECK(cfg.limits.max_new_tokens == 32768 && cfg.limits.default_max_tokens == 16);
         CHECK(cfg.limits.max_frame == 1024 && cfg.limits.max_concurrent_per_client == 3);
@@ -196,6 +199,35 @@ static void test_errors(void)
                      "t.conf:4: [dataplane] udp_listen: empty, but transports has udp");
         EXPECT_ERROR("[model]\npath = /m\n[log]\naudit = on\naudit_path = audit.log\n",
                      "t.conf:5: [log] audit_path: an absolute path is needed when audit is on");
+}
+
+/* Plaintext TCP only on loopback; TLS needs its files and the TCP transport. */
+static void test_tls(void)
+{
+        struct sl_error err = {{0}};
+        EXPECT_ERROR("[model]\npath = /m\n[dataplane]\ntcp_listen = 127.0.0.1:1, 0.0.0.0:7400\n",
+                     "t.conf:4: [dataplane] tcp_listen: 0.0.0.0:7400 is not a loopback address: plaintext TCP is "
+                     "for development on loopback only (set tls = on with tls_cert and tls_key to listen there)");
+        EXPECT_ERROR("[model]\npath = /m\n[dataplane]\ntcp_listen = [::]:7400\n",
+                     "t.conf:4: [dataplane] tcp_listen: [::]:7400 is not a loopback address: plaintext TCP is "
+                     "for development on loopback only (set tls = on with tls_cert and tls_key to listen there)");
+        EXPECT_ERROR("[model]\npath = /m\n[dataplane]\ntls = on\ntls_cert = c.pem\n",
+                     "t.conf:5: [dataplane] tls_key: tls = on needs tls_cert and tls_key (PEM files)");
+        EXPECT_ERROR("[model]\npath = /m\n[dataplane]\ntransports = udp\ntls = on\ntls_cert = c\ntls_key = k\n",
+                     "t.conf:5: [dataplane] tls: on, but transports has no tcp (TLS is for the TCP transport)");
+        CHECK(parse("[model]\npath = /m\n[dataplane]\ntcp_listen = 127.0.0.2:1, [::1]:2, [::ffff:127.0.0.1]:3\n",
+                    &err) == 0);
+        CHECK(parse("[model]\npath = /m\n[dataplane]\ntransports = udp\nudp_listen = 0.0.0.0:1\n"
+                    "tcp_listen = 0.0.0.0:1\n", &err) == 0); /* no TCP transport: nothing to refuse */
+        CHECK(parse("[model]\npath = /m\n[dataplane]\ntcp_listen = [::]:7400\ntls = on\ntls_cert = c\n"
+                    "tls_key = k\n", &err) == 0);
+        struct ctl_config old = cfg;
+        /* certificate paths change on reload; tls itself does not */
+        CHECK(parse("[model]\npath = /m\n[dataplane]\ntcp_listen = [::]:7400\ntls = on\ntls_cert = c2\n"
+                    "tls_key = k2\n", &err) == 0);
+        CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == 2);
+        CHECK(parse("[model]\npath = /m\n[dataplane]\ntls_cert = c\ntls_key = k\n", &err) == 0);
+        CHECK(ctl_config_diff_reloadable(&old, &cfg, &err) == -EPERM);
 }
 
 static void test_load_errors(void)
@@ -299,6 +331,7 @@ int main(int argc, char **argv)
         test_all_keys();
         test_errors();
         test_load_errors();
+        test_tls();
         test_auth_default();
         test_overrides();
         test_reload_diff();
