@@ -192,6 +192,15 @@ int sluice_connect(const struct sluice_opts *opts, struct sluice_conn **out)
                 o.retransmit_ms = opts->retransmit_ms;
         o.key_file = opts->key_file;
         o.key_id = opts->key_id;
+        o.tls = opts->tls;
+        o.tls_ca = opts->tls_ca;
+        o.tls_server_name = opts->tls_server_name;
+        o.tls_cert = opts->tls_cert;
+        o.tls_key = opts->tls_key;
+        if (o.tls && o.transport != SLUICE_TCP) {
+                snprintf(g_connect_err, sizeof(g_connect_err), "sluice_connect: TLS needs the TCP transport");
+                return -EINVAL;
+        }
         struct dp_key key = {0};
         if (o.key_file) {
                 struct dp_keys *ks = NULL;
@@ -215,7 +224,7 @@ int sluice_connect(const struct sluice_opts *opts, struct sluice_conn **out)
                 snprintf(g_connect_err, sizeof(g_connect_err), "sluice_connect: bad transport or family");
                 return -EINVAL;
         }
-        const char *tname = o.transport == SLUICE_TCP ? "tcp" : "udp";
+        const char *tname = o.transport == SLUICE_TCP ? (o.tls ? "tls" : "tcp") : "udp";
 
         char port[8];
         snprintf(port, sizeof(port), "%u", o.port);

@@ -84,7 +84,18 @@ struct sluice_conn {
         bool signing;           /* every frame carries an auth trailer with key */
         struct dp_key key;
         uint64_t nonce;         /* next trailer's nonce (under send_mu) */
+        struct ssl_st *ssl;     /* TLS (tls.c): NULL for plaintext */
+        pthread_mutex_t tls_mu; /* ssl: the receive thread reads while senders write */
+        char tls_why[128];      /* why the last TLS read failed (receive thread) */
 };
+
+/* tls.c: the handshake (blocking until the connect timeout; why gets the reason), then
+ * reads and writes through the session. sluice_tls_recv is recv()'s contract (bytes, 0 at
+ * the end, -1 with errno: EAGAIN when nothing is there). sluice_tls_send: 0 or -errno. */
+int sluice_tls_open(struct sluice_conn *c, char *why, size_t why_len);
+ssize_t sluice_tls_recv(struct sluice_conn *c, void *buf, size_t cap);
+int sluice_tls_send(struct sluice_conn *c, const uint8_t *p, size_t len, uint64_t end_ns);
+void sluice_tls_free(struct sluice_conn *c);
 
 /* conn.c */
 int sluice_conn_open(const struct sluice_opts *o, const struct addrinfo *ai, const char *peer,

@@ -75,6 +75,8 @@ void sluice_result_server(struct sluice_result *res, const struct dp_error *e)
 static int send_all(struct sluice_conn *c, const uint8_t *p, size_t len)
 {
         uint64_t end = sl_now_ns() + (uint64_t)c->o.timeout_ms * 1000000ull;
+        if (c->ssl)
+                return sluice_tls_send(c, p, len, end);
         while (len) {
                 ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (n >= 0) {
@@ -607,7 +609,8 @@ static void tcp_read(struct sluice_conn *c)
 {
         const size_t cap = 2 * DP_MAX_FRAME_TCP;
         for (;;) {
-                ssize_t n = recv(c->fd, c->rbuf + c->rlen, cap - c->rlen, MSG_DONTWAIT);
+                ssize_t n = c->ssl ? sluice_tls_recv(c, c->rbuf + c->rlen, cap - c->rlen)
+                                   : recv(c->fd, c->rbuf + c->rlen, cap - c->rlen, MSG_DONTWAIT);
                 if (n == 0) {
                         pthread_mutex_lock(&c->mu);
                         char why[DP_MAX_ERROR_MSG + 1];
@@ -621,7 +624,8 @@ static void tcp_read(struct sluice_conn *c)
                                 continue;
                         if (errno == EAGAIN || errno == EWOULDBLOCK)
                                 return;
-                        return conn_die(c, -errno, "%s: %s", c->peer, strerror(errno));
+                        return conn_die(c, -errno, "%s: %s", c->peer,
+                                        errno == EPROTO && c->tls_why[0] ? c->tls_why : strerror(errno));
                 }
                 c->rlen += (size_t)n;
                 size_t off = 0;
@@ -702,6 +706,7 @@ int sluice_conn_open(const struct sluice_opts *o, const struct addrinfo *ai, con
         snprintf(c->peer, sizeof(c->peer), "%s", peer);
         pthread_mutex_init(&c->send_mu, NULL);
         pthread_mutex_init(&c->mu, NULL);
+        pthread_mutex_init(&c->tls_mu, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -731,6 +736,8 @@ int sluice_conn_open(const struct sluice_opts *o, const struct addrinfo *ai, con
                         goto fail;
                 }
         }
+        if (c->tcp && o->tls && (rc = sluice_tls_open(c, why, why_len)) < 0)
+                goto fail;
         c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (c->evfd < 0) {
                 rc = -errno;
@@ -764,6 +771,7 @@ void sluice_conn_free(struct sluice_conn *c)
         }
         while (c->reqs)
                 sluice_req_remove(c, c->reqs);
+        sluice_tls_free(c);
         if (c->fd >= 0)
                 close(c->fd);
         if (c->evfd >= 0)
@@ -771,6 +779,7 @@ void sluice_conn_free(struct sluice_conn *c)
         pthread_cond_destroy(&c->cv);
         pthread_mutex_destroy(&c->mu);
         pthread_mutex_destroy(&c->send_mu);
+        pthread_mutex_destroy(&c->tls_mu);
         free(c->rbuf);
         explicit_bzero(&c->key, sizeof(c->key));
         free(c);

@@ -42,6 +42,13 @@ static void usage(FILE *f)
                 "      --key-file PATH   sign every frame with a key from PATH (\"ID SECRET_HEX\" lines,\n"
                 "                        mode 0600); default $SLUICE_KEY_FILE\n"
                 "      --key-id ID       which key of the file (default $SLUICE_KEY_ID, else the lowest)\n"
+                "      --tls             TLS 1.3 (implies --tcp); the server's certificate must be signed\n"
+                "                        by a trusted CA and name the host\n"
+                "      --tls-ca PATH     PEM file of the CA(s) to trust (default $SLUICE_TLS_CA, else the\n"
+                "                        system's)\n"
+                "      --tls-name NAME   the name the certificate must carry, sent as SNI (default: the host)\n"
+                "      --tls-cert PATH   mutual TLS: this client's certificate (PEM)\n"
+                "      --tls-key PATH    its private key (PEM; default: in --tls-cert)\n"
                 "  -q, --quiet           no usage line after generate\n"
                 "  -h, --help            this help\n"
                 "  -V, --version         the version\n"
@@ -52,7 +59,7 @@ static void usage(FILE *f)
                 "  2  usage error\n"
                 "  3  server unreachable, or timeout\n"
                 "  4  server busy (BUSY, RATE_LIMITED, SHUTTING_DOWN): retry later\n"
-                "  5  authentication refused\n");
+                "  5  authentication refused, or the server's TLS certificate not accepted\n");
 }
 
 static int exit_code(int rc)
@@ -63,6 +70,7 @@ static int exit_code(int rc)
         case -EBUSY:
                 return EXIT_BUSY;
         case -EACCES:
+        case -EKEYREJECTED:
                 return EXIT_AUTH;
         case -ETIMEDOUT:
         case -ECONNREFUSED:
@@ -131,7 +139,7 @@ static int fail(int rc, const char *what, const char *msg)
 }
 
 enum { OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_UDP, OPT_TCP, OPT_TIMEOUT, OPT_STOP,
-       OPT_DEADLINE, OPT_KEY_FILE, OPT_KEY_ID };
+       OPT_DEADLINE, OPT_KEY_FILE, OPT_KEY_ID, OPT_TLS, OPT_TLS_CA, OPT_TLS_NAME, OPT_TLS_CERT, OPT_TLS_KEY };
 
 int main(int argc, char **argv)
 {
@@ -145,13 +153,16 @@ int main(int argc, char **argv)
                 {"deadline", required_argument, NULL, OPT_DEADLINE}, {"quiet", no_argument, NULL, 'q'},
                 {"help", no_argument, NULL, 'h'},              {"version", no_argument, NULL, 'V'},
                 {"key-file", required_argument, NULL, OPT_KEY_FILE}, {"key-id", required_argument, NULL, OPT_KEY_ID},
+                {"tls", no_argument, NULL, OPT_TLS},           {"tls-ca", required_argument, NULL, OPT_TLS_CA},
+                {"tls-name", required_argument, NULL, OPT_TLS_NAME},
+                {"tls-cert", required_argument, NULL, OPT_TLS_CERT}, {"tls-key", required_argument, NULL, OPT_TLS_KEY},
                 {NULL, 0, NULL, 0},
         };
         struct sluice_opts o;
         struct sluice_gen_params gp;
         const char *stops[8];
         size_t n_stop = 0;
-        bool quiet = false;
+        bool quiet = false, udp = false;
         double v;
         uint64_t u;
         int opt;
@@ -162,6 +173,9 @@ int main(int argc, char **argv)
         o.key_file = getenv("SLUICE_KEY_FILE");
         if (o.key_file && !o.key_file[0])
                 o.key_file = NULL;
+        o.tls_ca = getenv("SLUICE_TLS_CA");
+        if (o.tls_ca && !o.tls_ca[0])
+                o.tls_ca = NULL;
         while ((opt = getopt_long(argc, argv, "n:H:p:q46hV", longopts, NULL)) != -1) {
                 switch (opt) {
                 case 'n':
@@ -194,7 +208,7 @@ int main(int argc, char **argv)
                                 return usage_error("bad --seed '%s'", optarg);
                         gp.seed = u;
                         break;
-                case OPT_UDP: o.transport = SLUICE_UDP; break;
+                case OPT_UDP: o.transport = SLUICE_UDP, udp = true; break;
                 case OPT_TCP: o.transport = SLUICE_TCP; break;
                 case '4': o.family = SLUICE_AF_INET; break;
                 case '6': o.family = SLUICE_AF_INET6; break;
@@ -223,6 +237,11 @@ int main(int argc, char **argv)
                         break;
                 case OPT_KEY_FILE: o.key_file = optarg; break;
                 case OPT_KEY_ID: key_id = optarg; break;
+                case OPT_TLS: o.tls = true; break;
+                case OPT_TLS_CA: o.tls_ca = optarg; break;
+                case OPT_TLS_NAME: o.tls_server_name = optarg; break;
+                case OPT_TLS_CERT: o.tls_cert = optarg; break;
+                case OPT_TLS_KEY: o.tls_key = optarg; break;
                 case 'q': quiet = true; break;
                 case 'h': usage(stdout); return EXIT_OK;
                 case 'V': printf("sluice %s (protocol %d)\n", sluice_version(), SLUICE_PROTOCOL_VERSION); return EXIT_OK;
@@ -234,6 +253,10 @@ int main(int argc, char **argv)
                         return usage_error("bad --key-id '%s' (1..4294967295)", key_id);
                 o.key_id = (uint32_t)v;
         }
+        if (o.tls && udp)
+                return usage_error("--tls is for TCP: drop --udp%s", "");
+        if (o.tls)
+                o.transport = SLUICE_TCP;
         if (optind >= argc)
                 return usage_error("a command is needed (generate, info, ping, tokenize)%s", "");
         const char *cmd = argv[optind++];

@@ -9,10 +9,13 @@
  *   -EBUSY         the server answered BUSY, RATE_LIMITED or SHUTTING_DOWN
  *                  (retry_after_ms in struct sluice_result)
  *   -EACCES        the server answered UNAUTHENTICATED
+ *   -EKEYREJECTED  TLS: the server's certificate is not accepted (not signed by a trusted
+ *                  CA, expired, or not for the server's name)
  *   -ETIMEDOUT     nothing (or no progress) from the server within the timeout
  *   -ECONNREFUSED, -EHOSTUNREACH, -ENETUNREACH, -ECONNRESET, -EPIPE
  *                  the server cannot be reached, or the connection went away
- *   -EPROTO        the server sent something that breaks the protocol
+ *   -EPROTO        the server sent something that breaks the protocol (TLS: the handshake
+ *                  failed for another reason, e.g. the port does not speak TLS 1.3)
  *   -ECANCELED     the server answered CANCELLED (cancelled while still queued)
  *   -EINVAL        bad arguments (checked locally, nothing is sent); -EMSGSIZE: a prompt
  *                  over the protocol's limits; -ENOMEM
@@ -51,6 +54,14 @@ struct sluice_opts {
                                    * every frame is signed with key key_id (0: the file's lowest
                                    * id). NULL: frames go unsigned. */
         uint32_t key_id;
+        /* TLS 1.3 (TCP only; the handshake is part of sluice_connect and its timeout). */
+        bool tls;
+        const char *tls_ca;       /* PEM file of the CA(s) that sign the server's certificate;
+                                   * NULL: the system's trusted CAs */
+        const char *tls_server_name; /* the name (or IP address) the certificate must carry,
+                                   * also sent as SNI; NULL: host */
+        const char *tls_cert;     /* mutual TLS: this client's PEM certificate chain; NULL: none */
+        const char *tls_key;      /* its private key (PEM); NULL: in tls_cert */
 };
 void sluice_opts_init(struct sluice_opts *o);
 
