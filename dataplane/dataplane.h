@@ -568,6 +568,11 @@ struct dp_req_rec {
         uint64_t client;        /* opaque handle, meaning private to the transport: echo it */
         uint64_t request_id;
         uint64_t rx_ns;         /* sl_now_ns() when the complete request was received */
+        /* DP_REQF_KEY: the request came in an authenticated frame of this key, whose per-key
+         * limits (0: the server's defaults) travel with it, so that the engine thread never
+         * reads the key set that a reload swaps under the transports */
+        uint32_t key_id;
+        uint32_t key_max_inflight, key_rps, key_tps;
         uint8_t payload[];
 };
 
@@ -586,7 +591,20 @@ enum dp_req_flag {
          * transport received it (the DPDK transport: the mbuf the NIC wrote, in pinned
          * memory) until the consumer calls dp_req_release(). */
         DP_REQF_EXTERNAL = 1u << 0,
+        DP_REQF_KEY = 1u << 1,  /* key_id and the key_* limits are set */
 };
+
+/* The transports' part of DP_REQF_KEY: fills h's key fields from key (NULL: none). */
+static inline void dp_req_set_key(struct dp_req_rec *h, const struct dp_key *key)
+{
+        if (!key)
+                return;
+        h->flags |= DP_REQF_KEY;
+        h->key_id = key->id;
+        h->key_max_inflight = key->max_inflight;
+        h->key_rps = key->rps;
+        h->key_tps = key->tps;
+}
 
 struct dp_req_ext {
         const uint8_t *data;    /* the request payload (GENERATE or TOKENIZE message) */
@@ -665,8 +683,39 @@ struct dp_transport_stats {
         uint64_t tls_handshakes;        /* TCP with TLS: handshakes completed */
         uint64_t tls_failures;          /* TCP with TLS: handshakes failed or timed out */
         uint64_t unauthenticated;       /* frames refused by authentication (reasons in auth) */
+        uint64_t denied;                /* datagrams dropped (UDP, DPDK) or connections closed at
+                                         * accept (TCP): source outside the allow list */
+        uint64_t cookies_sent;          /* UDP: COOKIE frames sent (HELLO, or a frame without one) */
+        uint64_t cookie_missing;        /* UDP: frames refused: no cookie where one is required */
+        uint64_t cookie_bad;            /* UDP: frames refused: cookie expired, or not this address's */
         struct dp_auth_stats auth;
 };
+
+/* ---- access control: allowed client networks (dataplane/transport.c) ---- */
+
+#define DP_ALLOW_MAX 32u
+
+struct dp_cidr {
+        uint8_t family;                 /* AF_INET or AF_INET6 */
+        uint8_t prefix;                 /* 0..32 or 0..128 */
+        uint8_t addr[16];               /* network order; 4 bytes used for IPv4 */
+};
+
+/* n == 0: any client. An IPv4-mapped IPv6 source is matched as IPv4. */
+struct dp_allow {
+        uint32_t n;
+        struct dp_cidr c[DP_ALLOW_MAX];
+};
+
+struct sockaddr;
+bool dp_allow_match(const struct dp_allow *a, const struct sockaddr *sa);
+
+/* ---- UDP cookies (docs/protocol.md §7.2, dataplane/udpcore.c) ---- */
+
+#define DP_COOKIE_SECRET_SIZE 32u
+#define DP_COOKIE_BUCKET_MS_DEFAULT 30000u
+/* detail of ERROR UNAUTHENTICATED on UDP: the frame lacked a valid cookie */
+#define DP_UNAUTH_DETAIL_COOKIE 1u
 
 struct dp_transport_config {
         uint8_t index;                  /* stamped on request records */
@@ -689,6 +738,14 @@ struct dp_transport_config {
         unsigned out_bytes;             /* TCP per-connection output bound; default 262144 */
         int sndbuf;                     /* TCP SO_SNDBUF for accepted sockets; 0: kernel's */
         struct dp_auth_ctx *auth;       /* keys and window; NULL or not required: no checks */
+        const struct dp_allow *allow;   /* client networks let in; NULL or empty: any */
+        /* UDP: unauthenticated frames other than HELLO and PING need a valid cookie
+         * (docs/protocol.md §7.2). The secret is shared by every instance of the UDP core
+         * (all zero: each draws its own); buckets rotate every cookie_bucket_ms
+         * (0: DP_COOKIE_BUCKET_MS_DEFAULT) and a cookie is accepted for two of them. */
+        bool cookies;
+        uint8_t cookie_secret[DP_COOKIE_SECRET_SIZE];
+        unsigned cookie_bucket_ms;
         struct dp_tls_ctx *tls;         /* TCP: speak TLS 1.3 only, with this context (taken
                                          * over by the transport); NULL: plaintext */
         /* TCP: told why a TLS handshake failed (the transport's thread; may be NULL) */

@@ -82,6 +82,7 @@ struct dp_tcp {
         struct tcp_req *reqs;
         bool pushed;
         struct dpt_auth auth;
+        const struct dp_key *key;       /* the frame being handled: its key when authenticated */
         struct dp_tls_ctx *tls;         /* this thread's; NULL: plaintext */
         _Atomic(struct dp_tls_ctx *) tls_next; /* a reloaded one, taken at the next pass */
         bool tls_on;
@@ -344,6 +345,7 @@ static void on_request(struct dp_tcp *t, struct conn *c, const struct dp_frame *
         struct dp_req_rec h = { .kind = f->h.opcode == DP_OP_GENERATE ? DP_REQ_GENERATE : DP_REQ_TOKENIZE,
                                 .transport = t->cfg.index, .client = handle(t, c, q),
                                 .request_id = rid, .rx_ns = now };
+        dp_req_set_key(&h, t->key);
         if (dp_req_push_peer(t->cfg.req_ring, &h, msg, mlen, (const struct sockaddr *)&c->peer,
                              c->peer_len) < 0) {
                 DPT_STAT(&t->st, drop_ring_full, 1);
@@ -431,7 +433,7 @@ static void on_rx(struct dp_tcp *t, struct conn *c, uint64_t now)
                 struct dp_frame f;
                 int rc = fl < 0 ? (int)fl : dp_frame_decode(c->rx + off, (size_t)fl, DP_MAX_FRAME_TCP, 0, &f, &err);
                 DPT_STAT(&t->st, rx_frames, 1);
-                if (rc == 0 && dpt_auth_check(&t->auth, c->rx + off, &f, NULL, &err) < 0) {
+                if (rc == 0 && dpt_auth_check(&t->auth, c->rx + off, &f, &t->key, &err) < 0) {
                         /* not from a key holder: ERROR (terminal for a request), and the
                          * connection stays, for frames of keys still present */
                         DPT_STAT(&t->st, unauthenticated, 1);
@@ -565,6 +567,11 @@ static void on_accept(struct dp_tcp *t, int fd)
         c->peer_len = sizeof(c->peer);
         if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peer_len) < 0)
                 c->peer_len = 0;
+        if (c->peer_len && !dp_allow_match(t->cfg.allow, (const struct sockaddr *)&c->peer)) {
+                close(fd); /* not a network we serve: closed at once, counted */
+                DPT_STAT(&t->st, denied, 1);
+                return;
+        }
         if (t->tls) {
                 c->tls = dpt_tls_accept(t->tls);
                 if (!c->tls) {

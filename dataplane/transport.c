@@ -174,6 +174,8 @@ void dpt_fill_info(const struct dp_transport_config *cfg, struct dp_info *info, 
         info->version = DP_VERSION;
         if (cfg->auth && cfg->auth->required)
                 info->flags |= DP_INFO_AUTH_REQUIRED;
+        else if (cfg->cookies) /* every frame authenticated proves more than a cookie */
+                info->flags |= DP_INFO_COOKIE_REQUIRED;
         info->max_frame = max_frame;
         info->lease_ms = lease_ms;
         dpt_load(cfg, &info->load);
@@ -296,6 +298,42 @@ int dp_req_peer_format(const struct dp_req_peer *p, char *buf, size_t cap)
             inet_ntop(AF_INET6, &p->addr.in6.sin6_addr, host, sizeof(host)))
                 return snprintf(buf, cap, "[%s]:%u", host, ntohs(p->addr.in6.sin6_port));
         return snprintf(buf, cap, "-");
+}
+
+/* ---- allowed client networks ---- */
+
+static bool prefix_eq(const uint8_t *a, const uint8_t *b, unsigned bits)
+{
+        unsigned full = bits / 8, rest = bits % 8;
+        if (memcmp(a, b, full))
+                return false;
+        if (!rest)
+                return true;
+        uint8_t m = (uint8_t)(0xff00u >> rest);
+        return (a[full] & m) == (b[full] & m);
+}
+
+bool dp_allow_match(const struct dp_allow *a, const struct sockaddr *sa)
+{
+        if (!a || !a->n)
+                return true;
+        const uint8_t *addr;
+        uint8_t fam = (uint8_t)sa->sa_family;
+        if (fam == AF_INET) {
+                addr = (const uint8_t *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+        } else if (fam == AF_INET6) {
+                addr = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+                if (IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)(const void *)addr)) {
+                        fam = AF_INET; /* a v4 client of a dual-stack socket */
+                        addr += 12;
+                }
+        } else {
+                return false;
+        }
+        for (uint32_t i = 0; i < a->n && i < DP_ALLOW_MAX; i++)
+                if (a->c[i].family == fam && prefix_eq(a->c[i].addr, addr, a->c[i].prefix))
+                        return true;
+        return false;
 }
 
 /* ---- external payloads (DP_REQF_EXTERNAL) ---- */

@@ -202,6 +202,107 @@ static int push_ctl(struct dpu *u, struct dpu_req *q, uint8_t kind)
         return 0;
 }
 
+/* ---- cookies (docs/protocol.md §7.2) ----
+ * cookie = bucket (u32) | 0 (u32) | HMAC-SHA256(K_bucket, family | address)[0, 24), where
+ * K_bucket = HMAC-SHA256(secret, "sluice cookie" | bucket): the key rotates with the bucket,
+ * the server keeps no state per client, and a cookie proves that its holder received at
+ * that address (the port is left out: a NAT may move it, and what is protected is the
+ * address). Accepted in its bucket and the next, so it lives one to two bucket lengths. */
+
+#define CK_MAC_LEN (DP_COOKIE_SIZE - 8)
+
+static uint32_t ck_bucket_at(const struct dpu *u, uint64_t now)
+{
+        return (uint32_t)(now / u->ck_bucket_ns);
+}
+
+static const crypto_auth_hmacsha256_state *ck_key(struct dpu *u, uint32_t b)
+{
+        unsigned i = b & 1;
+        if (!u->ck_ready[i] || u->ck_bucket[i] != b) {
+                static const char label[] = "sluice cookie";
+                uint8_t k[crypto_auth_hmacsha256_BYTES], bl[4] = {(uint8_t)b, (uint8_t)(b >> 8),
+                                                                  (uint8_t)(b >> 16), (uint8_t)(b >> 24)};
+                crypto_auth_hmacsha256_state st;
+                crypto_auth_hmacsha256_init(&st, u->cfg.cookie_secret, DP_COOKIE_SECRET_SIZE);
+                crypto_auth_hmacsha256_update(&st, (const uint8_t *)label, sizeof(label) - 1);
+                crypto_auth_hmacsha256_update(&st, bl, 4);
+                crypto_auth_hmacsha256_final(&st, k);
+                crypto_auth_hmacsha256_init(&u->ck_key[i], k, sizeof(k));
+                sodium_memzero(k, sizeof(k));
+                sodium_memzero(&st, sizeof(st));
+                u->ck_bucket[i] = b;
+                u->ck_ready[i] = true;
+        }
+        return &u->ck_key[i];
+}
+
+static void ck_mac(struct dpu *u, const struct dpu_peer *p, uint32_t b, uint8_t out[CK_MAC_LEN])
+{
+        const struct sockaddr_storage *ss = &p->ss;
+        uint8_t m[1 + 16], mac[crypto_auth_hmacsha256_BYTES];
+        size_t n;
+        if (ss->ss_family == AF_INET6 &&
+            !IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr)) {
+                m[0] = 6;
+                memcpy(m + 1, &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+                n = 17;
+        } else { /* IPv4, or IPv4-mapped: the same client either way */
+                m[0] = 4;
+                if (ss->ss_family == AF_INET6)
+                        memcpy(m + 1, ((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr.s6_addr + 12, 4);
+                else
+                        memcpy(m + 1, &((const struct sockaddr_in *)(const void *)ss)->sin_addr, 4);
+                n = 5;
+        }
+        crypto_auth_hmacsha256_state st = *ck_key(u, b);
+        crypto_auth_hmacsha256_update(&st, m, n);
+        crypto_auth_hmacsha256_final(&st, mac);
+        memcpy(out, mac, CK_MAC_LEN);
+}
+
+/* 0: valid for p now; -1: missing; -2: expired, from the future, or not p's. */
+static int ck_check(struct dpu *u, const struct dpu_peer *p, const uint8_t *cookie, uint64_t now)
+{
+        if (!cookie)
+                return -1;
+        uint32_t b, z, cur = ck_bucket_at(u, now);
+        memcpy(&b, cookie, 4);
+        memcpy(&z, cookie + 4, 4);
+        if (z || (b != cur && b + 1 != cur))
+                return -2;
+        uint8_t mac[CK_MAC_LEN];
+        ck_mac(u, p, b, mac);
+        return sodium_memcmp(mac, cookie + 8, CK_MAC_LEN) == 0 ? 0 : -2;
+}
+
+/* A COOKIE for p, in answer to request rid, if it fits in budget bytes: the frame's length,
+ * or 0 when nothing was sent. */
+static size_t send_cookie(struct dpu *u, const struct dpu_peer *p, uint64_t rid, uint64_t now, size_t budget)
+{
+        uint8_t c[DP_COOKIE_SIZE] = {0}, pl[8 + DP_COOKIE_SIZE], *buf;
+        uint32_t b = ck_bucket_at(u, now);
+        uint64_t end_ns = ((uint64_t)b + 2) * u->ck_bucket_ns; /* accepted until the next bucket ends */
+        memcpy(c, &b, 4);
+        ck_mac(u, p, b, c + 8);
+        struct dp_cookie ck = {.lifetime_ms = (uint32_t)((end_ns - now) / 1000000u), .cookie = c};
+        long n = dp_cookie_encode(pl, sizeof(pl), &ck);
+        if (n < 0 || (size_t)n + DP_HEADER_SIZE > budget)
+                return 0;
+        void *t = tx_get(u, &buf);
+        if (!t)
+                return 0;
+        struct dp_header h = {.opcode = DP_OP_COOKIE, .flags = DP_F_CRC, .request_id = rid, .frag_count = 1};
+        long fl = dp_frame_encode(buf, DP_MAX_FRAME_UDP, DP_MAX_FRAME_UDP, &h, pl, (size_t)n, NULL, NULL);
+        if (fl < 0 || (size_t)fl > budget) {
+                u->io.tx_put(u->io.ctx, t);
+                return 0;
+        }
+        DPT_STAT(&u->st, cookies_sent, 1);
+        tx_send(u, t, p, (size_t)fl);
+        return (size_t)fl;
+}
+
 /* ---- client frames ---- */
 
 static bool header_intact(const uint8_t *b, size_t len)
@@ -298,6 +399,7 @@ static void on_request(struct dpu *u, const struct dpu_peer *p, const struct dp_
                 .transport = u->cfg.index, .client = req_handle(u, q),
                 .request_id = f->h.request_id, .rx_ns = now,
         };
+        dp_req_set_key(&h, u->key);
         if (u->io.push(u->io.ctx, &h, msg, mlen, p) < 0) {
                 req_free(u, q);
                 DPT_STAT(&u->st, drop_ring_full, 1);
@@ -368,12 +470,17 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
 
         DPT_STAT(&u->st, rx_frames, 1);
         DPT_STAT(&u->st, rx_bytes, dlen);
+        u->key = NULL;
+        if (!dp_allow_match(u->cfg.allow, (const struct sockaddr *)&p->ss)) {
+                DPT_STAT(&u->st, denied, 1); /* not a network we serve: no answer at all */
+                return;
+        }
         rc = dp_frame_decode(buf, dlen, DP_MAX_FRAME_UDP, DP_DECODE_REQUIRE_CRC, &f, &err);
         if (rc == 0 && u->auth.ctx) {
                 /* §7: not from a key holder: counted, and nothing goes back (a spoofed
                  * source must not get even an ERROR) */
                 dpt_auth_enter(&u->auth);
-                if (dpt_auth_check(&u->auth, buf, &f, NULL, &err) < 0) {
+                if (dpt_auth_check(&u->auth, buf, &f, &u->key, &err) < 0) {
                         DPT_STAT(&u->st, unauthenticated, 1);
                         return;
                 }
@@ -395,6 +502,20 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
         }
         uint64_t rid = f.h.request_id;
         struct dpu_req *q;
+        if (u->cfg.cookies && !u->key && f.h.opcode != DP_OP_HELLO && f.h.opcode != DP_OP_PING) {
+                /* §7.2: the source has not proven it receives at this address. What goes
+                 * back is no larger than what came: a fresh COOKIE (the client sends again
+                 * with it), or an ERROR cut to size, or nothing. */
+                int ck = ck_check(u, p, f.cookie, now);
+                if (ck < 0) {
+                        DPT_STAT(&u->st, cookie_missing, ck == -1);
+                        DPT_STAT(&u->st, cookie_bad, ck == -2);
+                        if (!send_cookie(u, p, rid, now, dlen))
+                                send_error(u, p, dlen, rid, DP_ERR_UNAUTHENTICATED, false, DP_UNAUTH_DETAIL_COOKIE,
+                                           ck == -1 ? "cookie required: send HELLO" : "cookie expired: send HELLO");
+                        return;
+                }
+        }
         switch (f.h.opcode) {
         case DP_OP_HELLO: {
                 if (dlen < DP_UDP_HELLO_MIN) {
@@ -406,9 +527,12 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
                         break;
                 struct dp_info info;
                 uint8_t pl[512];
+                size_t budget = dlen; /* COOKIE and INFO together stay within the HELLO */
+                if (u->cfg.cookies && !u->key)
+                        budget -= send_cookie(u, p, rid, now, budget);
                 dpt_fill_info(&u->cfg, &info, DP_MAX_FRAME_UDP, (uint32_t)(u->lease_ns / 1000000));
                 long n = dp_info_encode(pl, sizeof(pl), &info);
-                reply_no_larger(u, p, DP_OP_INFO, rid, f.h.seq, pl, n, dlen);
+                reply_no_larger(u, p, DP_OP_INFO, rid, f.h.seq, pl, n, budget);
                 return;
         }
         case DP_OP_PING: {
@@ -599,6 +723,15 @@ int dpu_init(struct dpu *u, const struct dp_transport_config *cfg, const struct 
                 dpu_destroy(u);
                 return sl_errorf(err, -ENOMEM, "udp: out of memory for %u requests x %u frames", n, h);
         }
+        u->ck_bucket_ns = (uint64_t)(cfg->cookie_bucket_ms ? cfg->cookie_bucket_ms : DP_COOKIE_BUCKET_MS_DEFAULT) *
+                          1000000ull;
+        if (cfg->cookies && sodium_is_zero(cfg->cookie_secret, DP_COOKIE_SECRET_SIZE)) {
+                if (sodium_init() < 0) {
+                        dpu_destroy(u);
+                        return sl_errorf(err, -EIO, "udp: libsodium failed to start");
+                }
+                randombytes_buf(u->cfg.cookie_secret, DP_COOKIE_SECRET_SIZE);
+        }
         int r = dpt_auth_init(&u->auth, cfg->auth, &u->st.auth, err);
         if (r < 0) {
                 dpu_destroy(u);
@@ -625,6 +758,8 @@ void dpu_reset(struct dpu *u)
 void dpu_destroy(struct dpu *u)
 {
         dpt_auth_free(&u->auth);
+        sodium_memzero(u->cfg.cookie_secret, DP_COOKIE_SECRET_SIZE);
+        sodium_memzero(u->ck_key, sizeof(u->ck_key));
         free(u->req);
         free(u->bucket);
         free(u->free_req);

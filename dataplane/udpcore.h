@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <sodium.h>
+
 #include "dataplane.h"
 #include "transport.h"
 
@@ -52,6 +54,13 @@ struct dpu {
         uint8_t *reasm_buf;
         bool pushed;             /* request records pushed since the transport last kicked the engine */
         struct dpt_auth auth;    /* this thread's reader slot and replay table */
+        const struct dp_key *key; /* the datagram being handled: its key when authenticated */
+        /* cookies (docs/protocol.md §7.2): the MAC key of the last two buckets, each derived
+         * from the shared secret when its bucket begins */
+        uint64_t ck_bucket_ns;
+        uint32_t ck_bucket[2];
+        bool ck_ready[2];
+        crypto_auth_hmacsha256_state ck_key[2];
         struct dp_transport_stats st;
 };
 
