@@ -36,6 +36,7 @@ enum key_type {
         K_ADDRS,        /* struct ctl_addr_list */
         K_ADDR,         /* struct ctl_addr */
         K_ADDR_OFF,     /* struct { bool enabled; struct ctl_addr } with "off" */
+        K_CIDRS,        /* struct ctl_cidr_list; "any" or empty = any */
 };
 
 struct key {
@@ -81,6 +82,10 @@ static const struct key keys[] = {
         ENUM("engine", "batch_invariant", engine.batch_invariant, onoff_names, false),
 
         {"dataplane", "transports", K_TRANSPORTS, F(dataplane.transports), 0, 0, NULL, false},
+        {"dataplane", "udp_allow", K_CIDRS, F(dataplane.udp_allow), 0, 0, NULL, false},
+        {"dataplane", "tcp_allow", K_CIDRS, F(dataplane.tcp_allow), 0, 0, NULL, false},
+        ENUM("dataplane", "udp_cookies", dataplane.udp_cookies, onoff_names, false),
+        U32("dataplane", "udp_cookie_rotate_ms", dataplane.udp_cookie_rotate_ms, 1000, 3600000, false),
         {"dataplane", "udp_listen", K_ADDRS, F(dataplane.udp_listen), 0, 0, NULL, false},
         {"dataplane", "tcp_listen", K_ADDRS, F(dataplane.tcp_listen), 0, 0, NULL, false},
         ENUM("dataplane", "tls", dataplane.tls, onoff_names, false),
@@ -101,6 +106,7 @@ static const struct key keys[] = {
         U32("dpdk", "idle_sleep_us", dpdk.idle_sleep_us, 0, 100000, false),
         ENUM("dpdk", "gpudirect", dpdk.gpudirect, onoff_names, false),
         ENUM("dpdk", "on_error", dpdk.on_error, dpdk_on_error_names, false),
+        {"dpdk", "allow", K_CIDRS, F(dpdk.allow), 0, 0, NULL, false},
 
         U32("limits", "max_prompt_tokens", limits.max_prompt_tokens, 1, 32768, true),
         U32("limits", "max_prompt_bytes", limits.max_prompt_bytes, 1, 131072, true),
@@ -108,6 +114,9 @@ static const struct key keys[] = {
         U32("limits", "default_max_tokens", limits.default_max_tokens, 1, 32768, true),
         U32("limits", "max_frame", limits.max_frame, 1024, 65536, false),
         U32("limits", "max_concurrent_per_client", limits.max_concurrent_per_client, 1, 65536, true),
+        U32("limits", "rps_per_client", limits.rps_per_client, 0, 1000000, true),
+        U32("limits", "tps_per_client", limits.tps_per_client, 0, 100000000, true),
+        U32("limits", "max_clients", limits.max_clients, 16, 1u << 20, false),
         U32("limits", "request_timeout_ms", limits.request_timeout_ms, 0, 86400000, true),
         /* the transports size their tables and timers from these at start */
         U32("limits", "udp_lease_ms", limits.udp_lease_ms, 1000, 600000, false),
@@ -129,6 +138,7 @@ static const struct key keys[] = {
         U32("server", "stall_timeout_ms", server.stall_timeout_ms, 100, 3600000, true),
 };
 _Static_assert(SL_ARRAY_SIZE(keys) <= SL_ARRAY_SIZE(((struct ctl_config *)0)->line), "line[] too small");
+_Static_assert(SL_ARRAY_SIZE(keys) <= 128, "struct parse's seen[] too small");
 
 static const char *const sections[] = {"model", "engine", "dataplane", "dpdk", "limits",
                                        "auth", "metrics", "log", "server"};
@@ -364,6 +374,61 @@ static int set_addrs(struct ctl_addr_list *l, const char *v, const char *origin,
         return 0;
 }
 
+/* "10.0.0.0/8, 2001:db8::/32, 192.0.2.7" (a bare address is one host), or "any" / "". */
+static int set_cidrs(struct ctl_cidr_list *l, const char *v, const char *origin, uint32_t line,
+                     const struct key *k, struct sl_error *err)
+{
+        char buf[2048], *items[CTL_MAX_CIDR + 1], q[64];
+        struct ctl_cidr_list nl;
+        memset(&nl, 0, sizeof(nl));
+        if (strlen(v) >= sizeof(buf))
+                return key_error(err, origin, line, k, "the list is too long");
+        strcpy(buf, v);
+        int n = split_list(buf, items, CTL_MAX_CIDR);
+        if (n < 0)
+                return key_error(err, origin, line, k, "more than %d networks", CTL_MAX_CIDR);
+        if (n == 1 && !strcmp(items[0], "any")) {
+                *l = nl;
+                return 0;
+        }
+        for (int i = 0; i < n; i++) {
+                struct ctl_cidr *c = &nl.c[i];
+                char *slash = strchr(items[i], '/'), *end;
+                unsigned long pl = 0;
+                if (!items[i][0])
+                        return key_error(err, origin, line, k, "empty network in the list");
+                if (slash)
+                        *slash = 0;
+                if (inet_pton(AF_INET, items[i], c->addr) == 1)
+                        c->family = AF_INET, pl = 32;
+                else if (inet_pton(AF_INET6, items[i], c->addr) == 1)
+                        c->family = AF_INET6, pl = 128;
+                else
+                        return key_error(err, origin, line, k, "'%s' is not an IPv4 or IPv6 address (or 'any')",
+                                         quote(items[i], q, sizeof(q)));
+                if (slash) {
+                        unsigned long max = pl;
+                        errno = 0;
+                        pl = strtoul(slash + 1, &end, 10);
+                        if (errno || *end || end == slash + 1 || slash[1] == '-' || slash[1] == '+' || pl > max)
+                                return key_error(err, origin, line, k, "'%s': the prefix length must be 0..%lu",
+                                                 quote(slash + 1, q, sizeof(q)), max);
+                }
+                c->prefix = (uint8_t)pl;
+                for (unsigned b = c->prefix; b < (c->family == AF_INET ? 32u : 128u); b++)
+                        if (c->addr[b / 8] & (0x80u >> (b % 8)))
+                                return key_error(err, origin, line, k, "'%s/%lu' has bits set past the prefix",
+                                                 quote(items[i], q, sizeof(q)), pl);
+                for (int j = 0; j < i; j++)
+                        if (!memcmp(c, &nl.c[j], sizeof(*c)))
+                                return key_error(err, origin, line, k, "'%s' is listed twice",
+                                                 quote(items[i], q, sizeof(q)));
+        }
+        nl.n = (uint32_t)n;
+        *l = nl;
+        return 0;
+}
+
 static int set_transports(unsigned *out, const char *v, const char *origin, uint32_t line,
                           const struct key *k, struct sl_error *err)
 {
@@ -456,6 +521,8 @@ static int set_key(struct ctl_config *cfg, const struct key *k, const char *v, c
                 return set_transports((unsigned *)field, v, origin, line, k, err);
         case K_ADDRS:
                 return set_addrs((struct ctl_addr_list *)field, v, origin, line, k, err);
+        case K_CIDRS:
+                return set_cidrs((struct ctl_cidr_list *)field, v, origin, line, k, err);
         case K_ADDR: {
                 struct ctl_addr a;
                 struct sl_error e2;
@@ -510,6 +577,9 @@ void ctl_config_defaults(struct ctl_config *cfg)
         cfg->limits.default_max_tokens = 256;
         cfg->limits.max_frame = 65536;
         cfg->limits.max_concurrent_per_client = 32;
+        cfg->limits.max_clients = 4096;
+        cfg->dataplane.udp_cookies = 1; /* only frames that are not authenticated need them */
+        cfg->dataplane.udp_cookie_rotate_ms = 30000;
         cfg->limits.request_timeout_ms = 300000;
         cfg->limits.udp_lease_ms = 10000;
         cfg->limits.tcp_output_limit = 4u << 20;
@@ -533,7 +603,7 @@ struct parse {
         const char *name;               /* file name in messages */
         const char *p, *end;
         uint32_t lineno;                /* lines handed to inih so far */
-        uint64_t seen;                  /* keys set in this parse */
+        uint64_t seen[2];               /* keys set in this parse (bits by index) */
         int rc;
         uint32_t err_line;              /* line of the error in rc */
         struct sl_error *err;
@@ -631,7 +701,7 @@ static int handler(void *user, const char *section, const char *name, const char
         if (!k)
                 return fail_line(ps, "[%s] unknown key '%s'", quote(section, q2, sizeof(q2)), quote(name, q, sizeof(q)));
         size_t i = (size_t)(k - keys);
-        if (ps->seen & (1ull << i))
+        if (ps->seen[i / 64] & (1ull << (i % 64)))
                 return fail_line(ps, "[%s] %s: set twice (first on line %u)", k->section, k->name, ps->cfg->line[i]);
         int r = set_key(ps->cfg, k, value, ps->name, ps->lineno, ps->err);
         if (r < 0) {
@@ -639,7 +709,7 @@ static int handler(void *user, const char *section, const char *name, const char
                 ps->err_line = ps->lineno;
                 return 0;
         }
-        ps->seen |= 1ull << i;
+        ps->seen[i / 64] |= 1ull << (i % 64);
         ps->cfg->line[i] = ps->lineno;
         return 1;
 }

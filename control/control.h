@@ -41,6 +41,18 @@ struct ctl_addr_list {
         struct ctl_addr a[CTL_MAX_LISTEN];
 };
 
+/* Allowed client networks: "10.0.0.0/8, 2001:db8::/32, 192.0.2.7"; n == 0 = any. */
+#define CTL_MAX_CIDR 32    /* DP_ALLOW_MAX */
+struct ctl_cidr {
+        uint8_t family;    /* AF_INET, AF_INET6 */
+        uint8_t prefix;
+        uint8_t addr[16];  /* network order, host bits zero */
+};
+struct ctl_cidr_list {
+        uint32_t n;
+        struct ctl_cidr c[CTL_MAX_CIDR];
+};
+
 /* Every key of sluice.conf as a typed field. Plain data (no pointers): copy it, compare it,
  * hand a const pointer to any thread. Sizes are bytes, times are milliseconds. */
 struct ctl_config {
@@ -66,6 +78,10 @@ struct ctl_config {
                 unsigned batch_invariant;       /* 0 off, 1 on */
         } engine;
         struct {
+                struct ctl_cidr_list udp_allow; /* clients let in, per transport (empty: any) */
+                struct ctl_cidr_list tcp_allow;
+                unsigned udp_cookies;           /* 0 off, 1 on: unauthenticated UDP needs a cookie */
+                uint32_t udp_cookie_rotate_ms;  /* cookie bucket; a cookie lives 1-2 of them */
                 unsigned transports;            /* enum ctl_transport bits */
                 struct ctl_addr_list udp_listen;
                 struct ctl_addr_list tcp_listen;
@@ -86,6 +102,7 @@ struct ctl_config {
                 uint32_t idle_sleep_us;         /* 0: poll without pause */
                 unsigned gpudirect;             /* 0 off, 1 on */
                 enum ctl_dpdk_on_error on_error;
+                struct ctl_cidr_list allow;     /* clients let in (empty: any) */
         } dpdk;
         struct {
                 uint32_t max_prompt_tokens;
@@ -94,6 +111,9 @@ struct ctl_config {
                 uint32_t default_max_tokens;    /* for requests with max_tokens 0 */
                 uint32_t max_frame;             /* TCP frames; UDP stays at DP_MAX_FRAME_UDP */
                 uint32_t max_concurrent_per_client;
+                uint32_t rps_per_client;        /* requests per second; 0 = no limit */
+                uint32_t tps_per_client;        /* generated tokens per second; 0 = no limit */
+                uint32_t max_clients;           /* clients tracked for the per-client limits */
                 uint32_t request_timeout_ms;    /* cap on (and default for) a request's deadline; 0 = none */
                 uint32_t udp_lease_ms;
                 uint64_t tcp_output_limit;      /* bytes queued per TCP connection */
@@ -122,7 +142,7 @@ struct ctl_config {
         /* Where each key was set: the line in origin (the file), CTL_LINE_OVERRIDE for the
          * command line, 0 for the default. Indexed by the key table in config.c. */
         char origin[CTL_PATH_MAX];
-        uint32_t line[64];
+        uint32_t line[96];
 };
 
 /* The built-in defaults (docs/config.md). model.path is left empty (required). */
