@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_metrics.h"
 #include "sluice.h"
 
 enum { EXIT_OK = 0, EXIT_SERVER = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3, EXIT_BUSY = 4, EXIT_AUTH = 5 };
@@ -49,6 +50,8 @@ static void usage(FILE *f)
                 "      --tls-name NAME   the name the certificate must carry, sent as SNI (default: the host)\n"
                 "      --tls-cert PATH   mutual TLS: this client's certificate (PEM)\n"
                 "      --tls-key PATH    its private key (PEM; default: in --tls-cert)\n"
+                "      --metrics H:P     info: also the server's dataplane counters (per transport, per\n"
+                "                        DPDK lcore and queue, authentication) from its /metrics at H:P\n"
                 "  -q, --quiet           no usage line after generate\n"
                 "  -h, --help            this help\n"
                 "  -V, --version         the version\n"
@@ -139,7 +142,7 @@ static int fail(int rc, const char *what, const char *msg)
 }
 
 enum { OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_UDP, OPT_TCP, OPT_TIMEOUT, OPT_STOP,
-       OPT_DEADLINE, OPT_KEY_FILE, OPT_KEY_ID, OPT_TLS, OPT_TLS_CA, OPT_TLS_NAME, OPT_TLS_CERT, OPT_TLS_KEY };
+       OPT_DEADLINE, OPT_KEY_FILE, OPT_KEY_ID, OPT_METRICS, OPT_TLS, OPT_TLS_CA, OPT_TLS_NAME, OPT_TLS_CERT, OPT_TLS_KEY };
 
 int main(int argc, char **argv)
 {
@@ -153,6 +156,7 @@ int main(int argc, char **argv)
                 {"deadline", required_argument, NULL, OPT_DEADLINE}, {"quiet", no_argument, NULL, 'q'},
                 {"help", no_argument, NULL, 'h'},              {"version", no_argument, NULL, 'V'},
                 {"key-file", required_argument, NULL, OPT_KEY_FILE}, {"key-id", required_argument, NULL, OPT_KEY_ID},
+                {"metrics", required_argument, NULL, OPT_METRICS},
                 {"tls", no_argument, NULL, OPT_TLS},           {"tls-ca", required_argument, NULL, OPT_TLS_CA},
                 {"tls-name", required_argument, NULL, OPT_TLS_NAME},
                 {"tls-cert", required_argument, NULL, OPT_TLS_CERT}, {"tls-key", required_argument, NULL, OPT_TLS_KEY},
@@ -170,6 +174,7 @@ int main(int argc, char **argv)
         sluice_opts_init(&o);
         sluice_gen_params_init(&gp);
         const char *key_id = getenv("SLUICE_KEY_ID");
+        const char *metrics = NULL;
         o.key_file = getenv("SLUICE_KEY_FILE");
         if (o.key_file && !o.key_file[0])
                 o.key_file = NULL;
@@ -237,6 +242,7 @@ int main(int argc, char **argv)
                         break;
                 case OPT_KEY_FILE: o.key_file = optarg; break;
                 case OPT_KEY_ID: key_id = optarg; break;
+                case OPT_METRICS: metrics = optarg; break;
                 case OPT_TLS: o.tls = true; break;
                 case OPT_TLS_CA: o.tls_ca = optarg; break;
                 case OPT_TLS_NAME: o.tls_server_name = optarg; break;
@@ -332,6 +338,10 @@ int main(int argc, char **argv)
                                in.load.kv_blocks_free, in.load.kv_blocks_total, in.load.max_inflight,
                                in.load.draining ? "yes" : "no", in.auth_required ? "yes" : "no",
                                in.cookie_required ? "yes" : "no");
+                        char why[300];
+                        int k = metrics ? cli_metrics_print(metrics, o.timeout_ms, stdout, why, sizeof(why)) : 0;
+                        if (k < 0)
+                                ex = fail(k, "info --metrics", why);
                 }
         } else {
                 struct sluice_load l;

@@ -162,7 +162,7 @@ def test_arp_ping_and_same_tokens_as_kernel_udp(dpdk_daemon, dpdk_build, netns):
     wait_for(d, "sluice_transport_rx_frames_total", lambda v: v > 0, transport="dpdk")
 
 
-def test_malformed_traffic_is_counted_and_dropped(dpdk_daemon, netns):
+def test_malformed_traffic_is_counted_and_dropped(dpdk_daemon, dpdk_build, netns):
     ns, _, peer = netns
     d = dpdk_daemon()
     assert peer_run(ns, "ping", SRV_IP, 1)["replies"] == 1  # ARP done, MAC known
@@ -190,6 +190,15 @@ def test_malformed_traffic_is_counted_and_dropped(dpdk_daemon, netns):
     d.wait_metric('sluice_dpdk_malformed_total{lcore="1",queue="0"}', lambda v: v >= 5, timeout=5)
     assert peer_run(ns, "ping", SRV_IP, 2)["replies"] == 2
     assert d.alive()
+    # the same counters per lcore and queue through the CLI: sluice info --metrics
+    r = subprocess.run([str(dpdk_build / "client" / "sluice"), "--udp", "-H", "127.0.0.1", "-p", str(d.udp),
+                        "--metrics", f"127.0.0.1:{d.http}", "info"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for want in ('sluice_dpdk_drops_total{lcore="1",queue="0",reason="ip_checksum"}',
+                 'sluice_dpdk_malformed_total{lcore="1",queue="0"}', 'sluice_dpdk_arp_total{',
+                 'sluice_dpdk_icmp_echo_total{', 'sluice_dpdk_rx_packets_total{lcore="1",queue="0"}',
+                 'sluice_transport_rx_frames_total{transport="udp"}'):
+        assert want in r.stdout, (want, r.stdout[-2000:])
 
 
 def test_engine_reads_the_prompt_in_the_mbuf(dpdk_daemon, dpdk_build, netns, tmp_path):
