@@ -156,6 +156,9 @@ static int hello(struct sluice_conn *c, uint32_t timeout_ms, struct sluice_info 
         c->lease_ms = inf.lease_ms ? inf.lease_ms : 10000;
         c->max_frame_tx = SL_MIN(inf.max_frame, c->tcp ? DP_MAX_FRAME_TCP : DP_MAX_FRAME_UDP);
         pthread_mutex_unlock(&c->mu);
+        /* the COOKIE came with the INFO (the server sends it first); wait if it has not */
+        if (!c->tcp && inf.cookie_required && (rc = sluice_cookie_wait(c, timeout_ms)) < 0)
+                return rc;
         if (out)
                 *out = inf;
         return 0;

@@ -56,6 +56,7 @@ struct sluice_req {
         uint32_t rto_ms;
         uint32_t timeout_ms;    /* no progress for this long fails the request */
         uint32_t acked;         /* next_seq of the last ACK sent */
+        bool resend_now;        /* UDP: a COOKIE answered this request: send it again with it */
         uint64_t t_last_ack;
 };
 
@@ -84,6 +85,12 @@ struct sluice_conn {
         bool signing;           /* every frame carries an auth trailer with key */
         struct dp_key key;
         uint64_t nonce;         /* next trailer's nonce (under send_mu) */
+        /* UDP cookie (docs/protocol.md §7.2), under send_mu: attached to every frame but HELLO
+         * and PING once the server sent one; refreshed with a HELLO at half its lifetime */
+        bool cookie_required;   /* INFO said COOKIE_REQUIRED */
+        bool have_cookie;
+        uint8_t cookie[DP_COOKIE_SIZE];
+        uint64_t cookie_refresh_ns, cookie_asked_ns;
         struct ssl_st *ssl;     /* TLS (tls.c): NULL for plaintext */
         pthread_mutex_t tls_mu; /* ssl: the receive thread reads while senders write */
         char tls_why[128];      /* why the last TLS read failed (receive thread) */
@@ -110,6 +117,9 @@ int sluice_req_send(struct sluice_conn *c, struct sluice_req *r);
 int sluice_send_simple(struct sluice_conn *c, uint8_t opcode, uint64_t id, uint32_t seq,
                        const void *payload, size_t len);
 void sluice_item_free(struct sluice_item *it);
+/* UDP, after INFO said COOKIE_REQUIRED: waits (asking again) until a cookie is held. 0 or
+ * -ETIMEDOUT. */
+int sluice_cookie_wait(struct sluice_conn *c, uint32_t timeout_ms);
 int sluice_seterr(struct sluice_conn *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void sluice_result_error(struct sluice_result *res, int code, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));

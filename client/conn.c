@@ -109,6 +109,16 @@ static struct dp_auth next_auth(struct sluice_conn *c)
                                 .timestamp_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u};
 }
 
+/* UDP: the cookie goes on every frame but HELLO and PING (which ask for one, or need none).
+ * Under send_mu. */
+static const uint8_t *frame_cookie(struct sluice_conn *c, uint8_t opcode, uint16_t *flags)
+{
+        if (c->tcp || !c->have_cookie || opcode == DP_OP_HELLO || opcode == DP_OP_PING)
+                return NULL;
+        *flags |= DP_F_COOKIE;
+        return c->cookie;
+}
+
 int sluice_send_simple(struct sluice_conn *c, uint8_t opcode, uint64_t id, uint32_t seq,
                        const void *payload, size_t len)
 {
@@ -116,8 +126,9 @@ int sluice_send_simple(struct sluice_conn *c, uint8_t opcode, uint64_t id, uint3
         struct dp_header h = {.opcode = opcode, .flags = DP_F_CRC | (c->signing ? DP_F_AUTH : 0), .request_id = id,
                               .seq = seq, .frag_count = 1};
         pthread_mutex_lock(&c->send_mu);
+        const uint8_t *ck = frame_cookie(c, opcode, &h.flags);
         struct dp_auth a = c->signing ? next_auth(c) : (struct dp_auth){0};
-        long n = dp_frame_encode(buf, sizeof(buf), c->max_frame_tx, &h, payload, len, NULL, &a);
+        long n = dp_frame_encode(buf, sizeof(buf), c->max_frame_tx, &h, payload, len, ck, &a);
         int r = n < 0 ? (int)n : c->signing ? dp_frame_sign(buf, (size_t)n, &c->key) : 0;
         if (r == 0)
                 r = send_all(c, buf, (size_t)n);
@@ -129,19 +140,23 @@ int sluice_req_send(struct sluice_conn *c, struct sluice_req *r)
 {
         struct dp_header h = {.opcode = r->opcode, .flags = DP_F_CRC | (c->signing ? DP_F_AUTH : 0),
                               .request_id = r->id};
-        int n = dp_fragment_count(r->msg_len, c->max_frame_tx, h.flags);
-        if (n < 0)
-                return sluice_seterr(c, -EMSGSIZE, "request of %zu bytes is over the protocol's limit",
-                                     r->msg_len);
         uint8_t *buf = malloc(c->max_frame_tx);
         if (!buf)
                 return -ENOMEM;
         int rc = 0;
         pthread_mutex_lock(&c->send_mu);
+        const uint8_t *ck = frame_cookie(c, r->opcode, &h.flags);
+        int n = dp_fragment_count(r->msg_len, c->max_frame_tx, h.flags);
+        if (n < 0) {
+                pthread_mutex_unlock(&c->send_mu);
+                free(buf);
+                return sluice_seterr(c, -EMSGSIZE, "request of %zu bytes is over the protocol's limit",
+                                     r->msg_len);
+        }
         for (int i = 0; i < n && rc == 0; i++) {
                 struct dp_auth a = c->signing ? next_auth(c) : (struct dp_auth){0};
                 long len = dp_fragment_encode(buf, c->max_frame_tx, c->max_frame_tx, &h, r->msg,
-                                              r->msg_len, (unsigned)i, NULL, &a);
+                                              r->msg_len, (unsigned)i, ck, &a);
                 rc = len < 0 ? (int)len : c->signing ? dp_frame_sign(buf, (size_t)len, &c->key) : 0;
                 if (rc == 0)
                         rc = send_all(c, buf, (size_t)len);
@@ -453,12 +468,37 @@ static void handle_frame(struct sluice_conn *c, const uint8_t *buf, size_t len)
                         break;
                 if (!is_stream(r) && r->opcode == DP_OP_PING && er.code == DP_ERR_NOT_FOUND)
                         break;
+                if (!c->tcp && er.code == DP_ERR_UNAUTHENTICATED && er.detail == DP_UNAUTH_DETAIL_COOKIE) {
+                        /* the cookie expired (or was lost): ask for one now; the request goes
+                         * out again with it (retransmit, or RESEND) */
+                        pthread_mutex_lock(&c->send_mu);
+                        c->cookie_refresh_ns = 0;
+                        c->cookie_asked_ns = 0;
+                        pthread_mutex_unlock(&c->send_mu);
+                        break;
+                }
                 req_fail(c, r, sluice_map_server_error(er.code), "%s: %.*s", dp_err_name(er.code),
                          (int)er.msg.len, er.msg.ptr);
                 sluice_result_server(&r->fres, &er);
                 break;
         }
-        default: /* COOKIE (reserved) */
+        case DP_OP_COOKIE: {
+                struct dp_cookie ck;
+                if (c->tcp || dp_cookie_decode(f.payload, f.h.payload_len, &ck, &e) < 0)
+                        break;
+                uint64_t now = sl_now_ns();
+                pthread_mutex_lock(&c->send_mu);
+                memcpy(c->cookie, ck.cookie, DP_COOKIE_SIZE);
+                c->have_cookie = true;
+                c->cookie_refresh_ns = now + (uint64_t)ck.lifetime_ms * 500000ull; /* at half its life */
+                pthread_mutex_unlock(&c->send_mu);
+                /* it answers a frame that had none (or an expired one): send that again */
+                if (r && is_stream(r) && r->state == REQ_OPEN)
+                        r->resend_now = true;
+                pthread_cond_broadcast(&c->cv);
+                break;
+        }
+        default:
                 break;
         }
         pthread_mutex_unlock(&c->mu);
@@ -490,6 +530,13 @@ static void req_timers(struct sluice_conn *c, struct sluice_req *r, uint64_t now
         }
         if (c->tcp)
                 return;
+        if (r->resend_now && is_stream(r)) {
+                r->resend_now = false;
+                if (!r->got_any) {
+                        tx->resend_req = true;
+                        r->t_last_tx = now;
+                }
+        }
         uint64_t since_tx_ms = (now - r->t_last_tx) / 1000000ull;
         if (!is_stream(r)) { /* HELLO, PING: resend until answered */
                 if (since_tx_ms >= r->rto_ms) {
@@ -560,6 +607,17 @@ static void do_tx(struct sluice_conn *c, struct pending_tx *tx)
         }
 }
 
+/* A padded HELLO with request id 0: the server answers with a COOKIE (and an INFO that
+ * nobody waits for). Under send_mu's owner's rules: called without send_mu. */
+static void cookie_ask(struct sluice_conn *c)
+{
+        uint8_t msg[DP_UDP_HELLO_MIN - DP_HEADER_SIZE] = {0};
+        struct dp_hello h = {.max_version = DP_VERSION, .pad_len = (uint32_t)(sizeof(msg) - 4)};
+        long n = dp_hello_encode(msg, sizeof(msg), &h);
+        if (n > 0)
+                sluice_send_simple(c, DP_OP_HELLO, 0, 0, msg, (size_t)n);
+}
+
 static void run_timers(struct sluice_conn *c)
 {
         struct pending_tx tx;
@@ -567,6 +625,16 @@ static void run_timers(struct sluice_conn *c)
          * UDP sends do not block for long, and TCP has no timers that send. */
         pthread_mutex_lock(&c->mu);
         uint64_t now = sl_now_ns();
+        if (!c->tcp) {
+                pthread_mutex_lock(&c->send_mu);
+                bool ask = c->cookie_required && now >= c->cookie_refresh_ns &&
+                           now - c->cookie_asked_ns >= (uint64_t)c->o.retransmit_ms * 1000000ull;
+                if (ask)
+                        c->cookie_asked_ns = now;
+                pthread_mutex_unlock(&c->send_mu);
+                if (ask)
+                        cookie_ask(c);
+        }
         for (struct sluice_req *r = c->reqs; r; r = r->next) {
                 req_timers(c, r, now, &tx);
                 if (tx.resend_req || tx.cancel || tx.n_ranges || tx.ack)
@@ -754,6 +822,36 @@ int sluice_conn_open(const struct sluice_opts *o, const struct addrinfo *ai, con
         return 0;
 fail:
         sluice_conn_free(c);
+        return rc;
+}
+
+int sluice_cookie_wait(struct sluice_conn *c, uint32_t timeout_ms)
+{
+        uint64_t end = sl_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+        int rc = 0;
+        pthread_mutex_lock(&c->mu);
+        pthread_mutex_lock(&c->send_mu);
+        c->cookie_required = true; /* the receive thread asks (again) while none is held */
+        bool have = c->have_cookie;
+        pthread_mutex_unlock(&c->send_mu);
+        while (!have) {
+                uint64_t now = sl_now_ns();
+                if (now >= end) {
+                        rc = sluice_seterr(c, -ETIMEDOUT, "%s: no cookie in %u ms (the server requires one)",
+                                           c->peer, timeout_ms);
+                        break;
+                }
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + SL_MIN(end - now, 20000000ull);
+                ts.tv_sec = (time_t)(t / 1000000000ull);
+                ts.tv_nsec = (long)(t % 1000000000ull);
+                pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+                pthread_mutex_lock(&c->send_mu);
+                have = c->have_cookie;
+                pthread_mutex_unlock(&c->send_mu);
+        }
+        pthread_mutex_unlock(&c->mu);
         return rc;
 }
 

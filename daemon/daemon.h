@@ -22,14 +22,18 @@ extern const char *const dt_kind_name[DTK_N];
 /* Request outcomes, the label values of sluice_requests_total. */
 enum d_outcome {
         DO_EOS, DO_LENGTH, DO_STOP, DO_CANCELLED, DO_DEADLINE, DO_CONTEXT, DO_ERROR,
-        DO_BUSY, DO_BAD_PARAM, DO_PROMPT_TOO_LONG, DO_SHUTTING_DOWN, DO_TOKENIZE, DO_N,
+        DO_BUSY, DO_BAD_PARAM, DO_PROMPT_TOO_LONG, DO_SHUTTING_DOWN, DO_TOKENIZE, DO_RATE_LIMITED, DO_N,
 };
 extern const char *const d_outcome_name[DO_N];
 
 /* Counters copied from struct dp_transport_stats. */
 enum { DTS_RX_FRAMES, DTS_TX_FRAMES, DTS_RX_BYTES, DTS_TX_BYTES, DTS_MALFORMED, DTS_DROPS, DTS_ERRORS_SENT,
        DTS_AUTH_OK, DTS_AUTH_MISSING, DTS_AUTH_UNKNOWN_KEY, DTS_AUTH_EXPIRED, DTS_AUTH_BAD_MAC, DTS_AUTH_REPLAYED,
-       DTS_AUTH_FULL, DTS_TLS_OK, DTS_TLS_FAILED, DTS_N };
+       DTS_AUTH_FULL, DTS_DENIED, DTS_COOKIES_SENT, DTS_COOKIE_MISSING, DTS_COOKIE_BAD, DTS_TLS_OK, DTS_TLS_FAILED, DTS_N };
+
+/* Per-client limits (serve.c), the label values of sluice_rate_limited_total. */
+enum d_limit { DL_CONCURRENCY, DL_RPS, DL_TPS, DL_N };
+extern const char *const d_limit_name[DL_N];
 
 struct d_metrics {
         struct ctl_counter *requests[DO_N];
@@ -40,6 +44,8 @@ struct d_metrics {
         struct ctl_counter *graph_steps, *gpu_errors;  /* CUDA backend */
         struct ctl_gauge *launches, *gpu;
         struct ctl_counter *tr[DTK_N][DTS_N];
+        struct ctl_counter *rate_limited[DL_N][DTK_N]; /* requests refused by a per-client limit */
+        struct ctl_gauge *clients;     /* clients tracked for the per-client limits */
         uint64_t tr_last[DT_N][DTS_N]; /* engine thread: last values copied */
         struct ctl_counter *prompts_zero_copy, *prompts_copied; /* how prompts reached the engine */
         struct d_dpdk_metrics *dpdk;   /* per DPDK queue, when the transport runs */
@@ -57,6 +63,7 @@ struct d_limits {
         uint32_t max_prompt_tokens, max_prompt_bytes, max_new_tokens, default_max_tokens;
         uint32_t request_timeout_ms;
         bool audit_text;
+        uint32_t max_inflight, rps, tps; /* per client; keys may override them (0: no limit) */
 };
 
 struct daemon {
@@ -73,6 +80,8 @@ struct daemon {
         struct dp_tcp *tcp;
         struct dp_dpdk *dpdk;
         struct dp_auth_ctx auth;         /* clients' keys, shared by the transports */
+        struct dp_allow allow[DTK_N];    /* client networks let in, by transport kind */
+        uint8_t cookie_secret[DP_COOKIE_SECRET_SIZE]; /* UDP cookies: the kernel UDP and DPDK cores share it */
         struct dp_info info;
         char model_name[CTL_NAME_MAX + 1];
         char server_name[CTL_NAME_MAX + 16];

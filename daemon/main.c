@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sodium.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -133,6 +134,39 @@ static void limits_from(struct d_limits *l, const struct ctl_config *c)
         l->default_max_tokens = c->limits.default_max_tokens;
         l->request_timeout_ms = c->limits.request_timeout_ms;
         l->audit_text = c->log.audit == CTL_AUDIT_WITH_TEXT;
+        l->max_inflight = c->limits.max_concurrent_per_client;
+        l->rps = c->limits.rps_per_client;
+        l->tps = c->limits.tps_per_client;
+}
+
+/* What a transport of kind k needs for access control and (UDP, DPDK) the cookie exchange:
+ * its allow list, and the cookie secret, drawn once for all UDP cores. */
+static int transport_security(struct daemon *d, int k, struct dp_transport_config *tc, struct sl_error *err)
+{
+        const struct ctl_config *c = &d->cfg;
+        const struct ctl_cidr_list *l = k == DTK_UDP ? &c->dataplane.udp_allow
+                                      : k == DTK_TCP ? &c->dataplane.tcp_allow : &c->dpdk.allow;
+        struct dp_allow *a = &d->allow[k];
+        _Static_assert(CTL_MAX_CIDR <= DP_ALLOW_MAX, "allow lists");
+        memset(a, 0, sizeof(*a));
+        for (uint32_t i = 0; i < l->n && i < CTL_MAX_CIDR; i++) {
+                a->c[i].family = l->c[i].family;
+                a->c[i].prefix = l->c[i].prefix;
+                memcpy(a->c[i].addr, l->c[i].addr, 16);
+        }
+        a->n = l->n;
+        tc->allow = a;
+        if (k == DTK_TCP || !c->dataplane.udp_cookies)
+                return 0;
+        if (sodium_is_zero(d->cookie_secret, sizeof(d->cookie_secret))) {
+                if (sodium_init() < 0)
+                        return sl_errorf(err, -EIO, "libsodium failed to start (UDP cookie secret)");
+                randombytes_buf(d->cookie_secret, sizeof(d->cookie_secret));
+        }
+        tc->cookies = true;
+        memcpy(tc->cookie_secret, d->cookie_secret, sizeof(tc->cookie_secret));
+        tc->cookie_bucket_ms = c->dataplane.udp_cookie_rotate_ms;
+        return 0;
 }
 
 /* ---- load progress (STATUS= and EXTEND_TIMEOUT_USEC= to systemd) ---- */
@@ -210,6 +244,9 @@ static int start_dpdk(struct daemon *d, char *where, size_t cap, struct sl_error
                        .lease_ms = c->limits.udp_lease_ms, .max_requests = udp_max_requests(d), .max_reasm = 64,
                        .auth = &d->auth},
         };
+        int rs = transport_security(d, DTK_DPDK, &dc.tc, err);
+        if (rs < 0)
+                return rs;
         /* a GPU backend maps the receive memory for the GPU; else pinned host memory (mlock) */
         static struct dp_host_mem_ops cuda_mem = {.name = "cuda", .register_host = dpdk_register_host,
                                                   .unregister_host = dpdk_unregister_host};
@@ -272,6 +309,8 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                 };
                 for (unsigned i = 0; i < l->n && i < DP_MAX_LISTEN; i++)
                         tc.listen[i] = ctl_addr_format(&l->a[i], addr[tr][i], sizeof(addr[tr][i]));
+                if ((r = transport_security(d, dt_kind(tr), &tc, err)) < 0)
+                        return r;
                 if (tr == DT_UDP) {
                         /* live + recently finished requests, for idempotency and resend */
                         tc.max_requests = udp_max_requests(d);

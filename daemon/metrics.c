@@ -72,6 +72,8 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                                         "UDP and answered with ERROR on TCP)";
         static const char tls_help[] = "TLS handshakes on the TCP transport, by outcome (failed: refused, broken "
                                        "or not finished in 10 s; the connection is closed)";
+        static const char cookie_help[] = "UDP cookies (amplification protection): COOKIE frames sent, and frames "
+                                          "refused for a missing or invalid (expired, other address) cookie";
         static const struct { const char *name, *help, *label; } tc[DTS_N] = {
                 [DTS_RX_FRAMES] = {"sluice_transport_rx_frames_total", "Frames received"},
                 [DTS_TX_FRAMES] = {"sluice_transport_tx_frames_total", "Frames sent"},
@@ -89,6 +91,12 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                 [DTS_AUTH_BAD_MAC] = {"sluice_auth_frames_total", auth_help, "result=bad_mac"},
                 [DTS_AUTH_REPLAYED] = {"sluice_auth_frames_total", auth_help, "result=replayed"},
                 [DTS_AUTH_FULL] = {"sluice_auth_frames_total", auth_help, "result=replay_table_full"},
+                [DTS_DENIED] = {"sluice_denied_total",
+                                "Datagrams dropped (UDP, DPDK) or connections closed at accept (TCP): the "
+                                "source is outside the transport's allow list"},
+                [DTS_COOKIES_SENT] = {"sluice_udp_cookies_total", cookie_help, "result=sent"},
+                [DTS_COOKIE_MISSING] = {"sluice_udp_cookies_total", cookie_help, "result=missing"},
+                [DTS_COOKIE_BAD] = {"sluice_udp_cookies_total", cookie_help, "result=invalid"},
                 [DTS_TLS_OK] = {"sluice_tls_handshakes_total", tls_help, "result=ok"},
                 [DTS_TLS_FAILED] = {"sluice_tls_handshakes_total", tls_help, "result=failed"},
         };
@@ -98,6 +106,15 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
                                  tc[k].label ? tc[k].label : "");
                         NN(m->tr[t][k] = ctl_metrics_counter(reg, tc[k].name, tc[k].help, labels, err));
                 }
+        for (int l = 0; l < DL_N; l++)
+                for (int t = 0; t < DTK_N; t++) {
+                        snprintf(labels, sizeof(labels), "limit=%s,transport=%s", d_limit_name[l], dt_kind_name[t]);
+                        NN(m->rate_limited[l][t] = ctl_metrics_counter(reg, "sluice_rate_limited_total",
+                                                                       "Requests refused with RATE_LIMITED, by "
+                                                                       "per-client limit", labels, err));
+                }
+        NN(m->clients = ctl_metrics_gauge(reg, "sluice_clients_tracked",
+                                          "Clients (keys or addresses) in the per-client limits table", NULL, err));
 #undef NN
         return 0;
 }

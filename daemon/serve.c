@@ -24,8 +24,10 @@ const char *const d_outcome_name[DO_N] = {
         [DO_EOS] = "eos", [DO_LENGTH] = "length", [DO_STOP] = "stop", [DO_CANCELLED] = "cancelled",
         [DO_DEADLINE] = "deadline", [DO_CONTEXT] = "context", [DO_ERROR] = "error", [DO_BUSY] = "busy",
         [DO_BAD_PARAM] = "bad_param", [DO_PROMPT_TOO_LONG] = "prompt_too_long",
-        [DO_SHUTTING_DOWN] = "shutting_down", [DO_TOKENIZE] = "tokenize",
+        [DO_SHUTTING_DOWN] = "shutting_down", [DO_TOKENIZE] = "tokenize", [DO_RATE_LIMITED] = "rate_limited",
 };
+
+const char *const d_limit_name[DL_N] = {[DL_CONCURRENCY] = "concurrency", [DL_RPS] = "rps", [DL_TPS] = "tps"};
 
 #define tr_name(tr) dt_kind_name[dt_kind(tr)]
 
@@ -37,6 +39,8 @@ struct dreq {
         uint32_t gen;
         uint64_t client, rid, rx_ns, last_tok_ns;
         struct dp_req_peer peer;         /* the client's address (len 0: unknown) */
+        uint32_t cl;                     /* its entry in the client table + 1; 0: none */
+        bool tps_on;                     /* its tokens are counted against a tokens/s limit */
         uint32_t prompt_len, out_len;    /* audit text kept (with-text mode) */
         char prompt[AUDIT_TEXT_CAP];
         char out[AUDIT_TEXT_CAP];
@@ -55,6 +59,22 @@ struct serve {
         uint64_t next_stats_ns;
         struct engine_sched_events ev;
         const struct dp_req_peer *rx_peer; /* address on the record being handled, or NULL */
+        struct dclient *cl;               /* per-client limits: n_cl entries, hashed */
+        uint32_t *cl_bucket;
+        uint32_t n_cl, n_cl_buckets, cl_hand, n_cl_used;
+};
+
+/* A client as the per-client limits see it: its key (authenticated requests) or its address
+ * (IP without the port: a client does not get more by opening more sockets). */
+enum { CL_FREE, CL_ADDR4, CL_ADDR6, CL_KEY, CL_UNKNOWN };
+
+struct dclient {
+        uint8_t kind;
+        uint8_t id[16];
+        uint32_t hnext;                   /* hash chain: entry + 1, 0 ends */
+        uint32_t inflight;                /* GENERATEs accepted and not finished */
+        double rq, tk;                    /* token buckets: requests, generated tokens */
+        uint64_t refill_ns;
 };
 
 /* ---- responses ---- */
@@ -215,6 +235,9 @@ static struct dreq *req_alloc(struct serve *s, uint64_t *tag)
 
 static void req_free(struct serve *s, struct dreq *e)
 {
+        if (e->cl && s->cl[e->cl - 1].inflight)
+                s->cl[e->cl - 1].inflight--;
+        e->cl = 0;
         e->used = false;
         atomic_fetch_sub_explicit(&s->d->n_live, 1, memory_order_relaxed);
 }
@@ -250,6 +273,8 @@ static void on_token(void *user, uint64_t tag, int32_t id, const char *text, uin
         if (e->last_tok_ns)
                 ctl_histogram_observe(s->d->m.itl, (double)(now - e->last_tok_ns) / 1e9);
         e->last_tok_ns = now;
+        if (e->tps_on && e->cl)
+                s->cl[e->cl - 1].tk -= 1; /* may go below zero: the debt delays the next request */
         if (s->lim.audit_text && len) {
                 uint32_t c = SL_MIN(len, AUDIT_TEXT_CAP - e->out_len);
                 memcpy(e->out + e->out_len, text, c);
@@ -319,6 +344,126 @@ static void on_done(void *user, uint64_t tag, const struct engine_sched_done *dn
         req_free(s, e);
 }
 
+/* ---- per-client limits ----
+ * Concurrent GENERATEs, requests per second and generated tokens per second, per client,
+ * checked on this thread when a request arrives (it alone knows what is in flight and what
+ * was generated). Each rate is a token bucket holding one second of it; generated tokens
+ * are taken out as they are produced, so a long answer leaves a debt that the next request
+ * waits out (the retry hint says how long). Limits: a key's own (keys file) or the config's.
+ * The table is sized at start; a new client takes a free entry or evicts one with nothing in
+ * flight (a clock hand), which forgets at most its bucket debt. */
+
+static uint32_t cl_hash(uint8_t kind, const uint8_t id[16])
+{
+        uint64_t h = 0xcbf29ce484222325ull ^ kind;
+        for (int i = 0; i < 16; i++)
+                h = (h ^ id[i]) * 0x100000001b3ull;
+        return (uint32_t)(h ^ h >> 32);
+}
+
+static void cl_unlink(struct serve *s, uint32_t i)
+{
+        struct dclient *c = &s->cl[i];
+        uint32_t *pp = &s->cl_bucket[cl_hash(c->kind, c->id) & (s->n_cl_buckets - 1)];
+        for (uint32_t guard = 0; *pp && guard < s->n_cl; guard++) {
+                if (*pp == i + 1) {
+                        *pp = c->hnext;
+                        return;
+                }
+                pp = &s->cl[*pp - 1].hnext;
+        }
+}
+
+/* The entry of the client that sent r (found, or new with full buckets), or -1 when every
+ * entry has requests in flight. */
+static int64_t cl_get(struct serve *s, const struct dp_req_rec *r, uint32_t rps, uint32_t tps, uint64_t now)
+{
+        uint8_t kind = CL_UNKNOWN, id[16] = {0};
+        const struct dp_req_peer *p = s->rx_peer;
+        if (r->flags & DP_REQF_KEY) {
+                kind = CL_KEY;
+                memcpy(id, &r->key_id, 4);
+        } else if (p && p->addr.sa.sa_family == AF_INET) {
+                kind = CL_ADDR4;
+                memcpy(id, &p->addr.in.sin_addr, 4);
+        } else if (p && p->addr.sa.sa_family == AF_INET6) {
+                kind = CL_ADDR6;
+                memcpy(id, &p->addr.in6.sin6_addr, 16);
+        }
+        uint32_t b = cl_hash(kind, id) & (s->n_cl_buckets - 1);
+        for (uint32_t i = s->cl_bucket[b], guard = 0; i && guard < s->n_cl; guard++) {
+                struct dclient *c = &s->cl[i - 1];
+                if (c->kind == kind && !memcmp(c->id, id, 16))
+                        return i - 1;
+                i = c->hnext;
+        }
+        for (uint32_t k = 0; k < s->n_cl; k++) {
+                uint32_t i = (s->cl_hand + k) % s->n_cl;
+                struct dclient *c = &s->cl[i];
+                if (c->kind != CL_FREE && c->inflight)
+                        continue;
+                if (c->kind != CL_FREE)
+                        cl_unlink(s, i);
+                else
+                        s->n_cl_used++;
+                s->cl_hand = (i + 1) % s->n_cl;
+                *c = (struct dclient){.kind = kind, .hnext = s->cl_bucket[b], .rq = rps, .tk = tps, .refill_ns = now};
+                memcpy(c->id, id, 16);
+                s->cl_bucket[b] = i + 1;
+                return i;
+        }
+        return -1;
+}
+
+static uint32_t retry_ms_for(double missing, uint32_t rate)
+{
+        double ms = missing * 1000.0 / rate + 1;
+        return ms >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
+/* Whether r may go on: if not, it has been answered RATE_LIMITED (terminal, with a retry
+ * hint). *cl gets the client's entry + 1 (0: not tracked), *tps_on whether its tokens count. */
+static bool cl_admit(struct serve *s, const struct dp_req_rec *r, bool generate, uint32_t *cl, bool *tps_on)
+{
+        const bool k = r->flags & DP_REQF_KEY;
+        const uint32_t mi = k && r->key_max_inflight ? r->key_max_inflight : s->lim.max_inflight;
+        const uint32_t rps = k && r->key_rps ? r->key_rps : s->lim.rps;
+        const uint32_t tps = k && r->key_tps ? r->key_tps : s->lim.tps;
+        const uint64_t now = sl_now_ns();
+        *cl = 0;
+        *tps_on = generate && tps;
+        int64_t i = cl_get(s, r, rps, tps, now);
+        if (i < 0)
+                return true; /* cannot happen: the table is larger than the request table */
+        struct dclient *c = &s->cl[i];
+        double dt = (double)(now - c->refill_ns) / 1e9;
+        c->refill_ns = now;
+        if (rps)
+                c->rq = SL_MIN((double)rps, c->rq + dt * rps);
+        if (tps)
+                c->tk = SL_MIN((double)tps, c->tk + dt * tps);
+        int lim = -1;
+        uint32_t retry = 0, limit = 0;
+        if (generate && mi && c->inflight >= mi)
+                lim = DL_CONCURRENCY, retry = 100, limit = mi;
+        else if (rps && c->rq < 1)
+                lim = DL_RPS, retry = retry_ms_for(1 - c->rq, rps), limit = rps;
+        else if (generate && tps && c->tk < 1)
+                lim = DL_TPS, retry = retry_ms_for(1 - c->tk, tps), limit = tps;
+        if (lim >= 0) {
+                ctl_counter_add(s->d->m.rate_limited[lim][dt_kind(r->transport)], 1);
+                reject(s, r, DP_ERR_RATE_LIMITED, retry, limit, DO_RATE_LIMITED, "%s limit of %u%s reached%s",
+                       d_limit_name[lim], limit,
+                       lim == DL_CONCURRENCY ? " requests in flight" : lim == DL_RPS ? " requests/s" : " tokens/s",
+                       k ? " (per key)" : " (per client address)");
+                return false;
+        }
+        if (rps)
+                c->rq -= 1;
+        *cl = (uint32_t)i + 1;
+        return true;
+}
+
 /* ---- requests from the rings ---- */
 
 /* Tokenizes text into s->ids: the count, or -1 after answering the error. */
@@ -345,10 +490,14 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
         struct daemon *d = s->d;
         struct sl_error err = {0};
         struct dp_generate g;
+        uint32_t cl;
+        bool tps_on;
         if (atomic_load_explicit(&d->draining, memory_order_relaxed)) {
                 reject(s, r, DP_ERR_SHUTTING_DOWN, 1000, 0, DO_SHUTTING_DOWN, "server is shutting down");
                 return;
         }
+        if (!cl_admit(s, r, true, &cl, &tps_on))
+                return;
         int rc = dp_generate_decode(pl, pl_len, &g, &err);
         if (rc < 0) {
                 int code = -rc;
@@ -452,6 +601,10 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
         }
         e->tr = r->transport, e->client = r->client, e->rid = r->request_id, e->rx_ns = r->rx_ns;
         e->no_text = g.flags & DP_GEN_NO_TEXT;
+        e->cl = cl;
+        e->tps_on = tps_on;
+        if (cl)
+                s->cl[cl - 1].inflight++;
         if (s->rx_peer)
                 e->peer = *s->rx_peer;
         else
@@ -482,6 +635,10 @@ static void handle_tokenize(struct serve *s, const struct dp_req_rec *r, const u
 {
         struct sl_error err = {0};
         struct dp_tokenize t;
+        uint32_t cl;
+        bool tps_on;
+        if (!cl_admit(s, r, false, &cl, &tps_on))
+                return;
         int rc = dp_tokenize_decode(pl, pl_len, &t, &err);
         if (rc < 0) {
                 reject(s, r, -rc, 0, 0, -rc == DP_ERR_PROMPT_TOO_LONG ? DO_PROMPT_TOO_LONG : DO_BAD_PARAM, "%s",
@@ -603,6 +760,7 @@ static void update_metrics(struct serve *s)
         ctl_gauge_set(m->kv_total, st.kv_blocks_total);
         ctl_gauge_set(m->live, atomic_load_explicit(&d->n_live, memory_order_relaxed));
         ctl_gauge_set(m->draining, atomic_load_explicit(&d->draining, memory_order_relaxed));
+        ctl_gauge_set(m->clients, s->n_cl_used);
         static uint64_t last_steps, last_pre, last_graph, last_gerr;
         ctl_counter_add(m->steps, st.steps - last_steps);
         ctl_counter_add(m->preemptions, st.preemptions - last_pre);
@@ -644,6 +802,8 @@ static void update_metrics(struct serve *s)
                         [DTS_AUTH_UNKNOWN_KEY] = ts.auth.unknown_key, [DTS_AUTH_EXPIRED] = ts.auth.expired,
                         [DTS_AUTH_BAD_MAC] = ts.auth.bad_mac, [DTS_AUTH_REPLAYED] = ts.auth.replayed,
                         [DTS_AUTH_FULL] = ts.auth.replay_full,
+                        [DTS_DENIED] = ts.denied, [DTS_COOKIES_SENT] = ts.cookies_sent,
+                        [DTS_COOKIE_MISSING] = ts.cookie_missing, [DTS_COOKIE_BAD] = ts.cookie_bad,
                         [DTS_TLS_OK] = ts.tls_handshakes, [DTS_TLS_FAILED] = ts.tls_failures,
                 };
                 for (int k = 0; k < DTS_N; k++) {
@@ -745,9 +905,15 @@ int serve_create(struct daemon *d, struct sl_error *err)
         s->ids_cap = DP_MAX_PROMPT_TOKENS + 16;
         s->ids = malloc(s->ids_cap * sizeof(*s->ids));
         s->stage = malloc(DP_TCP_MAX_PAYLOAD);
-        if (!s->req || !s->ids || !s->stage) {
+        /* every live request's client keeps its entry: room for them all plus idle ones */
+        s->n_cl = SL_MAX(d->cfg.limits.max_clients, s->n_req + 64);
+        for (s->n_cl_buckets = 16; s->n_cl_buckets < 2 * s->n_cl; s->n_cl_buckets *= 2)
+                ;
+        s->cl = calloc(s->n_cl, sizeof(*s->cl));
+        s->cl_bucket = calloc(s->n_cl_buckets, sizeof(*s->cl_bucket));
+        if (!s->req || !s->ids || !s->stage || !s->cl || !s->cl_bucket) {
                 uint32_t n = s->n_req;
-                free(s->req), free(s->ids), free(s->stage), free(s);
+                free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s);
                 return sl_errorf(err, -ENOMEM, "out of memory for the request table (%u entries)", n);
         }
         s->ev.on_token = on_token;
@@ -761,6 +927,6 @@ void serve_free(struct daemon *d)
         struct serve *s = d->serve;
         if (!s)
                 return;
-        free(s->req), free(s->ids), free(s->stage), free(s);
+        free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s);
         d->serve = NULL;
 }

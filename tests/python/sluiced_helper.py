@@ -12,10 +12,12 @@ import urllib.request
 
 MAGIC = 0x43554C53
 OP = dict(HELLO=1, INFO=2, GENERATE=3, TOKENS=4, DONE=5, ERROR=6, CANCEL=7, PING=8, PONG=9, TOKENIZE=10,
-          RESEND=11, ACK=12)
+          RESEND=11, ACK=12, COOKIE=13)
 ERR = dict(BAD_FRAME=1, BAD_VERSION=2, BAD_CRC=3, UNKNOWN_OPCODE=4, TOO_LARGE=5, PROMPT_TOO_LONG=6,
-           BAD_PARAM=7, BUSY=8, NOT_FOUND=9, CANCELLED=10, DEADLINE=11, INTERNAL=12, SHUTTING_DOWN=15)
+           BAD_PARAM=7, BUSY=8, NOT_FOUND=9, CANCELLED=10, DEADLINE=11, INTERNAL=12, UNAUTHENTICATED=13,
+           RATE_LIMITED=14, SHUTTING_DOWN=15)
 F_CRC = 1
+F_COOKIE = 2
 
 
 def _crc_table():
@@ -63,6 +65,25 @@ def generate_payload(prompt=b"", ids=None, max_tokens=0, temperature=0.0, top_k=
                         repeat_penalty, 0.0, 0.0, 0, deadline_ms, plen, len(stops), 0)
     assert len(fixed) == 60
     return fixed + body + pr
+
+
+def hello_frame(rid=0):
+    """A UDP HELLO padded to 1200 bytes (the server answers COOKIE + INFO)."""
+    return frame(OP["HELLO"], rid, b"\x01\x00\x00\x00" + bytes(1200 - 36))
+
+
+def with_cookie(buf, cookie):
+    """The frame buf (CRC set, no trailers) with flag COOKIE and the cookie after its payload;
+    anything else (a deliberately broken frame, HELLO, PING) is returned as it is."""
+    if len(buf) < 32:
+        return buf
+    magic, ver, op, fl, rid, seq, plen, fi, fc, crc = struct.unpack_from("<IBBHQIIHHI", buf)
+    if (magic != MAGIC or fl != F_CRC or len(buf) != 32 + plen or op in (OP["HELLO"], OP["PING"])
+            or crc32c(buf[32:], crc32c(buf[:28])) != crc):
+        return buf
+    h = struct.pack("<IBBHQIIHH", magic, ver, op, fl | F_COOKIE, rid, seq, plen, fi, fc)
+    body = buf[32:] + cookie
+    return h + struct.pack("<I", crc32c(body, crc32c(h))) + body
 
 
 def parse(buf):
@@ -113,17 +134,45 @@ class TcpConn:
 
 
 class UdpConn:
-    def __init__(self, port, timeout=5):
-        self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """A raw UDP client. With cookie=True it first gets a cookie (HELLO) and puts it on every
+    well-formed frame it sends, as libsluice does (docs/protocol.md §7.2); COOKIE and INFO
+    frames for request id 0 (the cookie exchange) are skipped by recv_frame."""
+
+    def __init__(self, port, timeout=5, cookie=True, host="127.0.0.1"):
+        self.s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self.s.settimeout(timeout)
-        self.addr = ("127.0.0.1", port)
+        self.addr = (host, port)
+        self.cookie = None
+        if cookie:
+            self.get_cookie()
+
+    def get_cookie(self, tries=5):
+        for _ in range(tries):
+            self.s.sendto(hello_frame(0), self.addr)
+            end = time.monotonic() + 1
+            while time.monotonic() < end:
+                try:
+                    d, _ = self.s.recvfrom(65536)
+                except socket.timeout:
+                    break
+                op, fl, rid, seq, p = parse(d)
+                if op == OP["COOKIE"]:
+                    self.cookie = p[8:40]
+                    return self.cookie
+                if op == OP["INFO"] and not (struct.unpack_from("<I", p, 44)[0] & 2):
+                    return None  # the server requires no cookie
+        raise AssertionError("no COOKIE from the server")
 
     def send(self, data):
-        self.s.sendto(data, self.addr)
+        self.s.sendto(with_cookie(data, self.cookie) if self.cookie else data, self.addr)
 
     def recv_frame(self):
-        d, _ = self.s.recvfrom(65536)
-        return parse(d)
+        while True:
+            d, _ = self.s.recvfrom(65536)
+            f = parse(d)
+            if f[2] == 0 and f[0] in (OP["COOKIE"], OP["INFO"]) and self.cookie is not None:
+                continue
+            return f
 
     def close(self):
         self.s.close()

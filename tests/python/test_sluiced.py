@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import run
-from sluiced_helper import ERR, OP, Daemon, TcpConn, UdpConn, frame, generate_payload, parse, parse_done, \
+from sluiced_helper import ERR, OP, Daemon, TcpConn, UdpConn, frame, generate_payload, parse, parse_done, with_cookie, \
     parse_error, parse_tokens
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Hello, my name is",
@@ -479,12 +479,16 @@ def raw_request(transport, family, port, rid, payload):
     s.connect((host, port))
     name = s.getsockname()
     addr = f"{name[0]}:{name[1]}" if family == socket.AF_INET else f"[{name[0]}]:{name[1]}"
-    s.sendall(frame(OP["GENERATE"], rid, payload, crc=transport == "udp"))
+    req = frame(OP["GENERATE"], rid, payload, crc=transport == "udp")
+    s.sendall(req)
     buf = b""
     try:
         while True:
             if transport == "udp":
                 op, fl, r, seq, p = parse(s.recv(65536))
+                if op == OP["COOKIE"]:  # the server asks for proof of the address first
+                    s.sendall(with_cookie(req, p[8:40]))
+                    continue
             else:
                 while len(buf) < 32 or len(buf) < 32 + struct.unpack_from("<I", buf, 20)[0]:
                     d = s.recv(65536)
