@@ -502,7 +502,8 @@ void dpu_on_datagram(struct dpu *u, const struct dpu_peer *p, const uint8_t *buf
         }
         uint64_t rid = f.h.request_id;
         struct dpu_req *q;
-        if (u->cfg.cookies && !u->key && f.h.opcode != DP_OP_HELLO && f.h.opcode != DP_OP_PING) {
+        if (u->cfg.cookies && !u->key && dp_opcode_from_client(f.h.opcode) && f.h.opcode != DP_OP_HELLO &&
+            f.h.opcode != DP_OP_PING) {
                 /* §7.2: the source has not proven it receives at this address. What goes
                  * back is no larger than what came: a fresh COOKIE (the client sends again
                  * with it), or an ERROR cut to size, or nothing. */

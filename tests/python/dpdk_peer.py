@@ -10,7 +10,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sluiced_helper import OP, frame, generate_payload, parse, parse_done, parse_error, parse_tokens  # noqa: E402
+from sluiced_helper import OP, frame, generate_payload, hello_frame, parse, parse_done, parse_error, parse_tokens, \
+    with_cookie  # noqa: E402
 
 
 def csum(b):
@@ -137,12 +138,22 @@ def generate_ids(ip, port, rid, ids, stops, max_tokens):
     payload = generate_payload(ids=ids, max_tokens=max_tokens, stops=[s.encode() for s in stops])
     cut = 1400 - 32  # the protocol's own fragmentation (§5.1), as libsluice does it
     parts = [payload[i:i + cut] for i in range(0, len(payload), cut)]
+    u.sendto(hello_frame(0), (ip, port))  # the cookie first (protocol §7.2)
+    cookie = None
+    while cookie is None:
+        op, _, r, seq, pl = parse(u.recvfrom(2048)[0])
+        cookie = pl[8:40] if op == OP["COOKIE"] else None
+    cut = 1400 - 32 - 32  # with the cookie trailer
+    parts = [payload[i:i + cut] for i in range(0, len(payload), cut)]
     for i, part in enumerate(parts):
-        u.sendto(frame(OP["GENERATE"], rid, part, seq=i * cut, frag_index=i, frag_count=len(parts)), (ip, port))
+        u.sendto(with_cookie(frame(OP["GENERATE"], rid, part, seq=i * cut, frag_index=i, frag_count=len(parts)),
+                             cookie), (ip, port))
     toks, done = [], None
     while done is None:
         d, _ = u.recvfrom(2048)
         op, _, r, seq, pl = parse(d)
+        if r != rid:
+            continue
         if op == OP["TOKENS"]:
             toks += parse_tokens(pl)[0]
         elif op == OP["DONE"]:
