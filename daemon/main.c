@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sysexits.h>
 #include <sodium.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -508,7 +509,7 @@ int main(int argc, char **argv)
         }
         if (r < 0) {
                 fprintf(stderr, "sluiced: %s\n", err.msg);
-                return 1;
+                return EX_CONFIG; /* sluice.service: RestartPreventExitStatus, no restart loop */
         }
 
         /* Signals go to the signalfd: blocked before any thread starts, so all inherit it. */
