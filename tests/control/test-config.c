@@ -55,7 +55,7 @@ static void test_shipped(const char *path)
         struct ctl_config def;
         ctl_config_defaults(&def);
         /* The shipped file sets only the model path and auth mode: all else is the default. */
-        CHECK(!strcmp(cfg.model.path, "/var/lib/sluice/model.gguf"));
+        CHECK(!strcmp(cfg.model.path, "/var/lib/sluice/models/model.gguf"));
         strcpy(def.model.path, cfg.model.path);
         CHECK(cfg.auth.mode == CTL_AUTH_OFF); /* said explicitly: the default is required */
         def.auth.mode = cfg.auth.mode;
