@@ -29,6 +29,8 @@ check() {
         fi
 }
 why() { WHY="$*"; log "why: $*"; return 1; }
+# expect TEXT REGEX REASON: TEXT has a line matching REGEX (grep -E), else fail with REASON
+expect() { grep -qE -- "$2" <<<"$1" || why "$3"; }
 
 # wait_for SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds.
 wait_for() {
@@ -44,7 +46,7 @@ main_pid() { systemctl show -p MainPID --value sluice.service; }
 prop() { systemctl show -p "$1" --value sluice.service; }
 is_active() { [ "$(systemctl is-active sluice.service)" = active ]; }
 is_inactive() { [ "$(systemctl is-active sluice.service)" = inactive ]; }
-live_requests() { curl -fsS "$HTTP/metrics" | awk '$1 == "sluice_live_requests" { print $2 }'; }
+live_requests() { curl -m 5 -fsS "$HTTP/metrics" | awk '$1 == "sluice_live_requests" { print $2 }'; }
 in_flight() { [ "$(live_requests)" -ge 1 ] 2>/dev/null; }
 # journal lines of the unit since the check began (cursor from mark_journal)
 mark_journal() { SINCE=$(date '+%Y-%m-%d %H:%M:%S'); sleep 1; }
@@ -131,11 +133,16 @@ check_start() {
         local status
         status=$(cat "/proc/$pid/status")
         grep -E '^(Uid|Gid|CapEff|CapBnd|NoNewPrivs|Seccomp):' <<<"$status"
-        grep -qE "^Uid:\s+$(id -u sluice)\s" <<<"$status" || why "sluiced does not run as sluice" || return 1
-        grep -qE '^CapEff:\s+0+$' <<<"$status" || why "sluiced has capabilities" || return 1
-        grep -qE '^CapBnd:\s+0+$' <<<"$status" || why "the bounding set is not empty" || return 1
-        grep -qE '^NoNewPrivs:\s+1$' <<<"$status" || why "NoNewPrivs is off" || return 1
-        grep -qE '^Seccomp:\s+2$' <<<"$status" || why "no seccomp filter" || return 1
+        expect "$status" "^Uid:\s+$(id -u sluice)\s" "sluiced does not run as sluice" || return 1
+        expect "$status" '^CapEff:\s+0+$' "sluiced has capabilities" || return 1
+        expect "$status" '^CapBnd:\s+0+$' "the bounding set is not empty" || return 1
+        expect "$status" '^NoNewPrivs:\s+1$' "NoNewPrivs is off" || return 1
+        expect "$status" '^Seccomp:\s+2$' "no seccomp filter" || return 1
+        # and io_uring works under SystemCallFilter= (the transports and storage use it)
+        local rings
+        rings=$(find "/proc/$pid/fd" -lname 'anon_inode:\[io_uring\]' | wc -l)
+        log "io_uring instances: $rings"
+        [ "$rings" -ge 1 ] || why "sluiced has no io_uring instance under the seccomp filter" || return 1
 }
 
 check_generate() {
@@ -146,9 +153,9 @@ check_generate() {
         out=$(sluice --tcp generate -n 8 --temp 0 "The quick brown fox" 2>&1) || why "sluice --tcp generate: $out" || return 1
         grep -q "generated 8 tokens" <<<"$out" || why "tcp: not 8 tokens: $out" || return 1
         sluice info | grep -q "^model: tiny llama" || why "sluice info: not the test model" || return 1
-        out=$(curl -sS -w '%{http_code}' -o "$OUT/health" "$HTTP/health")
+        out=$(curl -m 5 -sS -w '%{http_code}' -o "$OUT/health" "$HTTP/health")
         [ "$out" = 200 ] && [ "$(cat "$OUT/health")" = ready ] || why "/health: $out $(cat "$OUT/health")" || return 1
-        curl -fsS "$HTTP/metrics" | grep -q '^sluice_requests_total{outcome="length"} 2$' ||
+        curl -m 5 -fsS "$HTTP/metrics" | grep -q '^sluice_requests_total{outcome="length"} 2$' ||
                 why "/metrics does not count the 2 requests" || return 1
 }
 
@@ -159,11 +166,11 @@ check_journal() {
               awk -v RS= '/\nMESSAGE=serving / { print; exit }')
         echo "$rec" | grep -E '^(MESSAGE|PRIORITY|CODE_FILE|CODE_LINE|CODE_FUNC|_SYSTEMD_UNIT)='
         [ -n "$rec" ] || why "no structured 'serving' entry in the journal" || return 1
-        grep -q '^PRIORITY=5$' <<<"$rec" || why "the serving entry has no PRIORITY=5" || return 1
-        grep -q '^CODE_FILE=.*main\.c$' <<<"$rec" || why "no CODE_FILE" || return 1
-        grep -qE '^CODE_LINE=[0-9]+$' <<<"$rec" || why "no CODE_LINE" || return 1
-        grep -q '^CODE_FUNC=main$' <<<"$rec" || why "no CODE_FUNC" || return 1
-        grep -q '^_SYSTEMD_UNIT=sluice.service$' <<<"$rec" || why "not attributed to sluice.service" || return 1
+        expect "$rec" '^PRIORITY=5$' "the serving entry has no PRIORITY=5" || return 1
+        expect "$rec" '^CODE_FILE=.*main\.c$' "no CODE_FILE" || return 1
+        expect "$rec" '^CODE_LINE=[0-9]+$' "no CODE_LINE" || return 1
+        expect "$rec" '^CODE_FUNC=main$' "no CODE_FUNC" || return 1
+        expect "$rec" '^_SYSTEMD_UNIT=sluice.service$' "not attributed to sluice.service" || return 1
 }
 
 # ---- reload ----
@@ -223,8 +230,11 @@ check_watchdog() {
         mark_journal
         kill -STOP "$pid"
         # WatchdogSec=30s, then SIGABRT, then RestartSec=5s
-        wait_for 90 restarted_from "$pid" ||
-                why "not restarted within 90 s of SIGSTOP (state $(systemctl is-active sluice.service))" || return 1
+        if ! wait_for 90 restarted_from "$pid"; then
+                kill -CONT "$pid" # so that the checks after this one find a live daemon
+                why "not restarted within 90 s of SIGSTOP (state $(systemctl is-active sluice.service))"
+                return 1
+        fi
         journal_has "sluice.service: Watchdog timeout" || why "the journal has no watchdog timeout" || return 1
         [ "$(prop NRestarts)" = $((n0 + 1)) ] || why "NRestarts $(prop NRestarts), expected $((n0 + 1))" || return 1
         [ ! -e "/proc/$pid" ] || why "the stopped process $pid is still there" || return 1

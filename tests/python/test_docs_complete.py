@@ -22,31 +22,30 @@ def code_keys():
     return {f"{s}.{k}" for s, k in keys}
 
 
-def doc_keys():
+def section_keys(path, section_re, key_re, end_re=None):
+    """section.key for each line matching key_re below a line matching section_re (whose
+    group 1 is the section); a line matching end_re ends the section."""
     keys, section = set(), None
-    for line in (ROOT / "docs/config.md").read_text().splitlines():
-        m = re.match(r"## \[(\w+)\]", line)
-        if m:
-            section = m.group(1)
-        elif line.startswith("## "):
-            section = None
-        m = re.match(r"\| `(\w+)` \|", line)
-        if m and section:
-            keys.add(f"{section}.{m.group(1)}")
-    return keys
-
-
-def shipped_keys():
-    keys, section = set(), None
-    for line in (ROOT / "packaging/sluice.conf").read_text().splitlines():
-        m = re.match(r"[;#]?\[(\w+)\]\s*$", line)
+    for line in (ROOT / path).read_text().splitlines():
+        m = re.match(section_re, line)
         if m:
             section = m.group(1)
             continue
-        m = re.match(r"[;#]?(\w+) =", line)
+        if end_re and re.match(end_re, line):
+            section = None
+        m = re.match(key_re, line)
         if m and section:
             keys.add(f"{section}.{m.group(1)}")
     return keys
+
+
+def doc_keys():
+    return section_keys("docs/config.md", r"## \[(\w+)\]", r"\| `(\w+)` \|", end_re=r"## ")
+
+
+def shipped_keys():
+    # keys left at their default are commented out, and so is the whole [dpdk] section
+    return section_keys("packaging/sluice.conf", r"[;#]?\[(\w+)\]\s*$", r"[;#]?(\w+) =")
 
 
 def test_docs_list_every_key():
