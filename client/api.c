@@ -91,7 +91,8 @@ static int exchange(struct sluice_conn *c, uint8_t opcode, uint8_t *msg, size_t 
         pthread_mutex_unlock(&c->mu);
         rc = sluice_req_send(c, r);
         if (rc < 0) {
-                sluice_seterr(c, rc, "cannot send %s to %s: %s", dp_opcode_name(opcode), c->peer, strerror(-rc));
+                sluice_seterr(c, rc, "cannot send %s to %s: %s", dp_opcode_name(opcode), c->peer,
+                              rc == -EPROTO && c->tls_why[0] ? c->tls_why : strerror(-rc));
                 sluice_req_remove(c, r);
                 return rc;
         }
@@ -426,7 +427,8 @@ static int stream_start(struct sluice_conn *c, uint8_t opcode, uint8_t *msg, siz
         s->c = c;
         rc = sluice_req_send(c, s->r);
         if (rc < 0) {
-                sluice_seterr(c, rc, "cannot send %s to %s: %s", dp_opcode_name(opcode), c->peer, strerror(-rc));
+                sluice_seterr(c, rc, "cannot send %s to %s: %s", dp_opcode_name(opcode), c->peer,
+                              rc == -EPROTO && c->tls_why[0] ? c->tls_why : strerror(-rc));
                 sluice_req_remove(c, s->r);
                 free(s);
                 return rc;

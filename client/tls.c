@@ -180,8 +180,24 @@ int sluice_tls_send(struct sluice_conn *c, const uint8_t *p, size_t len, uint64_
                         p += put, len -= put;
                         continue;
                 }
-                if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ)
+                if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ) {
+                        /* The server may have refused the session after the handshake (TLS 1.3
+                         * reports a missing or untrusted client certificate only then) and
+                         * closed: its alert is on the socket. Read it for the reason. */
+                        struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+                        char tmp[256];
+                        pthread_mutex_lock(&c->tls_mu);
+                        bool why = c->tls_why[0] != 0; /* the receive thread may have read it */
+                        pthread_mutex_unlock(&c->tls_mu);
+                        if (!why && poll(&pf, 1, 500) == 1)
+                                (void)sluice_tls_recv(c, tmp, sizeof(tmp));
+                        pthread_mutex_lock(&c->tls_mu);
+                        why = c->tls_why[0] != 0;
+                        pthread_mutex_unlock(&c->tls_mu);
+                        if (why)
+                                return -EPROTO;
                         return e == SSL_ERROR_SYSCALL && sys ? -sys : -EPIPE;
+                }
                 if (e == SSL_ERROR_WANT_READ) { /* the receive thread reads the socket: a moment */
                         if (sl_now_ns() >= end_ns)
                                 return -ETIMEDOUT;

@@ -209,6 +209,9 @@ def test_soak(daemon, cli, tmp_path, build_dir):
         for w in workers:
             w.join(120)
     m = settle(d)
+    end = time.monotonic() + 15  # connections the clients closed last are still being reaped
+    while proc_status(d.p.pid)[1] != fd0 and time.monotonic() < end:
+        time.sleep(0.2)
     rss_end, fd_end = proc_status(d.p.pid)
     warm = [s for s in samples if s[0] >= SOAK_S / 5]
     rss_warm = warm[0][1] if warm else rss0
