@@ -34,6 +34,7 @@ struct ureq {
         unsigned n_fr, sent;
         uint64_t next_due;
         bool dropped_first;
+        bool acked_all;       /* the client acknowledged the whole stream: forgettable */
 };
 
 struct tconn {
@@ -259,7 +260,10 @@ static struct ureq *ufind(struct fake_server *s, const struct sockaddr_storage *
                 return NULL;
         for (unsigned i = 0; i < MAX_REQ; i++) {
                 struct ureq *r = &s->req[i];
-                if (!r->used || (r->complete && r->sent >= r->n_fr && i == (unsigned)(id % MAX_REQ))) {
+                /* a slot is reused once free, or once its client has acknowledged the whole
+                 * stream (docs/protocol.md §5.3): a stream still missing frames keeps its slot
+                 * for the RESENDs to come */
+                if (!r->used || (r->complete && r->acked_all)) {
                         free(r->msg);
                         free(r->fr);
                         memset(r, 0, sizeof(*r));
@@ -327,7 +331,10 @@ static void uhandle(struct fake_server *s, const uint8_t *b, size_t len, struct 
         }
         struct ureq *r = ufind(s, a, al, f.h.request_id, false);
         if (op == DP_OP_ACK) {
+                struct dp_ack ak;
                 atomic_fetch_add(&s->st.ack, 1);
+                if (r && r->complete && dp_ack_decode(f.payload, f.h.payload_len, &ak, &e) == 0 && ak.next_seq >= r->n_fr)
+                        r->acked_all = true;
         } else if (op == DP_OP_CANCEL) {
                 atomic_fetch_add(&s->st.cancel, 1);
         } else if (op == DP_OP_RESEND) {
