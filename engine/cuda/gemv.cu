@@ -230,6 +230,36 @@ static __device__ __forceinline__ void gemv_vec(float (&acc)[T][R], const uint4 
         }
 }
 
+/* The block's partial sums meet: each warp's lanes, then the warps in warp order (so every
+ * output is summed in the same order whatever kernel computed it), and y[t][row0 + r] gets
+ * the sum (added to what is there when accumulate). */
+template <int T, int R>
+static __device__ __forceinline__ void block_sum_store(const float (&acc)[T][R], float (&part)[GEMV_WARPS][T * R],
+                                                       float *__restrict__ y, int rows, int row0, int accumulate)
+{
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+        for (int t = 0; t < T; t++)
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                        const float s = warp_sum(acc[t][r]);
+                        if (lane == 0)
+                                part[warp][t * R + r] = s;
+                }
+        __syncthreads();
+        if (threadIdx.x < T * R) {
+                const int t = threadIdx.x / R, r = threadIdx.x % R;
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < GEMV_WARPS; i++)
+                        s += part[i][threadIdx.x];
+                if (row0 + r < rows) {
+                        float *yp = y + (size_t)t * rows + row0 + r;
+                        *yp = accumulate ? *yp + s : s;
+                }
+        }
+}
+
 /* Rows per block: more rows share each activation load (L1 traffic per weight byte is
  * 2T/R); fewer keep accumulators in registers and enough blocks for small row counts.
  * U: vectors per row in flight per lane, so R·U ≥ 8 independent 16-byte loads. */
@@ -296,26 +326,7 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
         }
 
         __shared__ float part[GEMV_WARPS][T * R];
-#pragma unroll
-        for (int t = 0; t < T; t++)
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                        const float s = warp_sum(acc[t][r]);
-                        if (lane == 0)
-                                part[warp][t * R + r] = s;
-                }
-        __syncthreads();
-        if (threadIdx.x < T * R) {
-                const int t = threadIdx.x / R, r = threadIdx.x % R;
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < GEMV_WARPS; i++)
-                        s += part[i][threadIdx.x];
-                if (row0 + r < rows) {
-                        float *yp = y + (size_t)t * rows + row0 + r;
-                        *yp = accumulate ? *yp + s : s;
-                }
-        }
+        block_sum_store<T, R>(acc, part, y, rows, row0, accumulate);
 }
 
 /* ---- fused kernel: prologue + product ---- */
@@ -399,26 +410,7 @@ gemv_fused_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x,
                 if (g + (int)gridDim.x < groups)
                         load_step<R, U>(wv, w, rows, k, (g + gridDim.x) * R, kb);
 
-#pragma unroll
-                for (int t = 0; t < T; t++)
-#pragma unroll
-                        for (int r = 0; r < R; r++) {
-                                const float s = warp_sum(acc[t][r]);
-                                if (lane == 0)
-                                        part[warp][t * R + r] = s;
-                        }
-                __syncthreads();
-                if (threadIdx.x < T * R) {
-                        const int t = threadIdx.x / R, r = threadIdx.x % R;
-                        float s = 0.0f;
-#pragma unroll
-                        for (int i = 0; i < GEMV_WARPS; i++)
-                                s += part[i][threadIdx.x];
-                        if (row0 + r < rows) {
-                                float *yp = y + (size_t)t * rows + row0 + r;
-                                *yp = accumulate ? *yp + s : s;
-                        }
-                }
+                block_sum_store<T, R>(acc, part, y, rows, row0, accumulate);
                 __syncthreads(); /* part is the next group's */
         }
 }
