@@ -1240,16 +1240,12 @@ extern "C" int ecu_step_launch(struct ecu_ctx *c, const struct engine_kv *kv, co
                 chk[i].n = (int32_t)sc->n;
         }
         for (uint32_t t = 0; t < n; t++) {
-                if (k < a->n_chunks && t == a->chunks[k].at) {
-                        /* read by the GPU where it lies */
-                        for (uint32_t e = t + a->chunks[k].n; t < e; t++) {
-                                pos[t] = b->pos[t];
-                                row[t] = b->seq[t];
-                                if (b->logits && b->logits[t] && t + 1 != e)
-                                        return sl_errorf(err, -EINVAL, "cuda step: a sampled token inside a chunk");
-                        }
-                        t--;
+                if (k < a->n_chunks && t == a->chunks[k].at + a->chunks[k].n)
                         k++;
+                if (k < a->n_chunks && t >= a->chunks[k].at) {
+                        /* read by the GPU where it lies: only its last token may be sampled */
+                        if (b->logits && b->logits[t] && t + 1 != a->chunks[k].at + a->chunks[k].n)
+                                return sl_errorf(err, -EINVAL, "cuda step: a sampled token inside a chunk");
                 } else if (a->prev_row && a->prev_row[t] >= 0) {
                         if (!c->have_prev || (uint32_t)a->prev_row[t] >= c->prev_rows)
                                 return sl_errorf(err, -EINVAL, "cuda step: token %u takes row %d of a previous step of %u rows",
