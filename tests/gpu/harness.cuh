@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "device.cuh"
 #include "gemv.cuh"
 
 #ifndef GUARD

@@ -21,6 +21,7 @@
 
 #include "attention.cuh"
 #include "common.cuh"
+#include "device.cuh"
 
 #define HARNESS_SEED 0xa77eull
 #define HARNESS_RANDOM_ONLY
@@ -830,10 +831,7 @@ static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
         const double flops = 2.0 * ctx_sum * nh * (d + d);
 
         cudaStream_t st;
-        cudaEvent_t e0, e1;
         CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e0));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e1));
         for (int det = 0; det < 2; det++) {
                 a.deterministic = det;
                 /* fast vs plain at this shape (set 0) */
@@ -857,19 +855,9 @@ static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
                 }
                 CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
                 CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
-                for (int i = 0; i < 3; i++)
-                        CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
                 const int reps = 21;
-                std::vector<float> ms(reps);
-                for (int i = 0; i < reps; i++) {
-                        CUDA_CHECK_ABORT(cudaEventRecord(e0, st));
-                        CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-                        CUDA_CHECK_ABORT(cudaEventRecord(e1, st));
-                        CUDA_CHECK_ABORT(cudaEventSynchronize(e1));
-                        CUDA_CHECK_ABORT(cudaEventElapsedTime(&ms[i], e0, e1));
-                }
-                std::sort(ms.begin(), ms.end());
-                const double sec = ms[reps / 2] * 1e-3 / nsets;
+                const double median_ms = graph_median_ms(ge, st, 3, reps);
+                const double sec = median_ms * 1e-3 / nsets;
                 bench b{name, d, ntok, ctx, det, nsets, reps, sec * 1e6, kv_set / sec / 1e9,
                         flops / sec / 1e9, e.err()};
                 printf("bench attention %-22s det %d t=%-5d ctx %-5d sets %2d  %10.2f us  %6.2f TB/s KV"
@@ -879,8 +867,6 @@ static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
                 CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
                 CUDA_CHECK_ABORT(cudaGraphDestroy(g));
         }
-        CUDA_CHECK_ABORT(cudaEventDestroy(e0));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e1));
         CUDA_CHECK_ABORT(cudaStreamDestroy(st));
         for (void *p : {(void *)d_pos, (void *)d_row, (void *)d_bt, (void *)d_k, (void *)d_v,
                         (void *)d_q, (void *)d_o, (void *)d_o2})
@@ -923,19 +909,10 @@ int main(int argc, char **argv)
                         return 2;
                 }
         }
-        int ndev = 0;
-        if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-                printf("SKIP: no CUDA device\n");
-                return 77;
-        }
         cudaDeviceProp prop;
-        CUDA_CHECK_ABORT(cudaGetDeviceProperties(&prop, 0));
         int drv = 0, rt = 0;
-        CUDA_CHECK_ABORT(cudaDriverGetVersion(&drv));
-        CUDA_CHECK_ABORT(cudaRuntimeGetVersion(&rt));
-        printf("device %s, sm_%d%d, %d SMs, L2 %d MB, %.1f GB, driver %d runtime %d\n", prop.name,
-               prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize >> 20,
-               prop.totalGlobalMem / 1e9, drv, rt);
+        if (!device_open(&prop, &drv, &rt))
+                return 77;
 
         check_args();
         /* contexts 1, 15, 16, 17, 300, 2100 (decode), a prefill chunk continuing a sequence

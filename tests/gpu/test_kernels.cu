@@ -226,29 +226,16 @@ static void bench_gemv(const char *model, uint32_t wtype, int k, int rows, int n
         cudaStream_t st;
         cudaGraph_t g;
         cudaGraphExec_t ge;
-        cudaEvent_t e0, e1;
         CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e0));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e1));
         CUDA_CHECK_ABORT(cudaDeviceSynchronize());
         CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
         for (int s = 0; s < nsets; s++)
                 CUDA_OK_OR_ABORT(cuda_gemv(wtype, w[s], x[s], y[s], rows, k, ntok, st));
         CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
         CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
-        for (int i = 0; i < 5; i++)
-                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
         const int reps = 51;
-        std::vector<float> ms(reps);
-        for (int i = 0; i < reps; i++) {
-                CUDA_CHECK_ABORT(cudaEventRecord(e0, st));
-                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-                CUDA_CHECK_ABORT(cudaEventRecord(e1, st));
-                CUDA_CHECK_ABORT(cudaEventSynchronize(e1));
-                CUDA_CHECK_ABORT(cudaEventElapsedTime(&ms[i], e0, e1));
-        }
-        std::sort(ms.begin(), ms.end());
-        const double sec = ms[reps / 2] * 1e-3 / nsets;
+        const double median_ms = graph_median_ms(ge, st, 5, reps);
+        const double sec = median_ms * 1e-3 / nsets;
         const double bytes = (double)wbytes + 4.0 * ntok * ((double)k + rows);
         bench b{model, wtype_name(wtype), k, rows, ntok, nsets, reps, sec * 1e6,
                 bytes / sec / 1e9, bytes / sec / 1e9 / read_gbs, err};
@@ -257,8 +244,6 @@ static void bench_gemv(const char *model, uint32_t wtype, int k, int rows, int n
         benches.push_back(b);
         CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
         CUDA_CHECK_ABORT(cudaGraphDestroy(g));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e0));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e1));
         CUDA_CHECK_ABORT(cudaStreamDestroy(st));
         for (int s = 0; s < nsets; s++) {
                 CUDA_CHECK_ABORT(cudaFree(w[s]));
@@ -461,29 +446,6 @@ static void check_fused_args(void)
         CUDA_CHECK_ABORT(cudaFree(nw));
 }
 
-/* Median of 51 replays of a graph of nsets calls, per call, in µs. */
-static double graph_us(cudaGraphExec_t ge, cudaStream_t st, int nsets)
-{
-        cudaEvent_t e0, e1;
-        CUDA_CHECK_ABORT(cudaEventCreate(&e0));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e1));
-        for (int i = 0; i < 5; i++)
-                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-        const int reps = 51;
-        std::vector<float> ms(reps);
-        for (int i = 0; i < reps; i++) {
-                CUDA_CHECK_ABORT(cudaEventRecord(e0, st));
-                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-                CUDA_CHECK_ABORT(cudaEventRecord(e1, st));
-                CUDA_CHECK_ABORT(cudaEventSynchronize(e1));
-                CUDA_CHECK_ABORT(cudaEventElapsedTime(&ms[i], e0, e1));
-        }
-        std::sort(ms.begin(), ms.end());
-        CUDA_CHECK_ABORT(cudaEventDestroy(e0));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e1));
-        return ms[reps / 2] * 1e3 / nsets;
-}
-
 /* Fused vs separate (prologue kernel into a scratch buffer, then cuda_gemv_beta), each a
  * graph over nsets weight/activation sets whose weights exceed the L2 several times; and
  * cuda_gemv_beta alone on the prologue's output (the floor). GB/s: weight bytes per second. */
@@ -523,7 +485,7 @@ static void bench_fused(const char *model, const char *what, uint32_t wtype, int
                                                                ntok, 0.0f, &pro, st));
                 CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
                 CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
-                us[v] = graph_us(ge, st, nsets);
+                us[v] = graph_median_ms(ge, st, 5, 51) * 1e3 / nsets;
                 CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
                 CUDA_CHECK_ABORT(cudaGraphDestroy(g));
         }
@@ -575,19 +537,10 @@ int main(int argc, char **argv)
                         return 2;
                 }
         }
-        int ndev = 0;
-        if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-                printf("SKIP: no CUDA device\n");
-                return 77;
-        }
         cudaDeviceProp prop;
-        CUDA_CHECK_ABORT(cudaGetDeviceProperties(&prop, 0));
         int drv = 0, rt = 0;
-        CUDA_CHECK_ABORT(cudaDriverGetVersion(&drv));
-        CUDA_CHECK_ABORT(cudaRuntimeGetVersion(&rt));
-        printf("device %s, sm_%d%d, %d SMs, L2 %d MB, %.1f GB, driver %d runtime %d\n", prop.name,
-               prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize >> 20,
-               prop.totalGlobalMem / 1e9, drv, rt);
+        if (!device_open(&prop, &drv, &rt))
+                return 77;
 
         std::vector<double> shape_err;
         if (!fused_only && !no_check) {

@@ -811,10 +811,7 @@ static void bench_gemm(const shape &s, uint32_t wtype, size_t l2_bytes)
         struct cuda_gemm *g;
         CUDA_OK_OR_ABORT(cuda_gemm_create(0, &g));
         cudaStream_t st;
-        cudaEvent_t e0, e1;
         CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e0));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e1));
         sync_or_abort();
         for (int ntok : bench_ntok) {
                 CUDA_OK_OR_ABORT(cuda_gemm_prepare(g, wtype, s.rows, s.k, ntok));
@@ -829,19 +826,9 @@ static void bench_gemm(const shape &s, uint32_t wtype, size_t l2_bytes)
                                                    0.0f, st));
                 CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &graph));
                 CUDA_CHECK_ABORT(cudaGraphInstantiate(&exec, graph, 0));
-                for (int i = 0; i < 3; i++)
-                        CUDA_CHECK_ABORT(cudaGraphLaunch(exec, st));
                 const int reps = 25;
-                std::vector<float> ms(reps);
-                for (int i = 0; i < reps; i++) {
-                        CUDA_CHECK_ABORT(cudaEventRecord(e0, st));
-                        CUDA_CHECK_ABORT(cudaGraphLaunch(exec, st));
-                        CUDA_CHECK_ABORT(cudaEventRecord(e1, st));
-                        CUDA_CHECK_ABORT(cudaEventSynchronize(e1));
-                        CUDA_CHECK_ABORT(cudaEventElapsedTime(&ms[i], e0, e1));
-                }
-                std::sort(ms.begin(), ms.end());
-                const double sec = ms[reps / 2] * 1e-3 / nsets;
+                const double median_ms = graph_median_ms(exec, st, 3, reps);
+                const double sec = median_ms * 1e-3 / nsets;
                 const double flop = 2.0 * s.rows * s.k * ntok;
                 bench b{s.model, wtype_name(wtype), s.rows, s.k, ntok, nsets, reps, sec * 1e6,
                         flop / sec / 1e12, (double)wbytes / sec / 1e9};
@@ -853,8 +840,6 @@ static void bench_gemm(const shape &s, uint32_t wtype, size_t l2_bytes)
                 CUDA_CHECK_ABORT(cudaGraphExecDestroy(exec));
                 CUDA_CHECK_ABORT(cudaGraphDestroy(graph));
         }
-        CUDA_CHECK_ABORT(cudaEventDestroy(e0));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e1));
         CUDA_CHECK_ABORT(cudaStreamDestroy(st));
         cuda_gemm_free(g);
         for (int i = 0; i < nsets; i++) {
@@ -895,20 +880,13 @@ int main(int argc, char **argv)
                         return 2;
                 }
         }
-        int ndev = 0;
-        if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-                printf("SKIP: no CUDA device\n");
-                return 77;
-        }
         cudaDeviceProp prop;
-        CUDA_CHECK_ABORT(cudaGetDeviceProperties(&prop, 0));
         int drv = 0, rt = 0;
-        CUDA_CHECK_ABORT(cudaDriverGetVersion(&drv));
-        CUDA_CHECK_ABORT(cudaRuntimeGetVersion(&rt));
         const size_t ltver = cublasLtGetVersion();
-        printf("device %s, sm_%d%d, %d SMs, L2 %d MB, %.1f GB, driver %d runtime %d cublasLt %zu\n",
-               prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-               prop.l2CacheSize >> 20, prop.totalGlobalMem / 1e9, drv, rt, ltver);
+        char lt[48];
+        snprintf(lt, sizeof(lt), " cublasLt %zu", ltver);
+        if (!device_open(&prop, &drv, &rt, lt))
+                return 77;
 
         struct cuda_gemm *g;
         CUDA_OK_OR_ABORT(cuda_gemm_create(0, &g));

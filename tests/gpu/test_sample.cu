@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "device.cuh"
 #include "sample.cuh"
 
 #define GUARD 16
@@ -805,10 +806,7 @@ static void bench_sample(const char *config, float t, int k, float p, int pat, i
         cudaStream_t st;
         cudaGraph_t g;
         cudaGraphExec_t ge;
-        cudaEvent_t e0, e1;
         CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e0));
-        CUDA_CHECK_ABORT(cudaEventCreate(&e1));
         CUDA_CHECK_ABORT(cudaDeviceSynchronize());
         const int per_graph = 20, reps = 31;
         CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
@@ -816,24 +814,12 @@ static void bench_sample(const char *config, float t, int k, float p, int pat, i
                 CUDA_OK_OR_ABORT(cuda_sample(l, rows, n, dp, hist, out, scratch, st));
         CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
         CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
-        for (int i = 0; i < 3; i++)
-                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-        std::vector<float> ms(reps);
-        for (int i = 0; i < reps; i++) {
-                CUDA_CHECK_ABORT(cudaEventRecord(e0, st));
-                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-                CUDA_CHECK_ABORT(cudaEventRecord(e1, st));
-                CUDA_CHECK_ABORT(cudaEventSynchronize(e1));
-                CUDA_CHECK_ABORT(cudaEventElapsedTime(&ms[i], e0, e1));
-        }
-        std::sort(ms.begin(), ms.end());
-        bench bch{config, pattern_name[pat], rows, n, reps, ms[reps / 2] * 1e3 / per_graph};
+        const double median_ms = graph_median_ms(ge, st, 3, reps);
+        bench bch{config, pattern_name[pat], rows, n, reps, median_ms * 1e3 / per_graph};
         printf("bench sample %-22s %-6s rows %3d vocab %d  %9.2f us\n", config, pattern_name[pat], rows, n, bch.us);
         benches.push_back(bch);
         CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
         CUDA_CHECK_ABORT(cudaGraphDestroy(g));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e0));
-        CUDA_CHECK_ABORT(cudaEventDestroy(e1));
         CUDA_CHECK_ABORT(cudaStreamDestroy(st));
         CUDA_CHECK_ABORT(cudaFree(dpat));
         CUDA_CHECK_ABORT(cudaFree(l));
@@ -859,18 +845,10 @@ int main(int argc, char **argv)
                         return 2;
                 }
         }
-        int ndev = 0;
-        if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-                printf("SKIP: no CUDA device\n");
-                return 77;
-        }
         cudaDeviceProp prop;
-        CUDA_CHECK_ABORT(cudaGetDeviceProperties(&prop, 0));
         int drv = 0, rt = 0;
-        CUDA_CHECK_ABORT(cudaDriverGetVersion(&drv));
-        CUDA_CHECK_ABORT(cudaRuntimeGetVersion(&rt));
-        printf("device %s, sm_%d%d, %d SMs, L2 %d MB, driver %d runtime %d\n", prop.name, prop.major, prop.minor,
-               prop.multiProcessorCount, prop.l2CacheSize >> 20, drv, rt);
+        if (!device_open(&prop, &drv, &rt))
+                return 77;
 
         check_api();
         for (int n : {1000, 32000, 128256, 262144})
