@@ -57,7 +57,8 @@ struct run_result {
 };
 
 /* n requests of P prompt tokens and G generated, submitted together. */
-static bool g_invariant, g_pdl, g_no_overlap;
+static bool g_invariant, g_no_overlap;
+static int g_pdl; /* engine_sched_opts.pdl */
 
 static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint32_t budget, struct run_result *res)
 {
@@ -146,7 +147,7 @@ out:
 static void usage(const char *argv0)
 {
         fprintf(stderr, "usage: %s -m MODEL.gguf [--batches 1,8,32,64,128,256] [--prompt 128] [--gen 256]\n"
-                        "          [--prefill 512,2048] [--json PATH] [--label NAME] [--invariant] [--pdl] [--no-overlap]\n", argv0);
+                        "          [--prefill 512,2048] [--json PATH] [--label NAME] [--invariant] [--pdl off|MASK] [--no-overlap]\n", argv0);
 }
 
 static int parse_list(const char *s, uint32_t *v, int max)
@@ -173,7 +174,7 @@ int main(int argc, char **argv)
         uint32_t P = 128, G = 256;
         static const struct option lo[] = {{"model", 1, 0, 'm'}, {"batches", 1, 0, 'b'}, {"prompt", 1, 0, 'p'},
                                            {"gen", 1, 0, 'g'},   {"prefill", 1, 0, 'f'}, {"json", 1, 0, 'j'},
-                                           {"label", 1, 0, 'l'}, {"invariant", 0, 0, 'i'}, {"pdl", 0, 0, 'P'}, {"no-overlap", 0, 0, 'O'},
+                                           {"label", 1, 0, 'l'}, {"invariant", 0, 0, 'i'}, {"pdl", 1, 0, 'P'}, {"no-overlap", 0, 0, 'O'},
                                            {0, 0, 0, 0}};
         int c;
         while ((c = getopt_long(argc, argv, "m:", lo, NULL)) != -1) {
@@ -186,7 +187,13 @@ int main(int argc, char **argv)
                 case 'j': json = optarg; break;
                 case 'l': label = optarg; break;
                 case 'i': g_invariant = true; break;
-                case 'P': g_pdl = true; break;
+                case 'P':
+                        g_pdl = !strcmp(optarg, "off") ? -1 : atoi(optarg);
+                        if (g_pdl == 0 || g_pdl > 7) {
+                                fprintf(stderr, "sluice-bench-gpu: --pdl takes off or a mask 1..7, not '%s'\n", optarg);
+                                return 2;
+                        }
+                        break;
                 case 'O': g_no_overlap = true; break;
                 default: usage(argv[0]); return 2;
                 }
@@ -235,10 +242,10 @@ int main(int argc, char **argv)
 
         FILE *jf = json ? fopen(json, "w") : NULL;
         if (jf)
-                fprintf(jf, "{\"model\": \"%s\", \"label\": \"%s\", \"batch_invariant\": %s, \"overlap\": %s, \"gpu\": \"%s\", \"read_gbs\": %.1f, "
+                fprintf(jf, "{\"model\": \"%s\", \"label\": \"%s\", \"pdl\": %d, \"batch_invariant\": %s, \"overlap\": %s, \"gpu\": \"%s\", \"read_gbs\": %.1f, "
                             "\"weight_bytes_per_step\": %.0f, \"load_s\": %.3f, \"load_data_gbs\": %.3f, "
                             "\"direct_io\": %s, \"decode\": [",
-                        model, label, g_invariant ? "true" : "false", g_no_overlap ? "false" : "true", gi.name, bw, wbytes, load_s, ls->bytes / (ls->ns / 1e9) / 1e9,
+                        model, label, g_pdl ? g_pdl : ENGINE_PDL_DEFAULT, g_invariant ? "true" : "false", g_no_overlap ? "false" : "true", gi.name, bw, wbytes, load_s, ls->bytes / (ls->ns / 1e9) / 1e9,
                         ls->direct_io ? "true" : "false");
         printf("\n%-8s %12s %10s %10s %10s %10s %8s\n", "batch", "decode tok/s", "step ms", "GPU ms", "roofline", "TTFT ms",
                "graphs");

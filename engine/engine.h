@@ -246,6 +246,7 @@ int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engi
  * that is each request's sampler, created at submit (its penalty window is per request).
  * Only engine_sched_stats() may be called from another thread. */
 
+#define ENGINE_PDL_DEFAULT 7           /* engine_sched_opts.pdl 0 (docs/performance.md) */
 #define ENGINE_SCHED_MAX_STOP 8u      /* stop strings per request (= DP_MAX_STOP) */
 #define ENGINE_SCHED_MAX_STOP_LEN 64u /* bytes per stop string (= DP_MAX_STOP_LEN) */
 
@@ -269,7 +270,11 @@ struct engine_sched_opts {
         bool no_graphs;             /* decode without CUDA Graphs */
         bool batch_invariant;       /* a request's tokens do not depend on what shares its
                                      * batch (fixed kernels for every batch size; slower) */
-        bool pdl;                   /* decode GEMVs with programmatic dependent launch */
+        int pdl;                    /* programmatic dependent launch: kernels that may start
+                                     * while the one before them finishes (weights stream
+                                     * meanwhile). 0: ENGINE_PDL_DEFAULT; -1 none; else a mask
+                                     * of cuda/ecu.h's ECU_PDL_* (1 layer, 2 attention, 4 I/O);
+                                     * steps of one token never use it */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
 };

@@ -174,6 +174,7 @@ qkv_post_kernel(const struct cuda_qkv_args a, float theta_scale)
 {
         __shared__ float rope_c[ATT_MAX_DIM / 2], rope_s[ATT_MAX_DIM / 2];
         __shared__ float buf[QKV_WARPS][ATT_MAX_DIM];
+        pdl_start();
         const int t = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         const int pos = a.map.pos[t], half_rot = a.n_rot / 2;
 
@@ -251,8 +252,8 @@ int cuda_qkv_post(const struct cuda_qkv_args *a, cudaStream_t stream)
                 return r;
         const int heads = a->n_head + 2 * a->n_head_kv;
         const dim3 grid((unsigned)a->ntok, (unsigned)((heads + QKV_WARPS - 1) / QKV_WARPS));
-        qkv_post_kernel<<<grid, QKV_WARPS * 32, 0, stream>>>(*a, rope_theta_scale(a));
-        return CUDA_CHECK_LAUNCH();
+        return CUDA_CHECK(cuda_launch(a->pdl != 0, qkv_post_kernel, grid, QKV_WARPS * 32, 0, stream, *a,
+                                      rope_theta_scale(a)));
 }
 
 /* ---- qkv_post, plain reference: one thread per token, every step in place on qkv ---- */
@@ -460,6 +461,7 @@ attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0)
         float *bacc = sm_l + NW * GC;              /* [GC][DVP] the block's merge (clusters) */
         float *bm = bacc + GC * DVP, *bl = bm + GC; /* [GC] each */
 
+        pdl_start();
         int rank = 0, cl = 1;
         if (CLUSTER) {
                 rank = (int)cg::this_cluster().block_rank();
@@ -838,18 +840,23 @@ static cudaError_t attention_launch_nc(const struct cuda_attn_args *a, int cl, c
                 __atomic_fetch_or(&allowed, bit, __ATOMIC_RELEASE);
         }
         cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[1];
+        cudaLaunchAttribute attr[2];
         const unsigned hz = (unsigned)(a->n_head / GC * cl); /* heads chunks × cluster ranks */
         cfg.blockDim = dim3(ATT_NW * 32);
         cfg.dynamicSmemBytes = p.smem;
         cfg.stream = stream;
+        cfg.attrs = attr;
         if (CLUSTER) {
-                attr[0].id = cudaLaunchAttributeClusterDimension;
-                attr[0].val.clusterDim.x = (unsigned)cl;
-                attr[0].val.clusterDim.y = 1;
-                attr[0].val.clusterDim.z = 1;
-                cfg.attrs = attr;
-                cfg.numAttrs = 1;
+                attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+                attr[cfg.numAttrs].val.clusterDim.x = (unsigned)cl;
+                attr[cfg.numAttrs].val.clusterDim.y = 1;
+                attr[cfg.numAttrs].val.clusterDim.z = 1;
+                cfg.numAttrs++;
+        }
+        if (a->pdl) {
+                attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+                cfg.numAttrs++;
         }
         for (int t0 = 0; t0 < a->ntok; t0 += ATT_MAX_GRID_Y) {
                 cfg.gridDim = dim3(hz, (unsigned)std::min(a->ntok - t0, ATT_MAX_GRID_Y));

@@ -53,6 +53,7 @@ struct cuda_qkv_args {
         float q_scale;
         __half *k_cache, *v_cache; /* this layer */
         struct cuda_batch_map map;
+        int pdl;                 /* launch with programmatic dependent launch (common.cuh) */
 };
 int cuda_qkv_post(const struct cuda_qkv_args *a, cudaStream_t stream);
 int cuda_qkv_post_ref(const struct cuda_qkv_args *a, cudaStream_t stream);
@@ -85,6 +86,7 @@ struct cuda_attn_args {
          * (a different split sums in a different order; the results agree within float
          * rounding). */
         int deterministic;
+        int pdl;                 /* launch with programmatic dependent launch (common.cuh) */
 };
 int cuda_attention(const struct cuda_attn_args *a, cudaStream_t stream);
 int cuda_attention_ref(const struct cuda_attn_args *a, cudaStream_t stream);

@@ -507,6 +507,7 @@ struct stage_args {
 static __global__ void stage_in_kernel(struct stage_args a)
 {
         __shared__ struct step_hdr sh; /* one read of host memory per block, not per thread */
+        pdl_start();
         if (threadIdx.x == 0)
                 sh = *(const struct step_hdr *)a.in;
         __syncthreads();
@@ -589,7 +590,8 @@ struct ecu_ctx {
         uint32_t bucket[MAX_BUCKETS];
         uint32_t n_graphs;
         uint32_t launches;            /* counted while enqueuing */
-        bool pdl;                     /* GEMVs with programmatic dependent launch */
+        int pdl;                      /* ecu_ctx_opts.pdl */
+        int pdl_step;                 /* the bits the step being enqueued uses */
         cudaEvent_t e0[2], e1[2];
         bool broken;
         struct ecu_ctx_info info;
@@ -617,10 +619,7 @@ static int matmul(struct ecu_ctx *c, uint32_t wtype, const void *w, const float 
                   int k, int n, float beta, int cap)
 {
         if (n <= c->gemv_max) {
-                if (c->pdl)
-                        LAUNCH(c, cuda_gemv_pdl(wtype, w, x, y, rows, k, n, beta, c->st));
-                else
-                        LAUNCH(c, cuda_gemv_beta(wtype, w, x, y, rows, k, n, beta, c->st));
+                LAUNCH(c, cuda_gemv_beta(wtype, w, x, y, rows, k, n, beta, c->st, c->pdl_step & ECU_PDL_LAYER));
                 return 0;
         }
         LAUNCH(c, cuda_f32_to_w16(wtype, x, c->x16, (size_t)n * k, c->st));
@@ -635,7 +634,7 @@ static int matmul(struct ecu_ctx *c, uint32_t wtype, const void *w, const float 
 static int matmul_norm(struct ecu_ctx *c, uint32_t wtype, const void *w, const float *x, const float *norm_w,
                        float eps, float *y, int rows, int k, int n, int cap)
 {
-        LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st));
+        LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st, c->pdl_step & ECU_PDL_LAYER));
         return matmul(c, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
 }
 
@@ -665,9 +664,14 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
         sa.hist = c->d_hist;
         sa.bt = c->d_bt;
         sa.params = c->d_params;
-        stage_in_kernel<<<32, 256, 0, c->st>>>(sa);
-        LAUNCH(c, CUDA_CHECK_LAUNCH());
-        LAUNCH(c, cuda_embed(em->embd_type, em->tok_embd, V, c->d_tok, c->x, E, ntok, hp->embd_scale, c->st));
+        /* Which kernels go with programmatic dependent launch (ecu_ctx_opts.pdl): none for a
+         * one-token step, where it measured 0 to 7% slower on an H200 (docs/performance.md);
+         * from two tokens on it gains up to 7%. */
+        c->pdl_step = ntok > 1 ? c->pdl : 0;
+        const bool pdl = c->pdl_step & ECU_PDL_LAYER, pdl_att = c->pdl_step & ECU_PDL_ATTN,
+                   pdl_io = c->pdl_step & ECU_PDL_IO;
+        LAUNCH(c, CUDA_CHECK(cuda_launch(pdl_io, stage_in_kernel, 32, 256, 0, c->st, sa)));
+        LAUNCH(c, cuda_embed(em->embd_type, em->tok_embd, V, c->d_tok, c->x, E, ntok, hp->embd_scale, c->st, pdl_io));
 
         struct cuda_batch_map map;
         map.pos = c->d_pos;
@@ -707,6 +711,7 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 qa.k_cache = kc;
                 qa.v_cache = vc;
                 qa.map = map;
+                qa.pdl = pdl_att;
                 LAUNCH(c, cuda_qkv_post(&qa, c->st));
                 struct cuda_attn_args aa;
                 memset(&aa, 0, sizeof(aa));
@@ -725,39 +730,41 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 aa.v_cache = vc;
                 aa.map = map;
                 aa.deterministic = c->o.batch_invariant;
+                aa.pdl = pdl_att;
                 LAUNCH(c, cuda_attention(&aa, c->st));
                 if (gemma) {
                         if ((r = matmul(c, W->to, W->wo, c->att, c->tmp, E, OD, ntok, 0.0f, (int)c->T)) < 0)
                                 return r;
-                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st));
+                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
                 } else if ((r = matmul(c, W->to, W->wo, c->att, c->x, E, OD, ntok, 1.0f, (int)c->T)) < 0) {
                         return r;
                 }
                 if ((r = matmul_norm(c, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E, ntok,
                                      (int)c->T)) < 0)
                         return r;
-                LAUNCH(c, cuda_glu(gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU, c->gu, c->act, F, ntok, c->st));
+                LAUNCH(c, cuda_glu(gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU, c->gu, c->act, F, ntok, c->st, pdl));
                 if (gemma) {
                         if ((r = matmul(c, W->tdown, W->wdown, c->act, c->tmp, E, F, ntok, 0.0f, (int)c->T)) < 0)
                                 return r;
-                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st));
+                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st, pdl));
                 } else if ((r = matmul(c, W->tdown, W->wdown, c->act, c->x, E, F, ntok, 1.0f, (int)c->T)) < 0) {
                         return r;
                 }
         }
         if (nrows == 0)
                 return 0;
-        LAUNCH(c, cuda_gather_rows(c->x, c->d_outidx, c->xo, E, nrows, c->st));
-        LAUNCH(c, cuda_rmsnorm(c->xo, em->output_norm, c->xo, E, nrows, hp->norm_eps, c->st));
+        LAUNCH(c, cuda_gather_rows(c->x, c->d_outidx, c->xo, E, nrows, c->st, pdl_io));
+        LAUNCH(c, cuda_rmsnorm(c->xo, em->output_norm, c->xo, E, nrows, hp->norm_eps, c->st, pdl_io));
         if ((r = matmul(c, em->out_type, em->output, c->xo, c->logits, V, E, nrows, 0.0f, (int)c->R)) < 0)
                 return r;
         if (m->final_softcap > 0.0f)
-                LAUNCH(c, cuda_softcap(c->logits, (size_t)nrows * V, m->final_softcap, c->st));
+                LAUNCH(c, cuda_softcap(c->logits, (size_t)nrows * V, m->final_softcap, c->st, pdl_io));
         if (logits_host)
                 LAUNCH(c, CUDA_CHECK(cudaMemcpyAsync(logits_host, c->logits, (size_t)nrows * V * sizeof(float),
                                                      cudaMemcpyDeviceToHost, c->st)));
+        /* (after the copy to the host, an ordinary launch: a programmatic edge needs a kernel before it) */
         LAUNCH(c, cuda_sample(c->logits, nrows, V, c->d_params, c->d_hist, c->h_out_dev + par * c->R, c->sscratch,
-                              c->st));
+                              c->st, pdl_io && !logits_host));
         return 0;
 }
 
@@ -934,6 +941,8 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
                 return sl_errorf(err, -EINVAL, "the model is not on a GPU");
         if (!o->max_seqs || !o->max_tokens || !o->block_size || !o->max_blocks_per_seq)
                 return sl_errorf(err, -EINVAL, "cuda context: limits must be > 0");
+        if (o->pdl < 0 || o->pdl > (ECU_PDL_LAYER | ECU_PDL_ATTN | ECU_PDL_IO))
+                return sl_errorf(err, -EINVAL, "cuda context: pdl %d is not a mask of ECU_PDL_* bits", o->pdl);
         c = (struct ecu_ctx *)calloc(1, sizeof(*c));
         if (!c)
                 return sl_errorf(err, -ENOMEM, "out of memory");

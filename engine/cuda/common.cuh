@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utility>
+
 #include <cuda_runtime.h>
 
 /* Where the last failing CUDA call of this thread was: the caller logs it at the edge. */
@@ -115,3 +117,56 @@ static __device__ __forceinline__ float warp_sum(float v)
                 v += __shfl_xor_sync(0xffffffffu, v, o);
         return v;
 }
+
+/* ---- programmatic dependent launch (sm_90) ----
+ * A kernel launched with pdl (cuda_launch below) may start while the kernel before it in
+ * the stream still runs. Every kernel of this directory therefore begins with
+ * pdl_trigger() (the next kernel may be launched now: it will wait in turn) and calls
+ * pdl_wait() before it reads anything an earlier kernel wrote or writes anything at all;
+ * before the wait it may only read what no kernel writes (weights), so a GEMV streams its
+ * weights towards L2 while the previous kernel finishes. pdl_wait() returns once every
+ * earlier kernel has completed and its writes are visible (each of them waited for its own
+ * predecessor, so the chain is complete). Without pdl both are no-ops. */
+static __device__ __forceinline__ void pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Both, for a kernel with nothing to do before its inputs are ready. */
+static __device__ __forceinline__ void pdl_start(void)
+{
+        pdl_trigger();
+        pdl_wait();
+}
+
+#ifdef __CUDACC__
+/* kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization
+ * when pdl (the kernel must follow the rules above). Returns the launch's error. */
+template <typename... P, typename... A>
+static inline cudaError_t cuda_launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                                      cudaStream_t stream, A &&...args)
+{
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        if (pdl) {
+                attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                attr[0].val.programmaticStreamSerializationAllowed = 1;
+                cfg.attrs = attr;
+                cfg.numAttrs = 1;
+        }
+        return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+#endif

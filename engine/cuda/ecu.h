@@ -47,6 +47,11 @@ void ecu_model_info(const struct ecu_model *em, struct engine_gpu_info *info);
 /* What the last failed upload call hit ("" when none). */
 const char *ecu_model_last_error(const struct ecu_model *em);
 
+/* ecu_ctx_opts.pdl bits */
+#define ECU_PDL_LAYER 1 /* a layer's GEMVs, norms and activation (the output GEMV too) */
+#define ECU_PDL_ATTN 2  /* Q/K/V post-processing and attention */
+#define ECU_PDL_IO 4    /* input staging, embedding, row gather, final norm, soft-cap, sampling */
+
 struct ecu_ctx_opts {
         uint32_t max_seqs;        /* sequences in the KV cache at once */
         uint32_t max_tokens;      /* tokens per step */
@@ -57,7 +62,8 @@ struct ecu_ctx_opts {
         double kv_fraction;       /* of the memory free after weights and activations */
         uint32_t max_hist;        /* penalty-window ids per step, all rows together */
         bool no_graphs;           /* decode eagerly (for tests: graph == eager) */
-        bool pdl;                 /* decode GEMVs with programmatic dependent launch */
+        int pdl;                  /* which kernels of a step go with programmatic dependent
+                                   * launch (common.cuh): ECU_PDL_* bits, 0 none */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */

@@ -292,19 +292,26 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
 
         float scale[T]; /* (unused: gemv_vec's RMSNORM argument) */
         int k0 = (warp * 32 + lane) * GEMV_VEC;
-#if __CUDA_ARCH__ >= 900
-        /* Launched with programmatic dependent launch (cuda_gemv_pdl), the block may start
-         * while the kernel before it is still finishing: the weights do not depend on it, so
-         * their first vectors go to L2 now; x and y are touched only after the wait (a no-op
-         * for an ordinary launch). */
+        /* Under programmatic dependent launch (common.cuh) the block may be resident before
+         * the kernel it follows has finished: it loads its first step of weights, then waits
+         * for x (the same order of sums as the loops below) */
+        pdl_trigger();
+        {
+                uint4 wv[U][R];
 #pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-                for (int r = 0; r < R; r++)
+                for (int u = 0; u < U; u++)
                         if (k0 + u * STRIDE < k)
-                                asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + k0 + u * STRIDE));
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+#pragma unroll
+                                for (int r = 0; r < R; r++)
+                                        wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
+                pdl_wait();
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                        if (k0 + u * STRIDE < k)
+                                gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE,
+                                                                          scale, NULL);
+                k0 += U * STRIDE;
+        }
         for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
                 uint4 wv[U][R];
 #pragma unroll
@@ -381,8 +388,10 @@ gemv_fused_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x,
         const int groups = (rows + R - 1) / R;
         const int kb = (warp * 32 + lane) * GEMV_VEC; /* this lane's first k */
 
+        pdl_trigger();
         uint4 wv[U][R];
         load_step<R, U>(wv, w, rows, k, blockIdx.x * R, kb);
+        pdl_wait();
         float scale[T];
         if constexpr (PRO == CUDA_GEMV_PRO_RMSNORM)
                 rms_scales<T>(x, k, eps, scale);
@@ -418,51 +427,21 @@ gemv_fused_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x,
 /* ---- launch ---- */
 
 template <int WTYPE, int T>
-static void gemv_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
-                        cudaStream_t stream, bool pdl = false)
+static cudaError_t gemv_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
+                               cudaStream_t stream, bool pdl)
 {
         constexpr int R = gemv_shape<T>::R;
         const unsigned blocks = (unsigned)((rows + R - 1) / R);
-        if (!pdl) {
-                gemv_kernel<WTYPE, T><<<blocks, GEMV_THREADS, 0, stream>>>((const uint16_t *)w, x, y,
-                                                                          rows, k, acc);
-                return;
-        }
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.gridDim = dim3(blocks);
-        cfg.blockDim = dim3(GEMV_THREADS);
-        cfg.stream = stream;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        (void)cudaLaunchKernelEx(&cfg, gemv_kernel<WTYPE, T>, (const uint16_t *)w, x, y, rows, k, acc);
-}
-
-template <int WTYPE>
-static void gemv_launch_pdl_t(int ntok, const void *w, const float *x, float *y, int rows, int k, int acc,
-                              cudaStream_t s)
-{
-        switch (ntok) {
-#define GEMV_CASE(T)                                                                           \
-        case T:                                                                                \
-                gemv_launch<WTYPE, T>(w, x, y, rows, k, acc, s, true);                         \
-                break;
-                GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
-                GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
-                GEMV_CASE(9) GEMV_CASE(10) GEMV_CASE(11) GEMV_CASE(12)
-                GEMV_CASE(13) GEMV_CASE(14) GEMV_CASE(15) GEMV_CASE(16)
-#undef GEMV_CASE
-        }
+        return cuda_launch(pdl, gemv_kernel<WTYPE, T>, blocks, GEMV_THREADS, 0, stream, (const uint16_t *)w, x, y,
+                           rows, k, acc);
 }
 
 /* Blocks for the persistent kernel: as many as fit on the device at once (its occupancy,
  * asked once per kernel), never more than there are groups. Plain queries, no stream work:
  * fine inside graph capture. On any failure, one block per group (still correct). */
 template <int WTYPE, int T, int PRO>
-static void fused_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
-                         const float *norm_w, float eps, cudaStream_t stream)
+static cudaError_t fused_launch(const void *w, const float *x, float *y, int rows, int k, int acc,
+                                const float *norm_w, float eps, cudaStream_t stream, bool pdl)
 {
         constexpr int R = fused_shape<T, PRO>::R;
         const int groups = (rows + R - 1) / R;
@@ -484,45 +463,41 @@ static void fused_launch(const void *w, const float *x, float *y, int rows, int 
                 blocks = (int)std::min<long long>(groups, (long long)sms * n);
         else
                 (void)cudaGetLastError();
-        gemv_fused_kernel<WTYPE, T, PRO><<<(unsigned)blocks, GEMV_THREADS, 0, stream>>>(
-                (const uint16_t *)w, x, y, rows, k, acc, norm_w, eps);
+        return cuda_launch(pdl, gemv_fused_kernel<WTYPE, T, PRO>, (unsigned)blocks, GEMV_THREADS, 0, stream,
+                           (const uint16_t *)w, x, y, rows, k, acc, norm_w, eps);
 }
 
 template <int WTYPE, int T>
-static void launch_p(int pro, const void *w, const float *x, float *y, int rows, int k, int acc,
-                     const float *norm_w, float eps, cudaStream_t s)
+static cudaError_t launch_p(int pro, const void *w, const float *x, float *y, int rows, int k, int acc,
+                            const float *norm_w, float eps, cudaStream_t s, bool pdl)
 {
         switch (pro) {
         case CUDA_GEMV_PRO_NONE:
-                gemv_launch<WTYPE, T>(w, x, y, rows, k, acc, s);
-                break;
+                return gemv_launch<WTYPE, T>(w, x, y, rows, k, acc, s, pdl);
         case CUDA_GEMV_PRO_RMSNORM:
-                fused_launch<WTYPE, T, CUDA_GEMV_PRO_RMSNORM>(w, x, y, rows, k, acc, norm_w, eps, s);
-                break;
+                return fused_launch<WTYPE, T, CUDA_GEMV_PRO_RMSNORM>(w, x, y, rows, k, acc, norm_w, eps, s, pdl);
         case CUDA_GEMV_PRO_GLU_SILU:
-                fused_launch<WTYPE, T, CUDA_GEMV_PRO_GLU_SILU>(w, x, y, rows, k, acc, norm_w, eps, s);
-                break;
-        case CUDA_GEMV_PRO_GLU_GELU:
-                fused_launch<WTYPE, T, CUDA_GEMV_PRO_GLU_GELU>(w, x, y, rows, k, acc, norm_w, eps, s);
-                break;
+                return fused_launch<WTYPE, T, CUDA_GEMV_PRO_GLU_SILU>(w, x, y, rows, k, acc, norm_w, eps, s, pdl);
+        default:
+                return fused_launch<WTYPE, T, CUDA_GEMV_PRO_GLU_GELU>(w, x, y, rows, k, acc, norm_w, eps, s, pdl);
         }
 }
 
 template <int WTYPE>
-static void gemv_launch_t(int ntok, int pro, const void *w, const float *x, float *y, int rows,
-                          int k, int acc, const float *norm_w, float eps, cudaStream_t s)
+static cudaError_t gemv_launch_t(int ntok, int pro, const void *w, const float *x, float *y, int rows, int k,
+                                 int acc, const float *norm_w, float eps, cudaStream_t s, bool pdl)
 {
         switch (ntok) {
 #define GEMV_CASE(T)                                                                           \
         case T:                                                                                \
-                launch_p<WTYPE, T>(pro, w, x, y, rows, k, acc, norm_w, eps, s);                \
-                break;
+                return launch_p<WTYPE, T>(pro, w, x, y, rows, k, acc, norm_w, eps, s, pdl);
                 GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
                 GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
                 GEMV_CASE(9) GEMV_CASE(10) GEMV_CASE(11) GEMV_CASE(12)
                 GEMV_CASE(13) GEMV_CASE(14) GEMV_CASE(15) GEMV_CASE(16)
 #undef GEMV_CASE
         }
+        return cudaErrorInvalidValue;
 }
 
 static int gemv_args_ok(uint32_t wtype, const void *w, const float *x, const float *y, int rows,
@@ -542,14 +517,14 @@ int cuda_gemv(uint32_t wtype, const void *w, const float *x, float *y, int rows,
 }
 
 int cuda_gemv_beta(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
-                   int ntok, float beta, cudaStream_t stream)
+                   int ntok, float beta, cudaStream_t stream, bool pdl)
 {
-        return cuda_gemv_fused(wtype, w, x, y, rows, k, ntok, beta, NULL, stream);
+        return cuda_gemv_fused(wtype, w, x, y, rows, k, ntok, beta, NULL, stream, pdl);
 }
 
 int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
                     int ntok, float beta, const struct cuda_gemv_prologue *pro,
-                    cudaStream_t stream)
+                    cudaStream_t stream, bool pdl)
 {
         if (beta != 0.0f && beta != 1.0f)
                 return -EINVAL;
@@ -577,27 +552,12 @@ int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int
         default:
                 return -EINVAL;
         }
-        if (wtype == CUDA_WTYPE_BF16)
-                gemv_launch_t<CUDA_WTYPE_BF16>(ntok, kind, w, x, y, rows, k, acc, norm_w, eps,
-                                               stream);
-        else
-                gemv_launch_t<CUDA_WTYPE_F16>(ntok, kind, w, x, y, rows, k, acc, norm_w, eps,
-                                              stream);
-        return CUDA_CHECK_LAUNCH();
-}
-
-int cuda_gemv_pdl(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k, int ntok,
-                  float beta, cudaStream_t stream)
-{
-        if (!gemv_args_ok(wtype, w, x, y, rows, k, ntok) || (beta != 0.0f && beta != 1.0f))
-                return -EINVAL;
-        if (k % GEMV_VEC || ((uintptr_t)w | (uintptr_t)x) % 16)
-                return -EINVAL;
-        if (wtype == CUDA_WTYPE_BF16)
-                gemv_launch_pdl_t<CUDA_WTYPE_BF16>(ntok, w, x, y, rows, k, beta != 0.0f, stream);
-        else
-                gemv_launch_pdl_t<CUDA_WTYPE_F16>(ntok, w, x, y, rows, k, beta != 0.0f, stream);
-        return CUDA_CHECK_LAUNCH();
+        const cudaError_t e = wtype == CUDA_WTYPE_BF16
+                                      ? gemv_launch_t<CUDA_WTYPE_BF16>(ntok, kind, w, x, y, rows, k, acc, norm_w,
+                                                                       eps, stream, pdl)
+                                      : gemv_launch_t<CUDA_WTYPE_F16>(ntok, kind, w, x, y, rows, k, acc, norm_w,
+                                                                      eps, stream, pdl);
+        return CUDA_CHECK(e);
 }
 
 /* ---- plain reference ---- */

@@ -25,7 +25,7 @@ int cuda_gemv(uint32_t wtype, const void *w, const float *x, float *y, int rows,
 
 /* y = beta·y + W·x with beta 0 or 1 (1: accumulate, e.g. a residual add). */
 int cuda_gemv_beta(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
-                   int ntok, float beta, cudaStream_t stream);
+                   int ntok, float beta, cudaStream_t stream, bool pdl = false);
 
 /* What is applied to the activations on their way into the product (cuda_gemv_fused). */
 enum cuda_gemv_pro {
@@ -56,17 +56,13 @@ struct cuda_gemv_prologue {
  * 8B-sized down projection 1.8 µs faster), slower from ntok 4 on; pick per batch size.
  * Same arguments, errors and alignment as cuda_gemv_beta, plus -EINVAL for an unknown kind,
  * a NULL or unaligned norm_w or a negative or NaN eps. Graph-capturable (its launch asks
- * the occupancy and SM count, no stream work). */
+ * the occupancy and SM count, no stream work).
+ * pdl: programmatic dependent launch (common.cuh): the blocks may start while the previous
+ * kernel finishes, load their first weights, then wait for it before touching x or y.
+ * Bitwise the same result either way. */
 int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
                     int ntok, float beta, const struct cuda_gemv_prologue *pro,
-                    cudaStream_t stream);
-
-/* cuda_gemv_beta launched with programmatic dependent launch: its blocks may start while
- * the previous kernel on the stream finishes (prefetching their first weights to L2) and
- * wait for it before touching x or y. Bitwise the same result. Captured in a graph it becomes
- * a programmatic edge. */
-int cuda_gemv_pdl(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k, int ntok,
-                  float beta, cudaStream_t stream);
+                    cudaStream_t stream, bool pdl = false);
 
 /* Same function, one thread per output, serial float sum over k: slow and obviously right. */
 int cuda_gemv_ref(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,

@@ -89,6 +89,7 @@ static __global__ void __launch_bounds__(OPS_THREADS)
 embed_kernel(const void *__restrict__ E, int n_vocab, const int32_t *__restrict__ tok,
              float *__restrict__ x, int n, int ntok, float scale)
 {
+        pdl_start();
         const size_t stride = (size_t)gridDim.x * blockDim.x;
         const size_t nv = VEC ? (size_t)n / 4 : (size_t)n; /* vectors (or elements) per row */
         const size_t total = nv * (size_t)ntok;
@@ -123,20 +124,16 @@ static bool embed_args_ok(uint32_t etype, const void *E, int n_vocab, const int3
 }
 
 template <int ETYPE>
-static void embed_launch(bool vec, const void *E, int n_vocab, const int32_t *tok, float *x,
-                         int n, int ntok, float scale, cudaStream_t stream)
+static cudaError_t embed_launch(bool vec, const void *E, int n_vocab, const int32_t *tok, float *x,
+                                int n, int ntok, float scale, cudaStream_t stream, bool pdl)
 {
         const size_t work = (size_t)n * ntok / (vec ? 4 : 1);
-        if (vec)
-                embed_kernel<ETYPE, true><<<grid_for(work), OPS_THREADS, 0, stream>>>(
-                        E, n_vocab, tok, x, n, ntok, scale);
-        else
-                embed_kernel<ETYPE, false><<<grid_for(work), OPS_THREADS, 0, stream>>>(
-                        E, n_vocab, tok, x, n, ntok, scale);
+        return cuda_launch(pdl, vec ? embed_kernel<ETYPE, true> : embed_kernel<ETYPE, false>, grid_for(work),
+                           OPS_THREADS, 0, stream, E, n_vocab, tok, x, n, ntok, scale);
 }
 
 int cuda_embed(uint32_t etype, const void *E, int n_vocab, const int32_t *tok, float *x, int n,
-               int ntok, float scale, cudaStream_t stream)
+               int ntok, float scale, cudaStream_t stream, bool pdl)
 {
         if (!embed_args_ok(etype, E, n_vocab, tok, x, n, ntok))
                 return -EINVAL;
@@ -147,16 +144,12 @@ int cuda_embed(uint32_t etype, const void *E, int n_vocab, const int32_t *tok, f
         const bool vec = n % 4 == 0 && (uintptr_t)E % ealign == 0 && aligned16(x);
         switch (etype) {
         case ETYPE_F32:
-                embed_launch<ETYPE_F32>(vec, E, n_vocab, tok, x, n, ntok, scale, stream);
-                break;
+                return CUDA_CHECK(embed_launch<ETYPE_F32>(vec, E, n_vocab, tok, x, n, ntok, scale, stream, pdl));
         case ETYPE_F16:
-                embed_launch<ETYPE_F16>(vec, E, n_vocab, tok, x, n, ntok, scale, stream);
-                break;
+                return CUDA_CHECK(embed_launch<ETYPE_F16>(vec, E, n_vocab, tok, x, n, ntok, scale, stream, pdl));
         default:
-                embed_launch<ETYPE_BF16>(vec, E, n_vocab, tok, x, n, ntok, scale, stream);
-                break;
+                return CUDA_CHECK(embed_launch<ETYPE_BF16>(vec, E, n_vocab, tok, x, n, ntok, scale, stream, pdl));
         }
-        return CUDA_CHECK_LAUNCH();
 }
 
 template <int ETYPE>
@@ -231,6 +224,7 @@ template <int ACT, bool VEC>
 static __global__ void __launch_bounds__(OPS_THREADS)
 glu_kernel(const float *__restrict__ gu, float *__restrict__ out, int n, int ntok)
 {
+        pdl_start();
         const size_t stride = (size_t)gridDim.x * blockDim.x;
         const size_t nv = VEC ? (size_t)n / 4 : (size_t)n;
         const size_t total = nv * (size_t)ntok;
@@ -254,27 +248,22 @@ static bool glu_args_ok(int a, const float *gu, const float *out, int n, int nto
 }
 
 template <int ACT>
-static void glu_launch(bool vec, const float *gu, float *out, int n, int ntok, cudaStream_t s)
+static cudaError_t glu_launch(bool vec, const float *gu, float *out, int n, int ntok, cudaStream_t s, bool pdl)
 {
         const size_t work = (size_t)n * ntok / (vec ? 4 : 1);
-        if (vec)
-                glu_kernel<ACT, true><<<grid_for(work), OPS_THREADS, 0, s>>>(gu, out, n, ntok);
-        else
-                glu_kernel<ACT, false><<<grid_for(work), OPS_THREADS, 0, s>>>(gu, out, n, ntok);
+        return cuda_launch(pdl, vec ? glu_kernel<ACT, true> : glu_kernel<ACT, false>, grid_for(work), OPS_THREADS, 0,
+                           s, gu, out, n, ntok);
 }
 
-int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t stream)
+int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t stream, bool pdl)
 {
         if (!glu_args_ok(act, gu, out, n, ntok))
                 return -EINVAL;
         if (n == 0 || ntok == 0)
                 return 0;
         const bool vec = n % 4 == 0 && aligned16(gu) && aligned16(out);
-        if (act == CUDA_ACT_GELU)
-                glu_launch<CUDA_ACT_GELU>(vec, gu, out, n, ntok, stream);
-        else
-                glu_launch<CUDA_ACT_SILU>(vec, gu, out, n, ntok, stream);
-        return CUDA_CHECK_LAUNCH();
+        return CUDA_CHECK(act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU>(vec, gu, out, n, ntok, stream, pdl)
+                                               : glu_launch<CUDA_ACT_SILU>(vec, gu, out, n, ntok, stream, pdl));
 }
 
 template <int ACT>
@@ -328,6 +317,7 @@ template <bool NORM, bool VEC>
 static __global__ void __launch_bounds__(NORM_THREADS)
 add_norm_kernel(float *x, const float *y, const float *__restrict__ w, int n, float eps)
 {
+        pdl_start();
         float *xr = x + (size_t)blockIdx.x * n;
         const float *yr = y + (size_t)blockIdx.x * n;
         float scale = 1.0f;
@@ -367,7 +357,7 @@ static bool add_norm_args_ok(const float *x, const float *y, int n, int ntok, fl
 }
 
 int cuda_add_norm(float *x, const float *y, const float *w, int n, int ntok, float eps,
-                  cudaStream_t stream)
+                  cudaStream_t stream, bool pdl)
 {
         if (!add_norm_args_ok(x, y, n, ntok, eps))
                 return -EINVAL;
@@ -375,15 +365,12 @@ int cuda_add_norm(float *x, const float *y, const float *w, int n, int ntok, flo
                 return 0;
         const bool vec = n % 4 == 0 && aligned16(x) && aligned16(y) && (!w || aligned16(w));
         const unsigned nb = (unsigned)ntok;
-        if (w && vec)
-                add_norm_kernel<true, true><<<nb, NORM_THREADS, 0, stream>>>(x, y, w, n, eps);
-        else if (w)
-                add_norm_kernel<true, false><<<nb, NORM_THREADS, 0, stream>>>(x, y, w, n, eps);
-        else if (vec)
-                add_norm_kernel<false, true><<<nb, NORM_THREADS, 0, stream>>>(x, y, w, n, eps);
-        else
-                add_norm_kernel<false, false><<<nb, NORM_THREADS, 0, stream>>>(x, y, w, n, eps);
-        return CUDA_CHECK_LAUNCH();
+        void (*k)(float *, const float *, const float *, int, float) =
+                w && vec ? add_norm_kernel<true, true>
+                : w      ? add_norm_kernel<true, false>
+                : vec    ? add_norm_kernel<false, true>
+                         : add_norm_kernel<false, false>;
+        return CUDA_CHECK(cuda_launch(pdl, k, nb, NORM_THREADS, 0, stream, x, y, w, n, eps));
 }
 
 /* One thread per token: serial sum of squares, then the row. */
@@ -425,6 +412,7 @@ static __global__ void __launch_bounds__(OPS_THREADS)
 gather_rows_kernel(const float *__restrict__ src, const int32_t *__restrict__ idx,
                    float *__restrict__ dst, int n, int nrows)
 {
+        pdl_start();
         const size_t stride = (size_t)gridDim.x * blockDim.x;
         const size_t nv = VEC ? (size_t)n / 4 : (size_t)n;
         const size_t total = nv * (size_t)nrows;
@@ -441,7 +429,7 @@ gather_rows_kernel(const float *__restrict__ src, const int32_t *__restrict__ id
 }
 
 int cuda_gather_rows(const float *src, const int32_t *idx, float *dst, int n, int nrows,
-                     cudaStream_t stream)
+                     cudaStream_t stream, bool pdl)
 {
         if (!src || !idx || !dst || n < 0 || nrows < 0)
                 return -EINVAL;
@@ -449,13 +437,8 @@ int cuda_gather_rows(const float *src, const int32_t *idx, float *dst, int n, in
                 return 0;
         const bool vec = n % 4 == 0 && aligned16(src) && aligned16(dst);
         const size_t work = (size_t)n * nrows / (vec ? 4 : 1);
-        if (vec)
-                gather_rows_kernel<true><<<grid_for(work), OPS_THREADS, 0, stream>>>(src, idx, dst,
-                                                                                     n, nrows);
-        else
-                gather_rows_kernel<false><<<grid_for(work), OPS_THREADS, 0, stream>>>(src, idx, dst,
-                                                                                      n, nrows);
-        return CUDA_CHECK_LAUNCH();
+        return CUDA_CHECK(cuda_launch(pdl, vec ? gather_rows_kernel<true> : gather_rows_kernel<false>,
+                                      grid_for(work), OPS_THREADS, 0, stream, src, idx, dst, n, nrows));
 }
 
 /* ---- logit soft-cap ---- */
@@ -465,6 +448,7 @@ template <bool VEC>
 static __global__ void __launch_bounds__(OPS_THREADS)
 softcap_kernel(float *__restrict__ y, size_t n, float cap, float inv_cap)
 {
+        pdl_start();
         const size_t stride = (size_t)gridDim.x * blockDim.x;
         const size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
         size_t done = 0;
@@ -482,7 +466,7 @@ softcap_kernel(float *__restrict__ y, size_t n, float cap, float inv_cap)
                 y[i] = cap * tanhf(y[i] * inv_cap);
 }
 
-int cuda_softcap(float *y, size_t n, float cap, cudaStream_t stream)
+int cuda_softcap(float *y, size_t n, float cap, cudaStream_t stream, bool pdl)
 {
         if (!y || !(cap > 0.0f) || isinf(cap))
                 return -EINVAL;
@@ -490,10 +474,7 @@ int cuda_softcap(float *y, size_t n, float cap, cudaStream_t stream)
                 return 0;
         /* y/cap as y·(1/cap): one rounding more than the division, well inside float math */
         const float inv = 1.0f / cap;
-        if (aligned16(y))
-                softcap_kernel<true><<<grid_for(n / 4 + n % 4), OPS_THREADS, 0, stream>>>(y, n, cap,
-                                                                                        inv);
-        else
-                softcap_kernel<false><<<grid_for(n), OPS_THREADS, 0, stream>>>(y, n, cap, inv);
-        return CUDA_CHECK_LAUNCH();
+        const bool vec = aligned16(y);
+        return CUDA_CHECK(cuda_launch(pdl, vec ? softcap_kernel<true> : softcap_kernel<false>,
+                                      grid_for(vec ? n / 4 + n % 4 : n), OPS_THREADS, 0, stream, y, n, cap, inv));
 }

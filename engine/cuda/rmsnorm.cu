@@ -21,6 +21,7 @@ template <bool VEC4>
 static __global__ void __launch_bounds__(RMSNORM_THREADS)
 rmsnorm_kernel(const float *x, const float *__restrict__ w, float *y, int n, float eps)
 {
+        pdl_start();
         const float *xr = x + (size_t)blockIdx.x * n;
         float *yr = y + (size_t)blockIdx.x * n;
         float ss = 0.0f;
@@ -48,16 +49,13 @@ rmsnorm_kernel(const float *x, const float *__restrict__ w, float *y, int n, flo
 }
 
 int cuda_rmsnorm(const float *x, const float *w, float *y, int n, int ntok, float eps,
-                 cudaStream_t stream)
+                 cudaStream_t stream, bool pdl)
 {
         if (!x || !w || !y || n <= 0 || ntok <= 0 || !(eps >= 0.0f))
                 return -EINVAL;
         const bool vec4 = n % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)y) % 16 == 0;
-        if (vec4)
-                rmsnorm_kernel<true><<<ntok, RMSNORM_THREADS, 0, stream>>>(x, w, y, n, eps);
-        else
-                rmsnorm_kernel<false><<<ntok, RMSNORM_THREADS, 0, stream>>>(x, w, y, n, eps);
-        return CUDA_CHECK_LAUNCH();
+        return CUDA_CHECK(cuda_launch(pdl, vec4 ? rmsnorm_kernel<true> : rmsnorm_kernel<false>, ntok,
+                                      RMSNORM_THREADS, 0, stream, x, w, y, n, eps));
 }
 
 /* ---- plain reference ---- */

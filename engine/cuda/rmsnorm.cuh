@@ -5,9 +5,10 @@
 #include <cuda_runtime.h>
 
 /* x, y: ntok × n floats (y may equal x); w: n floats. Returns 0, -EINVAL, or the negative
- * errno of a failed launch (the CUDA call is in cuda_err_last()). Asynchronous on stream. */
+ * errno of a failed launch (the CUDA call is in cuda_err_last()). Asynchronous on stream;
+ * pdl: launched with programmatic dependent launch (common.cuh). */
 int cuda_rmsnorm(const float *x, const float *w, float *y, int n, int ntok, float eps,
-                 cudaStream_t stream);
+                 cudaStream_t stream, bool pdl = false);
 
 /* One thread per token, serial sums. */
 int cuda_rmsnorm_ref(const float *x, const float *w, float *y, int n, int ntok, float eps,

@@ -679,6 +679,7 @@ sample_kernel(float *logits, int n, const struct cuda_sample_params *params, con
               int32_t *out, sample_cand *scratch, bool vec)
 {
         __shared__ sample_smem sm;
+        pdl_start();
         const int row = blockIdx.x;
         float *lg = logits + (size_t)row * n;
         sample_cand *glist = scratch + (size_t)row * n;
@@ -1072,16 +1073,15 @@ static bool sample_args_ok(const float *logits, int n_rows, int n_vocab,
 }
 
 int cuda_sample(float *logits, int n_rows, int n_vocab, const struct cuda_sample_params *params,
-                const int32_t *hist, int32_t *out, void *scratch, cudaStream_t stream)
+                const int32_t *hist, int32_t *out, void *scratch, cudaStream_t stream, bool pdl)
 {
         if (!sample_args_ok(logits, n_rows, n_vocab, params, hist, out, scratch))
                 return -EINVAL;
         if (n_rows == 0)
                 return 0;
         const bool vec = n_vocab % 4 == 0 && (uintptr_t)logits % 16 == 0;
-        sample_kernel<<<n_rows, SAMPLE_THREADS, 0, stream>>>(logits, n_vocab, params, hist, out,
-                                                              (sample_cand *)scratch, vec);
-        return CUDA_CHECK_LAUNCH();
+        return CUDA_CHECK(cuda_launch(pdl, sample_kernel, n_rows, SAMPLE_THREADS, 0, stream, logits, n_vocab, params,
+                                      hist, out, (sample_cand *)scratch, vec));
 }
 
 int cuda_sample_ref(float *logits, int n_rows, int n_vocab, const struct cuda_sample_params *params,

@@ -53,10 +53,10 @@ struct cuda_sample_params {
  * aligned (n_vocab × 8 bytes a row: the reference's candidates, the fast kernel's counts and
  * spilled candidates). Asynchronous, allocates nothing, graph-capturable. 0 (also for
  * n_rows == 0), -EINVAL (a NULL pointer, n_rows < 0, n_vocab ≤ 0 or > 2^30) or a launch's
- * errno. One block of 1024 threads per row. cuda_sample_scratch_bytes is at least 1. */
+ * errno. One block of 1024 threads per row; pdl as common.cuh. cuda_sample_scratch_bytes is at least 1. */
 size_t cuda_sample_scratch_bytes(int n_rows, int n_vocab);
 int cuda_sample(float *logits, int n_rows, int n_vocab, const struct cuda_sample_params *params,
-                const int32_t *hist, int32_t *out, void *scratch, cudaStream_t stream);
+                const int32_t *hist, int32_t *out, void *scratch, cudaStream_t stream, bool pdl = false);
 
 /* Plain reference: one thread per row, sampler.c step by step (quickselect for top-k, a heap
  * sort for top-p and for the id-order draw) with the same weights, fixed-point sums and

@@ -202,6 +202,7 @@ static void on_done(void *user, uint64_t tag, const struct engine_sched_done *d)
 static bool g_invariant;
 static bool g_no_overlap; /* wait for each step before building the next */
 static bool g_vary;       /* request i stops after N_GEN - i % 9 tokens */
+static int g_pdl;         /* engine_sched_opts.pdl (0: the default) */
 
 static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_t (*prompts)[16],
                      const struct engine_sampling *s, bool serial, struct collect *c, double *launches,
@@ -211,7 +212,7 @@ static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_
         struct engine_sched_opts o = {.max_running = 32, .max_queued = 64, .token_budget = 256, .max_ctx = 256,
                                       .kv_blocks = 1024, .no_graphs = no_graphs,
                                       .batch_invariant = g_invariant, .no_overlap = g_no_overlap,
-                                      .pdl = getenv("SLUICE_CUDA_PDL") && !strcmp(getenv("SLUICE_CUDA_PDL"), "1")};
+                                      .pdl = g_pdl};
         struct engine_sched *sch;
         int r = engine_sched_create(m, &o, &sch, &err);
         if (r < 0) {
@@ -449,6 +450,25 @@ static int test_model(const char *path)
                 }
         }
         g_vary = false;
+        /* programmatic dependent launch (kernels starting while the one before them finishes)
+         * changes when work runs, never what it computes: off, on, and on with L2 prefetch
+         * give the same tokens as the default, for seeded sampling with penalties */
+        if (run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &c, NULL, NULL) == 0) {
+                const int modes[3] = {-1, 1, 7};
+                for (int i = 0; i < 3; i++) {
+                        g_pdl = modes[i];
+                        r = run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &d, NULL, NULL);
+                        g_pdl = 0;
+                        ok = r == 0 ? same(&c, &d, 32) : 0;
+                        snprintf(what, sizeof(what), "pdl %d == default (pdl %d): %d/32 requests identical", modes[i],
+                                 ENGINE_PDL_DEFAULT, ok);
+                        check(ok == 32, what, path);
+                        jrec("{\"model\": \"%s\", \"test\": \"pdl_vs_default\", \"pdl\": %d, \"identical\": %d, "
+                             "\"of\": 32}", path, modes[i], ok);
+                }
+        } else {
+                check(0, "pdl runs", path);
+        }
         /* greedy, batch-invariant: the CPU-vs-GPU comparison again, on the invariant path */
         g_invariant = true;
         if (run_sched(gpu, false, N_PROMPTS, prompts, s, false, &c, NULL, NULL) == 0) {
