@@ -2,7 +2,10 @@
  * y[t][r] = beta·y[t][r] + Σ_k W[r][k]·x16[t][k], W F16 or BF16 (rows × k, k contiguous),
  * x16 the activations already rounded to W's type (cuda_f32_to_w16, gemm.cuh), y float.
  * Streams each weight byte once; the CUDA-core GEMV (gemv.cuh) is FP32-bound from ~4 tokens
- * and cuBLASLt (gemm.cuh) is tuned for larger batches: callers pick per size. */
+ * and cuBLASLt (gemm.cuh) is tuned for larger batches: callers pick per size.
+ * Status: on an H200 (tests/gpu/test_mma.cu, docs/performance.md) it is slower than gemv.cu
+ * at one token and than cuBLASLt at 8 to 64 on every Llama 1B/8B shape (too few blocks in
+ * flight: 128-256), so the engine does not use it and it is not in the library. */
 #pragma once
 
 #include <stdint.h>
