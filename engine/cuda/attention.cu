@@ -824,21 +824,10 @@ static cudaError_t attention_launch_nc(const struct cuda_attn_args *a, int cl, c
 {
         const auto kernel = attention_kernel<GC, NC, CLUSTER>;
         const struct att_plan p = att_plan_of(GC, NC, a->dv);
-        /* allow this kernel ATT_SMEM_MAX bytes of dynamic shared memory, once per device
-         * (a bit per device; a race between threads only repeats the call) */
-        static unsigned long long allowed;
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
+        static unsigned long long allowed; /* ATT_SMEM_MAX bytes of shared memory, per device */
+        cudaError_t e = smem_allow(kernel, ATT_SMEM_MAX, &allowed);
         if (e != cudaSuccess)
                 return e;
-        const unsigned long long bit = dev < 64 ? 1ull << dev : 0;
-        if (!bit || !(__atomic_load_n(&allowed, __ATOMIC_ACQUIRE) & bit)) {
-                e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         ATT_SMEM_MAX);
-                if (e != cudaSuccess)
-                        return e;
-                __atomic_fetch_or(&allowed, bit, __ATOMIC_RELEASE);
-        }
         cudaLaunchConfig_t cfg = {};
         cudaLaunchAttribute attr[2];
         const unsigned hz = (unsigned)(a->n_head / GC * cl); /* heads chunks × cluster ranks */

@@ -149,6 +149,24 @@ static __device__ __forceinline__ void pdl_start(void)
 }
 
 #ifdef __CUDACC__
+/* Lets kernel take bytes of dynamic shared memory (above the 48 KB default): the attribute
+ * is set once per device, remembered as a bit per device in *allowed (the caller's static,
+ * one per kernel; a race between threads only repeats the call). */
+template <typename K> static inline cudaError_t smem_allow(K kernel, int bytes, unsigned long long *allowed)
+{
+        int dev = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e != cudaSuccess)
+                return e;
+        const unsigned long long bit = dev < 64 ? 1ull << dev : 0;
+        if (bit && (__atomic_load_n(allowed, __ATOMIC_ACQUIRE) & bit))
+                return cudaSuccess;
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        if (e == cudaSuccess)
+                __atomic_fetch_or(allowed, bit, __ATOMIC_RELEASE);
+        return e;
+}
+
 /* kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization
  * when pdl (the kernel must follow the rules above). Returns the launch's error. */
 template <typename... P, typename... A>

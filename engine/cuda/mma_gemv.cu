@@ -235,26 +235,14 @@ struct mma_occupancy {
 };
 
 /* The 64-token, 256-row kernel's partial sums need more than 48 KiB of shared memory:
- * allow it once per device (a bit per device, as attention.cu; a race only repeats it). */
+ * allow it once per device (common.cuh smem_allow). */
 template <int WTYPE, int NT, int MT> static cudaError_t smem_optin(void)
 {
         constexpr size_t smem = mma_shape<NT, MT>::SMEM;
         if constexpr (smem <= 48 * 1024)
                 return cudaSuccess;
         static unsigned long long allowed;
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess)
-                return e;
-        const unsigned long long bit = dev < 64 ? 1ull << dev : 0;
-        if (!bit || !(__atomic_load_n(&allowed, __ATOMIC_ACQUIRE) & bit)) {
-                e = cudaFuncSetAttribute(mma_gemv_kernel<WTYPE, NT, MT>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-                if (e != cudaSuccess)
-                        return e;
-                __atomic_fetch_or(&allowed, bit, __ATOMIC_RELEASE);
-        }
-        return cudaSuccess;
+        return smem_allow(mma_gemv_kernel<WTYPE, NT, MT>, (int)smem, &allowed);
 }
 
 template <int WTYPE, int NT, int MT> static mma_occupancy &occupancy(void)
