@@ -591,7 +591,6 @@ struct ecu_ctx {
         uint32_t n_graphs;
         uint32_t launches;            /* counted while enqueuing */
         int pdl;                      /* ecu_ctx_opts.pdl */
-        int pdl_step;                 /* the bits the step being enqueued uses */
         cudaEvent_t e0[2], e1[2];
         bool broken;
         struct ecu_ctx_info info;
@@ -615,11 +614,12 @@ static int gemm_bucket(int n, int cap)
         return b < cap ? b : cap;
 }
 
-static int matmul(struct ecu_ctx *c, uint32_t wtype, const void *w, const float *x, float *y, int rows,
+/* pdl: the GEMV goes with programmatic dependent launch (cuBLASLt never does) */
+static int matmul(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, const float *x, float *y, int rows,
                   int k, int n, float beta, int cap)
 {
         if (n <= c->gemv_max) {
-                LAUNCH(c, cuda_gemv_beta(wtype, w, x, y, rows, k, n, beta, c->st, c->pdl_step & ECU_PDL_LAYER));
+                LAUNCH(c, cuda_gemv_beta(wtype, w, x, y, rows, k, n, beta, c->st, pdl));
                 return 0;
         }
         LAUNCH(c, cuda_f32_to_w16(wtype, x, c->x16, (size_t)n * k, c->st));
@@ -631,11 +631,11 @@ static int matmul(struct ecu_ctx *c, uint32_t wtype, const void *w, const float 
  * take the norm as a prologue (cuda_gemv_fused, bitwise the same), but on an H200 that
  * measured no faster at one token and slower at more (tests/gpu/test_kernels.cu), so the
  * norm runs on its own into xn. */
-static int matmul_norm(struct ecu_ctx *c, uint32_t wtype, const void *w, const float *x, const float *norm_w,
-                       float eps, float *y, int rows, int k, int n, int cap)
+static int matmul_norm(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, const float *x,
+                       const float *norm_w, float eps, float *y, int rows, int k, int n, int cap)
 {
-        LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st, c->pdl_step & ECU_PDL_LAYER));
-        return matmul(c, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
+        LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st, pdl));
+        return matmul(c, pdl, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
 }
 
 /* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in slot par
@@ -667,9 +667,8 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
         /* Which kernels go with programmatic dependent launch (ecu_ctx_opts.pdl): none for a
          * one-token step, where it measured 0 to 7% slower on an H200 (docs/performance.md);
          * from two tokens on it gains up to 7%. */
-        c->pdl_step = ntok > 1 ? c->pdl : 0;
-        const bool pdl = c->pdl_step & ECU_PDL_LAYER, pdl_att = c->pdl_step & ECU_PDL_ATTN,
-                   pdl_io = c->pdl_step & ECU_PDL_IO;
+        const int pdl_bits = ntok > 1 ? c->pdl : 0;
+        const bool pdl = pdl_bits & ECU_PDL_LAYER, pdl_att = pdl_bits & ECU_PDL_ATTN, pdl_io = pdl_bits & ECU_PDL_IO;
         LAUNCH(c, CUDA_CHECK(cuda_launch(pdl_io, stage_in_kernel, 32, 256, 0, c->st, sa)));
         LAUNCH(c, cuda_embed(em->embd_type, em->tok_embd, V, c->d_tok, c->x, E, ntok, hp->embd_scale, c->st, pdl_io));
 
@@ -684,8 +683,8 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 const struct ecu_layer *W = &em->layers[il];
                 __half *kc = c->kc + il * c->layer_k, *vc = c->vc + il * c->layer_v;
 
-                if ((r = matmul_norm(c, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv, QD + KD + VD, E,
-                                     ntok, (int)c->T)) < 0)
+                if ((r = matmul_norm(c, pdl, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv,
+                                     QD + KD + VD, E, ntok, (int)c->T)) < 0)
                         return r;
                 struct cuda_qkv_args qa;
                 memset(&qa, 0, sizeof(qa));
@@ -733,21 +732,21 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 aa.pdl = pdl_att;
                 LAUNCH(c, cuda_attention(&aa, c->st));
                 if (gemma) {
-                        if ((r = matmul(c, W->to, W->wo, c->att, c->tmp, E, OD, ntok, 0.0f, (int)c->T)) < 0)
+                        if ((r = matmul(c, pdl, W->to, W->wo, c->att, c->tmp, E, OD, ntok, 0.0f, (int)c->T)) < 0)
                                 return r;
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
-                } else if ((r = matmul(c, W->to, W->wo, c->att, c->x, E, OD, ntok, 1.0f, (int)c->T)) < 0) {
+                } else if ((r = matmul(c, pdl, W->to, W->wo, c->att, c->x, E, OD, ntok, 1.0f, (int)c->T)) < 0) {
                         return r;
                 }
-                if ((r = matmul_norm(c, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E, ntok,
+                if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E, ntok,
                                      (int)c->T)) < 0)
                         return r;
                 LAUNCH(c, cuda_glu(gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU, c->gu, c->act, F, ntok, c->st, pdl));
                 if (gemma) {
-                        if ((r = matmul(c, W->tdown, W->wdown, c->act, c->tmp, E, F, ntok, 0.0f, (int)c->T)) < 0)
+                        if ((r = matmul(c, pdl, W->tdown, W->wdown, c->act, c->tmp, E, F, ntok, 0.0f, (int)c->T)) < 0)
                                 return r;
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st, pdl));
-                } else if ((r = matmul(c, W->tdown, W->wdown, c->act, c->x, E, F, ntok, 1.0f, (int)c->T)) < 0) {
+                } else if ((r = matmul(c, pdl, W->tdown, W->wdown, c->act, c->x, E, F, ntok, 1.0f, (int)c->T)) < 0) {
                         return r;
                 }
         }
@@ -755,7 +754,7 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 return 0;
         LAUNCH(c, cuda_gather_rows(c->x, c->d_outidx, c->xo, E, nrows, c->st, pdl_io));
         LAUNCH(c, cuda_rmsnorm(c->xo, em->output_norm, c->xo, E, nrows, hp->norm_eps, c->st, pdl_io));
-        if ((r = matmul(c, em->out_type, em->output, c->xo, c->logits, V, E, nrows, 0.0f, (int)c->R)) < 0)
+        if ((r = matmul(c, pdl, em->out_type, em->output, c->xo, c->logits, V, E, nrows, 0.0f, (int)c->R)) < 0)
                 return r;
         if (m->final_softcap > 0.0f)
                 LAUNCH(c, cuda_softcap(c->logits, (size_t)nrows * V, m->final_softcap, c->st, pdl_io));

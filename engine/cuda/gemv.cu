@@ -260,6 +260,34 @@ static __device__ __forceinline__ void block_sum_store(const float (&acc)[T][R],
         }
 }
 
+/* The weight vectors of one step at k0 (u < U with k0 + u·STRIDE < k) of the rows from row0. */
+template <int R, int U>
+static __device__ __forceinline__ void load_step(uint4 (&wv)[U][R], const uint16_t *w, int rows,
+                                                 int k, int row0, int k0)
+{
+        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+                if (k0 + u * STRIDE < k)
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                                wv[u][r] = ld_stream_u4(w + (size_t)min(row0 + r, rows - 1) * k +
+                                                        k0 + u * STRIDE);
+}
+
+/* acc += the products of one step's weight vectors wv (loaded by load_step at k0). */
+template <int WTYPE, int T, int R, int U, int PRO>
+static __device__ __forceinline__ void gemv_step(float (&acc)[T][R], const uint4 (&wv)[U][R],
+                                                 const float *__restrict__ x, int k, int k0,
+                                                 const float (&scale)[T], const float *__restrict__ norm_w)
+{
+        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+                if (k0 + u * STRIDE < k)
+                        gemv_vec<WTYPE, T, R, PRO>(acc, wv[u], x, k, k0 + u * STRIDE, scale, norm_w);
+}
+
 /* Rows per block: more rows share each activation load (L1 traffic per weight byte is
  * 2T/R); fewer keep accumulators in registers and enough blocks for small row counts.
  * U: vectors per row in flight per lane, so R·U ≥ 8 independent 16-byte loads. */
@@ -298,18 +326,9 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
         pdl_trigger();
         {
                 uint4 wv[U][R];
-#pragma unroll
-                for (int u = 0; u < U; u++)
-                        if (k0 + u * STRIDE < k)
-#pragma unroll
-                                for (int r = 0; r < R; r++)
-                                        wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
+                load_step<R, U>(wv, w, rows, k, row0, k0);
                 pdl_wait();
-#pragma unroll
-                for (int u = 0; u < U; u++)
-                        if (k0 + u * STRIDE < k)
-                                gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE,
-                                                                          scale, NULL);
+                gemv_step<WTYPE, T, R, U, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
                 k0 += U * STRIDE;
         }
         for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
@@ -354,20 +373,6 @@ template <int T, int PRO> struct fused_shape {
         static_assert(T * R <= GEMV_THREADS, "one thread per output in the final sum");
 };
 
-/* The weight vectors of one step at k0 (u < U with k0 + u·STRIDE < k) of the rows from row0. */
-template <int R, int U>
-static __device__ __forceinline__ void load_step(uint4 (&wv)[U][R], const uint16_t *w, int rows,
-                                                 int k, int row0, int k0)
-{
-        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
-#pragma unroll
-        for (int u = 0; u < U; u++)
-                if (k0 + u * STRIDE < k)
-#pragma unroll
-                        for (int r = 0; r < R; r++)
-                                wv[u][r] = ld_stream_u4(w + (size_t)min(row0 + r, rows - 1) * k +
-                                                        k0 + u * STRIDE);
-}
 
 /* gemv_kernel with f applied to x, and persistent: block b takes row groups b, b + gridDim.x,
  * … so RMSNORM's scales (a pass over the tokens' x rows, two barriers) are computed once per
@@ -406,11 +411,7 @@ gemv_fused_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x,
                         for (int r = 0; r < R; r++)
                                 acc[t][r] = 0.0f;
                 for (int k0 = kb;;) {
-#pragma unroll
-                        for (int u = 0; u < U; u++)
-                                if (k0 + u * STRIDE < k)
-                                        gemv_vec<WTYPE, T, R, PRO>(acc, wv[u], x, k,
-                                                                   k0 + u * STRIDE, scale, norm_w);
+                        gemv_step<WTYPE, T, R, U, PRO>(acc, wv, x, k, k0, scale, norm_w);
                         k0 += U * STRIDE;
                         if (k0 >= k)
                                 break;
