@@ -317,7 +317,10 @@ static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaSt
         CUDA_CHECK_ABORT(cudaDeviceSynchronize());
         const double ideal_us = lbytes / (read_gbs * 1e3);
         const cuda_chain_opts variants[] = {{0, 0}, {1, 32768}, {2, 32768}};
-        for (int v = -1; v < (int)(sizeof(variants) / sizeof(variants[0])); v++) {
+        /* v = 3: the default chain with every prologue NONE (wrong values, the same bytes:
+         * what the prologues cost); v = 4: its four phases as four chains of one (a kernel
+         * boundary instead of a grid barrier) */
+        for (int v = -1; v < 5; v++) {
                 cudaGraph_t g;
                 cudaGraphExec_t ge;
                 CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
@@ -325,9 +328,24 @@ static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaSt
                 for (const layer &L : W) {
                         if (v < 0) {
                                 r = layer_separate(wt, s, L, a, CUDA_GEMV_PRO_GLU_SILU, st);
-                        } else {
+                        } else if (v < 3) {
                                 const cuda_chain ch = layer_chain(s, L, a, CUDA_GEMV_PRO_GLU_SILU);
                                 r = cuda_chain_gemv(wt, &ch, sync, &variants[v], st);
+                        } else {
+                                cuda_chain ch = layer_chain(s, L, a, CUDA_GEMV_PRO_GLU_SILU);
+                                if (v == 3) {
+                                        for (int p = 0; p < ch.n; p++)
+                                                ch.ph[p].kind = CUDA_GEMV_PRO_NONE;
+                                        r = cuda_chain_gemv(wt, &ch, sync, NULL, st);
+                                } else {
+                                        for (int p = 0; p < ch.n && r == 0; p++) {
+                                                cuda_chain one;
+                                                memset(&one, 0, sizeof(one));
+                                                one.n = 1;
+                                                one.ph[0] = ch.ph[p];
+                                                r = cuda_chain_gemv(wt, &one, sync, NULL, st);
+                                        }
+                                }
                         }
                         if (r < 0)
                                 break;
@@ -344,6 +362,10 @@ static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaSt
                 char what[64];
                 if (v < 0)
                         snprintf(what, sizeof(what), "separate kernels (7 a layer)");
+                else if (v == 3)
+                        snprintf(what, sizeof(what), "chain, prologues NONE");
+                else if (v == 4)
+                        snprintf(what, sizeof(what), "4 chains of one phase");
                 else
                         snprintf(what, sizeof(what), "chain bpm %d stage %5d", variants[v].blocks_per_sm,
                                  variants[v].stage_bytes);
