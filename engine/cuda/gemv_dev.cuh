@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "act.cuh"
 #include "common.cuh"
 #include "gemv.cuh"
 
@@ -81,23 +82,6 @@ template <> __device__ __forceinline__ float round_act<CUDA_WTYPE_F16>(float v)
 }
 
 /* ---- prologues: what cuda_gemv_fused applies to x ---- */
-
-/* ops.cu's activations, copied verbatim (they are static there): the fused value must be
- * bitwise cuda_glu's, so the formulas (and the compiler's contraction of them) must match. */
-static __device__ __forceinline__ float act_silu(float g)
-{
-        return g / (1.0f + expf(-g));
-}
-
-/* tanh-GELU with ggml's table ends: 0 at or below -10, identity at or above 10 */
-static __device__ __forceinline__ float act_gelu(float g)
-{
-        if (g <= -10.0f)
-                return 0.0f;
-        if (g >= 10.0f)
-                return g;
-        return 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
-}
 
 template <int PRO> static __device__ __forceinline__ float glu_act(float g)
 {

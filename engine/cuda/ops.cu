@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "act.cuh"
 #include "common.cuh"
 #include "ops.cuh"
 
@@ -197,22 +198,7 @@ int cuda_embed_ref(uint32_t etype, const void *E, int n_vocab, const int32_t *to
         return CUDA_CHECK_LAUNCH();
 }
 
-/* ---- gated activations ---- */
-
-static __device__ __forceinline__ float act_silu(float g)
-{
-        return g / (1.0f + expf(-g));
-}
-
-/* tanh-GELU with ggml's table ends: 0 at or below -10, identity at or above 10 */
-static __device__ __forceinline__ float act_gelu(float g)
-{
-        if (g <= -10.0f)
-                return 0.0f;
-        if (g >= 10.0f)
-                return g;
-        return 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
-}
+/* ---- gated activations (act.cuh) ---- */
 
 template <int ACT> static __device__ __forceinline__ float act(float g)
 {

@@ -19,6 +19,7 @@
 #include "bandwidth.cuh"
 #include "chain.cuh"
 #include "harness.cuh"
+#include "layers.cuh"
 #include "ops.cuh"
 #include "rmsnorm.cuh"
 
@@ -39,47 +40,12 @@ static void record(bool ok, const char *fmt_name, const char *detail)
         }
 }
 
-struct shape {
-        const char *name;
-        int E, QKV, F;
-};
-
-/* One layer's weights and the activations of one token. */
-struct layer {
-        void *qkv, *o, *gu, *down;
-        float *n1, *n2;
-};
-
-static layer layer_alloc(const shape &s, uint32_t wt)
-{
-        layer L;
-        L.qkv = dev_alloc(2 * (size_t)s.QKV * s.E);
-        L.o = dev_alloc(2 * (size_t)s.E * s.E);
-        L.gu = dev_alloc(2 * 2 * (size_t)s.F * s.E);
-        L.down = dev_alloc(2 * (size_t)s.E * s.F);
-        rand_w16(L.qkv, (size_t)s.QKV * s.E, wt);
-        rand_w16(L.o, (size_t)s.E * s.E, wt);
-        rand_w16(L.gu, 2 * (size_t)s.F * s.E, wt);
-        rand_w16(L.down, (size_t)s.E * s.F, wt);
-        L.n1 = dev_alloc_f32(s.E);
-        L.n2 = dev_alloc_f32(s.E);
-        rand_f32(L.n1, s.E, 0.5f, 1.0f);
-        rand_f32(L.n2, s.E, 0.5f, 1.0f);
-        return L;
-}
-
-static void layer_free(layer &L)
-{
-        for (void *p : {L.qkv, L.o, L.gu, L.down, (void *)L.n1, (void *)L.n2})
-                CUDA_CHECK_ABORT(cudaFree(p));
-}
-
 /* Activation buffers, each with a poisoned GUARD tail. */
 struct acts {
         float *att, *x, *gu, *act, *xn, *qkv;
 };
 
-static acts acts_alloc(const shape &s)
+static acts acts_alloc(const layer_shape &s)
 {
         acts a;
         a.att = dev_alloc_f32((size_t)s.E + GUARD);
@@ -99,7 +65,7 @@ static void acts_free(acts &a)
 
 /* The engine's layer tail as a chain: o + residual, norm + gate/up, GLU + down + residual,
  * norm + the next Q/K/V (here the same layer's weights stand in for the next layer's). */
-static cuda_chain layer_chain(const shape &s, const layer &L, const acts &a, int glu)
+static cuda_chain layer_chain(const layer_shape &s, const layer_w &L, const acts &a, int glu)
 {
         cuda_chain ch;
         memset(&ch, 0, sizeof(ch));
@@ -112,7 +78,7 @@ static cuda_chain layer_chain(const shape &s, const layer &L, const acts &a, int
 }
 
 /* The same with the engine's separate kernels. */
-static int layer_separate(uint32_t wt, const shape &s, const layer &L, const acts &a, int glu, cudaStream_t st)
+static int layer_separate(uint32_t wt, const layer_shape &s, const layer_w &L, const acts &a, int glu, cudaStream_t st)
 {
         const int act = glu == CUDA_GEMV_PRO_GLU_GELU ? CUDA_ACT_GELU : CUDA_ACT_SILU;
         int r;
@@ -128,7 +94,7 @@ static int layer_separate(uint32_t wt, const shape &s, const layer &L, const act
 }
 
 /* Fresh inputs: att and x random, gu/qkv poisoned (they are outputs), guards poisoned. */
-static void acts_reset(const shape &s, const acts &a, const float *att0, const float *x0)
+static void acts_reset(const layer_shape &s, const acts &a, const float *att0, const float *x0)
 {
         poison(a.att, s.E);
         poison(a.x, s.E);
@@ -156,9 +122,9 @@ static bool same_bits(const float *a, const float *b, size_t n, size_t *diff, bo
         return *diff == 0 && *guard_ok;
 }
 
-static void check_layer(const shape &s, uint32_t wt, int glu, void *sync, cudaStream_t st)
+static void check_layer(const layer_shape &s, uint32_t wt, int glu, void *sync, cudaStream_t st)
 {
-        layer L = layer_alloc(s, wt);
+        layer_w L = layer_alloc(s, wt);
         acts ref = acts_alloc(s), got = acts_alloc(s);
         float *att0 = dev_alloc_f32(s.E), *x0 = dev_alloc_f32(s.E);
         rand_f32(att0, s.E, 1.0f);
@@ -303,12 +269,12 @@ static void check_args(void *sync)
 
 /* ---- timing ---- */
 
-static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaStream_t st)
+static void bench(const layer_shape &s, size_t l2, double read_gbs, void *sync, cudaStream_t st)
 {
         const uint32_t wt = CUDA_WTYPE_BF16;
-        const size_t lbytes = 2 * ((size_t)s.QKV * s.E + (size_t)s.E * s.E + 2 * (size_t)s.F * s.E + (size_t)s.E * s.F);
+        const size_t lbytes = layer_bytes(s);
         const int n_layer = (int)std::max<size_t>(2, (4 * l2 + lbytes - 1) / lbytes);
-        std::vector<layer> W;
+        std::vector<layer_w> W;
         for (int i = 0; i < n_layer; i++)
                 W.push_back(layer_alloc(s, wt));
         acts a = acts_alloc(s);
@@ -325,7 +291,7 @@ static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaSt
                 cudaGraphExec_t ge;
                 CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
                 int r = 0;
-                for (const layer &L : W) {
+                for (const layer_w &L : W) {
                         if (v < 0) {
                                 r = layer_separate(wt, s, L, a, CUDA_GEMV_PRO_GLU_SILU, st);
                         } else if (v < 3) {
@@ -385,7 +351,7 @@ static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaSt
                 cudaGraph_t g;
                 cudaGraphExec_t ge;
                 CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-                for (const layer &L : W) {
+                for (const layer_w &L : W) {
                         if (v < 0) {
                                 CUDA_OK_OR_ABORT(cuda_gemv_beta(wt, L.gu, a.x, a.gu, 2 * s.F, s.E, 1, 0.0f, st));
                         } else {
@@ -405,7 +371,7 @@ static void bench(const shape &s, size_t l2, double read_gbs, void *sync, cudaSt
                 CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
                 CUDA_CHECK_ABORT(cudaGraphDestroy(g));
         }
-        for (layer &L : W)
+        for (layer_w &L : W)
                 layer_free(L);
         acts_free(a);
 }
@@ -435,12 +401,12 @@ int main(int argc, char **argv)
         CUDA_CHECK_ABORT(cudaMemset(sync, 0, CUDA_CHAIN_SYNC_BYTES));
         cudaStream_t st;
         CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        const shape shapes[] = {{"1B", 2048, 3072, 8192}, {"8B", 4096, 6144, 14336}, {"ragged", 1000, 1500, 2600}};
+        const layer_shape shapes[] = {{"1B", 2048, 3072, 8192}, {"8B", 4096, 6144, 14336}, {"ragged", 1000, 1500, 2600}};
         if (!bench_only) {
                 check_args(sync);
                 for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
                         check_single(wt, sync, st);
-                for (const shape &s : shapes)
+                for (const layer_shape &s : shapes)
                         for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
                                 check_layer(s, wt, CUDA_GEMV_PRO_GLU_SILU, sync, st);
                 check_layer(shapes[2], CUDA_WTYPE_BF16, CUDA_GEMV_PRO_GLU_GELU, sync, st);

@@ -15,6 +15,7 @@
 #define HARNESS_SEED 0x9d1ull
 #include "bandwidth.cuh"
 #include "harness.cuh"
+#include "layers.cuh"
 #include "ops.cuh"
 #include "rmsnorm.cuh"
 
@@ -92,16 +93,6 @@ static void check_live(bool graph)
         CUDA_CHECK_ABORT(cudaFree(flag));
 }
 
-struct layer_w {
-        void *qkv, *o, *gu, *down;
-        float *n1, *n2;
-};
-
-struct layer_shape {
-        const char *name;
-        int E, QKV, F;
-};
-
 enum { SMALL_NONE, SMALL_SEPARATE, SMALL_FUSED };
 static const char *small_name[] = {"gemv only", "gemv+norm+glu", "fused prologues"};
 
@@ -144,23 +135,11 @@ static int enqueue_layers(const layer_shape &s, const std::vector<layer_w> &W, i
 
 static void bench_layers(const layer_shape &s, size_t l2, double read_gbs)
 {
-        const size_t lbytes = 2 * ((size_t)s.QKV * s.E + (size_t)s.E * s.E + 2 * (size_t)s.F * s.E + (size_t)s.E * s.F);
+        const size_t lbytes = layer_bytes(s);
         const int n_layer = (int)std::max<size_t>(2, (4 * l2 + lbytes - 1) / lbytes);
-        std::vector<layer_w> W(n_layer);
-        for (layer_w &L : W) {
-                L.qkv = dev_alloc(2 * (size_t)s.QKV * s.E);
-                L.o = dev_alloc(2 * (size_t)s.E * s.E);
-                L.gu = dev_alloc(2 * 2 * (size_t)s.F * s.E);
-                L.down = dev_alloc(2 * (size_t)s.E * s.F);
-                rand_w16(L.qkv, (size_t)s.QKV * s.E, CUDA_WTYPE_BF16);
-                rand_w16(L.o, (size_t)s.E * s.E, CUDA_WTYPE_BF16);
-                rand_w16(L.gu, 2 * (size_t)s.F * s.E, CUDA_WTYPE_BF16);
-                rand_w16(L.down, (size_t)s.E * s.F, CUDA_WTYPE_BF16);
-                L.n1 = dev_alloc_f32(s.E);
-                L.n2 = dev_alloc_f32(s.E);
-                rand_f32(L.n1, s.E, 0.5f, 1.0f);
-                rand_f32(L.n2, s.E, 0.5f, 1.0f);
-        }
+        std::vector<layer_w> W;
+        for (int i = 0; i < n_layer; i++)
+                W.push_back(layer_alloc(s, CUDA_WTYPE_BF16));
         const int TM = 8;
         float *x = dev_alloc_f32((size_t)TM * s.E), *xn = dev_alloc_f32((size_t)TM * s.E);
         float *qkv = dev_alloc_f32((size_t)TM * s.QKV), *gu = dev_alloc_f32((size_t)TM * 2 * s.F);
@@ -191,14 +170,8 @@ static void bench_layers(const layer_shape &s, size_t l2, double read_gbs)
                                 CUDA_CHECK_ABORT(cudaGraphDestroy(g));
                         }
         CUDA_CHECK_ABORT(cudaStreamDestroy(st));
-        for (layer_w &L : W) {
-                CUDA_CHECK_ABORT(cudaFree(L.qkv));
-                CUDA_CHECK_ABORT(cudaFree(L.o));
-                CUDA_CHECK_ABORT(cudaFree(L.gu));
-                CUDA_CHECK_ABORT(cudaFree(L.down));
-                CUDA_CHECK_ABORT(cudaFree(L.n1));
-                CUDA_CHECK_ABORT(cudaFree(L.n2));
-        }
+        for (layer_w &L : W)
+                layer_free(L);
         for (float *p : {x, xn, qkv, gu, act})
                 CUDA_CHECK_ABORT(cudaFree(p));
 }
