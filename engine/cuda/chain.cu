@@ -58,6 +58,13 @@ static __device__ __forceinline__ void cp_wait(int n)
         }
 }
 
+static __device__ __forceinline__ unsigned long long globaltimer(void)
+{
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        return t;
+}
+
 /* ---- grid barrier ---- */
 
 /* sync: count at word 0, generation at word 32 (another 128-byte line). The last block to
@@ -285,7 +292,7 @@ static __device__ __forceinline__ void group(const uint16_t *w, const uint16_t *
 template <int WTYPE>
 static __global__ void __launch_bounds__(CHAIN_THREADS, 1)
 chain_kernel(const __grid_constant__ cuda_chain ch, unsigned *sync, int act_bytes, int stage_bytes, int nslot,
-             int4 rows_lo, int4 rows_hi)
+             int4 rows_lo, int4 rows_hi, unsigned long long *trace)
 {
         extern __shared__ __align__(128) unsigned char smem[];
         __shared__ float part[2][GEMV_WARPS][CHAIN_RMAX];
@@ -309,12 +316,23 @@ chain_kernel(const __grid_constant__ cuda_chain ch, unsigned *sync, int act_byte
         for (; issued < (unsigned)nslot; issued++)
                 chain_issue(ch, rows_per_group, ring, &pp, &pg, issued);
 
+        /* block-uniform; thread 0 writes */
+        unsigned long long *tr = trace && blockIdx.x < CUDA_CHAIN_TRACE_BLOCKS_MAX
+                                         ? trace + (size_t)blockIdx.x * ch.n * 4
+                                         : NULL;
+        const bool t0 = threadIdx.x == 0;
         for (int p = 0; p < ch.n; p++) {
                 const cuda_chain_phase &P = ch.ph[p];
+                if (tr && t0)
+                        tr[p * 4 + 0] = globaltimer();
                 if (p > 0)
                         grid_sync(sync);
+                if (tr && t0)
+                        tr[p * 4 + 1] = globaltimer();
                 prologue<WTYPE>(P, act, warp_part);
                 __syncthreads();
+                if (tr && t0)
+                        tr[p * 4 + 2] = globaltimer();
                 const int R = rows_per_group[p];
                 const int groups = (P.rows + R - 1) / R;
                 for (int g = blockIdx.x; g < groups; g += gridDim.x) {
@@ -339,6 +357,11 @@ chain_kernel(const __grid_constant__ cuda_chain ch, unsigned *sync, int act_byte
                         consumed++;
                         /* the stage just read is this thread's to refill (its own bytes) */
                         chain_issue(ch, rows_per_group, ring, &pp, &pg, issued++);
+                }
+                if (tr) {
+                        __syncthreads(); /* every thread's sums stored (timing only) */
+                        if (t0)
+                                tr[p * 4 + 3] = globaltimer();
                 }
         }
         cp_wait(0);
@@ -464,7 +487,7 @@ static int chain_launch(const cuda_chain *ch, unsigned *sync, int kmax, const cu
                 R[p] = group_rows(ch->ph[p].k, pl.stage_bytes);
         return CUDA_CHECK(cudaLaunchKernelEx(&cfg, chain_kernel<WTYPE>, *ch, sync, pl.act_bytes, pl.stage_bytes,
                                              pl.nslot, make_int4(R[0], R[1], R[2], R[3]),
-                                             make_int4(R[4], R[5], R[6], R[7])));
+                                             make_int4(R[4], R[5], R[6], R[7]), opts ? opts->trace : NULL));
 }
 
 int cuda_chain_gemv(uint32_t wtype, const struct cuda_chain *ch, void *sync, const struct cuda_chain_opts *opts,

@@ -49,7 +49,14 @@ struct cuda_chain {
 struct cuda_chain_opts {
         int blocks_per_sm;
         int stage_bytes;
+        /* NULL, or where each block's thread 0 writes %globaltimer (ns) at four points of
+         * every phase: trace[(block · n + phase) · 4 + i], i = 0 before the grid barrier
+         * (the previous phase's groups done), 1 after it, 2 prologue done, 3 groups done;
+         * blocks = CUDA_CHAIN_TRACE_BLOCKS_MAX at most are traced. For measurements. */
+        unsigned long long *trace;
 };
+
+#define CUDA_CHAIN_TRACE_BLOCKS_MAX 1024
 
 /* Enqueues the chain on stream (graph-capturable; a cooperative launch, so every block is
  * resident at once). Returns 0; -EINVAL for a bad phase (wtype not F16/BF16, NULL or

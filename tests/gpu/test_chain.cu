@@ -346,6 +346,53 @@ static void bench(const layer_shape &s, size_t l2, double read_gbs, void *sync, 
                 CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
                 CUDA_CHECK_ABORT(cudaGraphDestroy(g));
         }
+        /* where a chain's time goes: each block's timestamps (cuda_chain_opts.trace) over
+         * one layer's chain, run after the others so its weights are not in L2 */
+        {
+                const int nb = std::min(CUDA_CHAIN_TRACE_BLOCKS_MAX, 4 * 1024);
+                unsigned long long *tr;
+                CUDA_CHECK_ABORT(cudaMalloc(&tr, sizeof(*tr) * (size_t)nb * 4 * 4));
+                CUDA_CHECK_ABORT(cudaMemset(tr, 0, sizeof(*tr) * (size_t)nb * 4 * 4));
+                cuda_chain_opts o = {0, 0, tr};
+                for (int rep = 0; rep < 2; rep++)
+                        for (int i = 0; i < n_layer; i++) {
+                                const cuda_chain ch = layer_chain(s, W[i], a, CUDA_GEMV_PRO_GLU_SILU);
+                                CUDA_OK_OR_ABORT(cuda_chain_gemv(wt, &ch, sync, i == n_layer - 1 ? &o : NULL, st));
+                        }
+                CUDA_CHECK_ABORT(cudaStreamSynchronize(st));
+                std::vector<unsigned long long> h((size_t)nb * 16);
+                CUDA_CHECK_ABORT(cudaMemcpy(h.data(), tr, sizeof(h[0]) * h.size(), cudaMemcpyDeviceToHost));
+                int blocks = 0;
+                while (blocks < nb && h[(size_t)blocks * 16 + 3] != 0)
+                        blocks++;
+                const char *names[4] = {"o+res", "norm+gate/up", "glu+down+res", "norm+qkv"};
+                unsigned long long t_first = ~0ull, t_last = 0;
+                for (int b = 0; b < blocks; b++) {
+                        t_first = std::min(t_first, h[(size_t)b * 16 + 1]);
+                        t_last = std::max(t_last, h[(size_t)b * 16 + 15]);
+                }
+                printf("trace chain %-3s %d blocks, %.2f us from the first block's start to the last block's end\n",
+                       s.name, blocks, (t_last - t_first) / 1e3);
+                for (int p = 0; p < 4; p++) {
+                        double sum[3] = {0, 0, 0}, mx[3] = {0, 0, 0};
+                        unsigned long long end_max = 0, start_min = ~0ull;
+                        for (int b = 0; b < blocks; b++) {
+                                const unsigned long long *t = &h[(size_t)b * 16 + p * 4];
+                                const double d[3] = {(t[1] - t[0]) / 1e3, (t[2] - t[1]) / 1e3, (t[3] - t[2]) / 1e3};
+                                for (int i = 0; i < 3; i++) {
+                                        sum[i] += d[i];
+                                        mx[i] = std::max(mx[i], d[i]);
+                                }
+                                end_max = std::max(end_max, t[3]);
+                                start_min = std::min(start_min, t[1]);
+                        }
+                        printf("trace chain %-3s phase %d %-13s barrier %5.2f/%5.2f us, prologue %5.2f/%5.2f us, "
+                               "groups %6.2f/%6.2f us (mean/max over blocks); phase span %6.2f us\n",
+                               s.name, p, names[p], sum[0] / blocks, mx[0], sum[1] / blocks, mx[1], sum[2] / blocks,
+                               mx[2], (end_max - start_min) / 1e3);
+                }
+                CUDA_CHECK_ABORT(cudaFree(tr));
+        }
         /* one matrix alone (gate/up of every layer, one product each): the steady state */
         for (int v = -1; v < 1; v++) {
                 cudaGraph_t g;
