@@ -630,12 +630,32 @@ static int matmul(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, co
 /* A product whose input is the RMSNorm of x (the attention and FFN norms). The GEMV can
  * take the norm as a prologue (cuda_gemv_fused, bitwise the same), but on an H200 that
  * measured no faster at one token and slower at more (tests/gpu/test_kernels.cu), so the
- * norm runs on its own into xn. */
+ * norm runs on its own into xn; for cuBLASLt it writes the 16-bit input x16 directly
+ * (bitwise the norm then cuda_f32_to_w16: one kernel fewer). */
 static int matmul_norm(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, const float *x,
                        const float *norm_w, float eps, float *y, int rows, int k, int n, int cap)
 {
+        if (n > c->gemv_max) {
+                LAUNCH(c, cuda_rmsnorm_w16(x, norm_w, c->x16, wtype, k, n, eps, c->st, pdl));
+                LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), 0.0f, c->st));
+                return 0;
+        }
         LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st, pdl));
         return matmul(c, pdl, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
+}
+
+/* A product whose input is the gated activation of gu (the FFN's down projection): the
+ * activation into act for the GEMV, or straight into x16 for cuBLASLt (as matmul_norm). */
+static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uint32_t wtype, const void *w,
+                      float *y, int rows, int k, int n, float beta, int cap)
+{
+        if (n > c->gemv_max) {
+                LAUNCH(c, cuda_glu_w16(act, gu, c->x16, wtype, k, n, c->st, pdl));
+                LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
+                return 0;
+        }
+        LAUNCH(c, cuda_glu(act, gu, c->act, k, n, c->st, pdl));
+        return matmul(c, pdl, wtype, w, c->act, y, rows, k, n, beta, cap);
 }
 
 /* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in slot par
@@ -741,12 +761,14 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E, ntok,
                                      (int)c->T)) < 0)
                         return r;
-                LAUNCH(c, cuda_glu(gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU, c->gu, c->act, F, ntok, c->st, pdl));
+                const int act = gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU;
                 if (gemma) {
-                        if ((r = matmul(c, pdl, W->tdown, W->wdown, c->act, c->tmp, E, F, ntok, 0.0f, (int)c->T)) < 0)
+                        if ((r = matmul_glu(c, pdl, act, c->gu, W->tdown, W->wdown, c->tmp, E, F, ntok, 0.0f,
+                                            (int)c->T)) < 0)
                                 return r;
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st, pdl));
-                } else if ((r = matmul(c, pdl, W->tdown, W->wdown, c->act, c->x, E, F, ntok, 1.0f, (int)c->T)) < 0) {
+                } else if ((r = matmul_glu(c, pdl, act, c->gu, W->tdown, W->wdown, c->x, E, F, ntok, 1.0f,
+                                           (int)c->T)) < 0) {
                         return r;
                 }
         }
@@ -819,10 +841,10 @@ struct tune_arg {
 static int tune_fn(struct ecu_ctx *c, void *p)
 {
         const struct tune_arg *a = (const struct tune_arg *)p;
-        if (a->gemm) {
-                int r = cuda_f32_to_w16(a->wtype, c->xn, c->x16, (size_t)a->n * a->k, c->st);
-                return r < 0 ? r : cuda_gemm(c->gemm, a->wtype, a->w, c->x16, c->gu, a->rows, a->k, a->n, 0.0f, c->st);
-        }
+        /* (the gate/up input comes converted from its norm: matmul_norm; the norm itself
+         * costs the same either way, so it is left out of both) */
+        if (a->gemm)
+                return cuda_gemm(c->gemm, a->wtype, a->w, c->x16, c->gu, a->rows, a->k, a->n, 0.0f, c->st);
         return cuda_gemv_beta(a->wtype, a->w, c->xn, c->gu, a->rows, a->k, a->n, 0.0f, c->st);
 }
 

@@ -11,6 +11,7 @@
 #include "common.cuh"
 #include "gemm.cuh"
 #include "gemv.cuh" /* enum cuda_wtype */
+#include "w16.cuh"
 
 #define SL_MAX_SZ(a, b) ((a) > (b) ? (a) : (b))
 #define GEMM_CACHE 256                   /* shapes per handle; past it, entries are replaced in turn */
@@ -452,21 +453,6 @@ int cuda_gemm_ref(uint32_t wtype, const void *w, const void *x, float *y, int ro
 
 #define CVT_THREADS 256
 #define CVT_MAX_BLOCKS 4096 /* grid-stride beyond: ~8 blocks per SM on H100/H200 is plenty */
-
-template <int WTYPE> static __device__ __forceinline__ uint16_t float_to_w16(float f);
-template <> __device__ __forceinline__ uint16_t float_to_w16<CUDA_WTYPE_BF16>(float f)
-{
-        return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-}
-template <> __device__ __forceinline__ uint16_t float_to_w16<CUDA_WTYPE_F16>(float f)
-{
-        return __half_as_ushort(__float2half_rn(f));
-}
-
-static __device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi)
-{
-        return (uint32_t)lo | (uint32_t)hi << 16;
-}
 
 /* VEC: src and dst 16-byte aligned; 8 elements per step (two float4 in, one uint4 out), the
  * last n % 8 elements one per thread. */

@@ -13,6 +13,7 @@
 #include "act.cuh"
 #include "common.cuh"
 #include "ops.cuh"
+#include "w16.cuh"
 
 #define OPS_THREADS 256
 #define OPS_MAX_BLOCKS 4096 /* grid-stride beyond this: ~30 blocks per SM on H100/H200 */
@@ -205,10 +206,11 @@ template <int ACT> static __device__ __forceinline__ float act(float g)
         return ACT == CUDA_ACT_GELU ? act_gelu(g) : act_silu(g);
 }
 
-/* VEC: n % 4 == 0, gu and out 16-byte aligned. */
-template <int ACT, bool VEC>
+/* VEC: n % 4 == 0, gu 16-byte aligned, out 16 (floats) or 8 (16-bit) bytes. OUT: 0 float
+ * out, or out as the 16-bit type OUT (w16.cuh), the same values rounded. */
+template <int ACT, bool VEC, int OUT>
 static __global__ void __launch_bounds__(OPS_THREADS)
-glu_kernel(const float *__restrict__ gu, float *__restrict__ out, int n, int ntok)
+glu_kernel(const float *__restrict__ gu, void *__restrict__ out, int n, int ntok)
 {
         pdl_start();
         const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -219,26 +221,27 @@ glu_kernel(const float *__restrict__ gu, float *__restrict__ out, int n, int nto
                 if (VEC) {
                         const float4 *row = (const float4 *)gu + t * 2 * nv;
                         const float4 g = __ldg(row + i), u = __ldg(row + nv + i);
-                        ((float4 *)out)[v] = make_float4(act<ACT>(g.x) * u.x, act<ACT>(g.y) * u.y,
-                                                         act<ACT>(g.z) * u.z, act<ACT>(g.w) * u.w);
+                        out_store<OUT>::store4(out, v,
+                                               make_float4(act<ACT>(g.x) * u.x, act<ACT>(g.y) * u.y,
+                                                           act<ACT>(g.z) * u.z, act<ACT>(g.w) * u.w));
                 } else {
                         const float *row = gu + t * 2 * nv;
-                        out[v] = act<ACT>(row[i]) * row[nv + i];
+                        out_store<OUT>::store1(out, v, act<ACT>(row[i]) * row[nv + i]);
                 }
         }
 }
 
-static bool glu_args_ok(int a, const float *gu, const float *out, int n, int ntok)
+static bool glu_args_ok(int a, const float *gu, const void *out, int n, int ntok)
 {
         return (a == CUDA_ACT_SILU || a == CUDA_ACT_GELU) && gu && out && n >= 0 && ntok >= 0;
 }
 
-template <int ACT>
-static cudaError_t glu_launch(bool vec, const float *gu, float *out, int n, int ntok, cudaStream_t s, bool pdl)
+template <int ACT, int OUT>
+static cudaError_t glu_launch(bool vec, const float *gu, void *out, int n, int ntok, cudaStream_t s, bool pdl)
 {
         const size_t work = (size_t)n * ntok / (vec ? 4 : 1);
-        return cuda_launch(pdl, vec ? glu_kernel<ACT, true> : glu_kernel<ACT, false>, grid_for(work), OPS_THREADS, 0,
-                           s, gu, out, n, ntok);
+        return cuda_launch(pdl, vec ? glu_kernel<ACT, true, OUT> : glu_kernel<ACT, false, OUT>, grid_for(work),
+                           OPS_THREADS, 0, s, gu, out, n, ntok);
 }
 
 int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t stream, bool pdl)
@@ -248,8 +251,30 @@ int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t
         if (n == 0 || ntok == 0)
                 return 0;
         const bool vec = n % 4 == 0 && aligned16(gu) && aligned16(out);
-        return CUDA_CHECK(act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU>(vec, gu, out, n, ntok, stream, pdl)
-                                               : glu_launch<CUDA_ACT_SILU>(vec, gu, out, n, ntok, stream, pdl));
+        const cudaError_t e = act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU, 0>(vec, gu, out, n, ntok, stream, pdl)
+                                                   : glu_launch<CUDA_ACT_SILU, 0>(vec, gu, out, n, ntok, stream, pdl);
+        return CUDA_CHECK(e);
+}
+
+template <int OUT>
+static cudaError_t glu_w16_launch(int act, bool vec, const float *gu, void *out, int n, int ntok, cudaStream_t s,
+                                  bool pdl)
+{
+        return act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU, OUT>(vec, gu, out, n, ntok, s, pdl)
+                                    : glu_launch<CUDA_ACT_SILU, OUT>(vec, gu, out, n, ntok, s, pdl);
+}
+
+int cuda_glu_w16(int act, const float *gu, void *out, uint32_t wtype, int n, int ntok, cudaStream_t stream,
+                 bool pdl)
+{
+        if (!glu_args_ok(act, gu, out, n, ntok) || (wtype != CUDA_WTYPE_BF16 && wtype != CUDA_WTYPE_F16))
+                return -EINVAL;
+        if (n == 0 || ntok == 0)
+                return 0;
+        const bool vec = n % 4 == 0 && aligned16(gu) && (uintptr_t)out % 8 == 0;
+        return CUDA_CHECK(wtype == CUDA_WTYPE_BF16
+                                  ? glu_w16_launch<CUDA_WTYPE_BF16>(act, vec, gu, out, n, ntok, stream, pdl)
+                                  : glu_w16_launch<CUDA_WTYPE_F16>(act, vec, gu, out, n, ntok, stream, pdl));
 }
 
 template <int ACT>

@@ -27,6 +27,11 @@ int cuda_embed_ref(uint32_t etype, const void *E, int n_vocab, const int32_t *to
 enum cuda_act { CUDA_ACT_SILU = 0, CUDA_ACT_GELU = 1 };
 int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t stream,
              bool pdl = false);
+/* The same, out written as wtype's 16-bit values (CUDA_WTYPE_F16 or BF16, gemv.cuh), round to
+ * nearest even: bitwise cuda_glu followed by cuda_f32_to_w16, in one kernel, for a product
+ * that reads its input converted (cuBLASLt). */
+int cuda_glu_w16(int act, const float *gu, void *out, uint32_t wtype, int n, int ntok, cudaStream_t stream,
+                 bool pdl = false);
 int cuda_glu_ref(int act, const float *gu, float *out, int n, int ntok, cudaStream_t stream);
 
 /* x[t][i] += w ? rmsnorm(y[t])[i] · w[i] : y[t][i]  (rmsnorm as rmsnorm.cuh, eps).

@@ -2,6 +2,7 @@
  * a block-wide sum of squares, then a second pass (from L1/L2) that scales and weights. */
 #include "common.cuh"
 #include "rmsnorm.cuh"
+#include "w16.cuh"
 
 #define RMSNORM_THREADS 256
 
@@ -17,13 +18,14 @@ static __device__ float block_sum(float v)
         return warp_sum(v); /* every warp computes the total: no second barrier needed */
 }
 
-template <bool VEC4>
+/* OUT: 0 float y, or y as the 16-bit type OUT (w16.cuh), the same values rounded. */
+template <bool VEC4, int OUT>
 static __global__ void __launch_bounds__(RMSNORM_THREADS)
-rmsnorm_kernel(const float *x, const float *__restrict__ w, float *y, int n, float eps)
+rmsnorm_kernel(const float *x, const float *__restrict__ w, void *y, int n, float eps)
 {
         pdl_start();
         const float *xr = x + (size_t)blockIdx.x * n;
-        float *yr = y + (size_t)blockIdx.x * n;
+        const size_t row = (size_t)blockIdx.x * n;
         float ss = 0.0f;
         if (VEC4) {
                 for (int i = threadIdx.x; i < n / 4; i += RMSNORM_THREADS) {
@@ -39,26 +41,50 @@ rmsnorm_kernel(const float *x, const float *__restrict__ w, float *y, int n, flo
                 for (int i = threadIdx.x; i < n / 4; i += RMSNORM_THREADS) {
                         const float4 v = ((const float4 *)xr)[i];
                         const float4 g = __ldg((const float4 *)w + i);
-                        ((float4 *)yr)[i] = make_float4(v.x * scale * g.x, v.y * scale * g.y,
-                                                        v.z * scale * g.z, v.w * scale * g.w);
+                        out_store<OUT>::store4(y, row / 4 + i,
+                                               make_float4(v.x * scale * g.x, v.y * scale * g.y,
+                                                           v.z * scale * g.z, v.w * scale * g.w));
                 }
         } else {
                 for (int i = threadIdx.x; i < n; i += RMSNORM_THREADS)
-                        yr[i] = xr[i] * scale * w[i];
+                        out_store<OUT>::store1(y, row + i, xr[i] * scale * w[i]);
         }
+}
+
+static bool rms_args_ok(const float *x, const float *w, const void *y, int n, int ntok, float eps)
+{
+        return x && w && y && n > 0 && ntok > 0 && eps >= 0.0f;
 }
 
 int cuda_rmsnorm(const float *x, const float *w, float *y, int n, int ntok, float eps,
                  cudaStream_t stream, bool pdl)
 {
-        if (!x || !w || !y || n <= 0 || ntok <= 0 || !(eps >= 0.0f))
+        if (!rms_args_ok(x, w, y, n, ntok, eps))
                 return -EINVAL;
         const bool vec4 = n % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)y) % 16 == 0;
-        return CUDA_CHECK(cuda_launch(pdl, vec4 ? rmsnorm_kernel<true> : rmsnorm_kernel<false>, ntok,
-                                      RMSNORM_THREADS, 0, stream, x, w, y, n, eps));
+        return CUDA_CHECK(cuda_launch(pdl, vec4 ? rmsnorm_kernel<true, 0> : rmsnorm_kernel<false, 0>, ntok,
+                                      RMSNORM_THREADS, 0, stream, x, w, (void *)y, n, eps));
 }
 
-/* ---- plain reference ---- */
+template <int OUT>
+static cudaError_t rms_w16_launch(bool vec4, const float *x, const float *w, void *y, int n, int ntok, float eps,
+                                  cudaStream_t stream, bool pdl)
+{
+        return cuda_launch(pdl, vec4 ? rmsnorm_kernel<true, OUT> : rmsnorm_kernel<false, OUT>, ntok,
+                           RMSNORM_THREADS, 0, stream, x, w, y, n, eps);
+}
+
+int cuda_rmsnorm_w16(const float *x, const float *w, void *y, uint32_t wtype, int n, int ntok, float eps,
+                     cudaStream_t stream, bool pdl)
+{
+        if (!rms_args_ok(x, w, y, n, ntok, eps) || (wtype != CUDA_WTYPE_BF16 && wtype != CUDA_WTYPE_F16))
+                return -EINVAL;
+        /* y's rows start 8-byte aligned when n % 4 == 0 and y is */
+        const bool vec4 = n % 4 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0 && (uintptr_t)y % 8 == 0;
+        return CUDA_CHECK(wtype == CUDA_WTYPE_BF16
+                                  ? rms_w16_launch<CUDA_WTYPE_BF16>(vec4, x, w, y, n, ntok, eps, stream, pdl)
+                                  : rms_w16_launch<CUDA_WTYPE_F16>(vec4, x, w, y, n, ntok, eps, stream, pdl));
+}
 
 static __global__ void rmsnorm_ref_kernel(const float *x, const float *w, float *y, int n,
                                           int ntok, float eps)

@@ -24,6 +24,7 @@
 #include "gemm.cuh"
 #include "gemv.cuh" /* enum cuda_wtype */
 #include "ops.cuh"
+#include "rmsnorm.cuh"
 
 #define HARNESS_SEED 0x5eed0ull
 #define GUARD 64       /* poisoned elements after each output, which must stay poisoned */
@@ -510,6 +511,49 @@ static void check_glu(int act, int n, int ntok, bool unaligned)
         CUDA_CHECK_ABORT(cudaFree(ob));
 }
 
+/* ---- RMSNorm and gated activations written as 16-bit values ---- */
+
+/* cuda_rmsnorm_w16 / cuda_glu_w16 against the float kernel followed by cuda_f32_to_w16,
+ * bitwise, guard untouched; odd n (the scalar path) and an 8-byte-aligned output too. */
+static void check_w16_out(uint32_t wtype, int n, int ntok, bool odd_out)
+{
+        const size_t len = (size_t)n * ntok;
+        float *x = dev_alloc_f32(2 * len), *w = dev_alloc_f32(n), *f = dev_alloc_f32(len);
+        uint16_t *ref = (uint16_t *)dev_alloc(2 * len), *ob = (uint16_t *)dev_alloc(2 * (len + 4 + GUARD));
+        uint16_t *o = ob + (odd_out ? 4 : 0); /* 8 bytes past a 16-byte boundary */
+        rand_f32(x, 2 * len, 12.0f);
+        rand_f32(w, n, 0.5f, 1.0f);
+        for (int what = 0; what < 3; what++) {
+                CUDA_CHECK_ABORT(cudaMemset(ob, 0xff, 2 * (len + 4 + GUARD)));
+                const int act = what == 2 ? CUDA_ACT_GELU : CUDA_ACT_SILU;
+                if (what == 0) {
+                        CUDA_OK_OR_ABORT(cuda_rmsnorm(x, w, f, n, ntok, 1e-5f, 0));
+                        CUDA_OK_OR_ABORT(cuda_rmsnorm_w16(x, w, o, wtype, n, ntok, 1e-5f, 0));
+                } else {
+                        CUDA_OK_OR_ABORT(cuda_glu(act, x, f, n, ntok, 0));
+                        CUDA_OK_OR_ABORT(cuda_glu_w16(act, x, o, wtype, n, ntok, 0));
+                }
+                CUDA_OK_OR_ABORT(cuda_f32_to_w16(wtype, f, ref, len, 0));
+                sync_or_abort();
+                const std::vector<uint16_t> a = to_host16(o, len + GUARD), b = to_host16(ref, len);
+                size_t bad = 0, guard = 0;
+                for (size_t i = 0; i < len; i++)
+                        bad += a[i] != b[i];
+                for (size_t i = len; i < len + GUARD; i++)
+                        guard += a[i] != 0xffff;
+                char name[128];
+                snprintf(name, sizeof(name), "%s_w16 %s n=%d t=%d%s == float kernel + f32_to_w16 bitwise",
+                         what == 0 ? "rmsnorm" : what == 1 ? "glu silu" : "glu gelu", wtype_name(wtype), n, ntok,
+                         odd_out ? " out+8B" : "");
+                check_flag(name, bad == 0 && guard == 0, (double)(bad + guard));
+        }
+        CUDA_CHECK_ABORT(cudaFree(x));
+        CUDA_CHECK_ABORT(cudaFree(w));
+        CUDA_CHECK_ABORT(cudaFree(f));
+        CUDA_CHECK_ABORT(cudaFree(ref));
+        CUDA_CHECK_ABORT(cudaFree(ob));
+}
+
 /* ---- residual add with post-norm ---- */
 
 static void check_add_norm(int n, int ntok, bool with_w, bool unaligned)
@@ -731,6 +775,10 @@ static void check_args(struct cuda_gemm *g)
         expect("embed ntok 0", cuda_embed(B, w, 64, tok, y, 64, 0, 1.0f, 0), 0);
         expect("embed_ref etype 7", cuda_embed_ref(7, w, 64, tok, y, 64, 1, 1.0f, 0), -EINVAL);
         expect("glu act 2", cuda_glu(2, y, y, 8, 1, 0), -EINVAL);
+        expect("glu_w16 wtype 0", cuda_glu_w16(CUDA_ACT_SILU, y, w, 0, 8, 1, 0), -EINVAL);
+        expect("glu_w16 out NULL", cuda_glu_w16(CUDA_ACT_SILU, y, NULL, B, 8, 1, 0), -EINVAL);
+        expect("rmsnorm_w16 wtype 2", cuda_rmsnorm_w16(y, y, w, 2, 8, 1, 1e-5f, 0), -EINVAL);
+        expect("rmsnorm_w16 eps NaN", cuda_rmsnorm_w16(y, y, w, B, 8, 1, nanf(""), 0), -EINVAL);
         expect("glu out NULL", cuda_glu(CUDA_ACT_SILU, y, NULL, 8, 1, 0), -EINVAL);
         expect("glu n 0", cuda_glu(CUDA_ACT_SILU, y, y, 0, 1, 0), 0);
         expect("glu_ref ntok -1", cuda_glu_ref(CUDA_ACT_GELU, y, y, 8, -1, 0), -EINVAL);
@@ -897,6 +945,12 @@ int main(int argc, char **argv)
                 check_f32_to_w16(wt, (1u << 20) + 13, 1, 0);
                 check_f32_to_w16(wt, 4099, 0, 1);
                 check_f32_to_w16(wt, 7, 0, 0);
+        }
+
+        for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16}) {
+                check_w16_out(wt, 2048, 64, false);
+                check_w16_out(wt, 4096, 3, true);
+                check_w16_out(wt, 1001, 5, false);
         }
 
         const int gemm_shapes[][3] = {{64, 64, 1},     {1000, 264, 17},   {8, 8, 1},
