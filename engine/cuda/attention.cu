@@ -16,6 +16,7 @@
 
 #include "attention.cuh"
 #include "common.cuh"
+#include "w16.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -122,7 +123,11 @@ static int attn_args_check(const struct cuda_attn_args *a)
                 return -EINVAL;
         if (a->ntok == 0)
                 return 0;
-        if (!a->q || !a->out || !a->k_cache || !a->v_cache || !map_ok(&a->map))
+        if (!a->q || !a->k_cache || !a->v_cache || !map_ok(&a->map))
+                return -EINVAL;
+        if (a->out16_type == 0 ? !a->out
+                               : (a->out16_type != CUDA_WTYPE_F16 && a->out16_type != CUDA_WTYPE_BF16) ||
+                                         !a->out16 || (uintptr_t)a->out16 % 2)
                 return -EINVAL;
         if (!heads_ok(a->n_head, a->n_head_kv) || !dim_ok(a->dk) || !dim_ok(a->dv))
                 return -EINVAL;
@@ -444,6 +449,17 @@ static __host__ __device__ __forceinline__ int att_slot_bytes(int nc, int dv)
 #endif
 }
 
+/* out[i] = v, or its 16-bit value into out16 (cuda_attn_args.out16_type). */
+static __device__ __forceinline__ void att_store(const struct cuda_attn_args &a, long long i, float v)
+{
+        if (a.out16_type == CUDA_WTYPE_BF16)
+                ((uint16_t *)a.out16)[i] = float_to_w16<CUDA_WTYPE_BF16>(v);
+        else if (a.out16_type == CUDA_WTYPE_F16)
+                ((uint16_t *)a.out16)[i] = float_to_w16<CUDA_WTYPE_F16>(v);
+        else
+                a.out[i] = v;
+}
+
 template <int GC, int NC, bool CLUSTER>
 static __global__ void __launch_bounds__(ATT_NW * 32, 4)
 attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0)
@@ -745,7 +761,7 @@ attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0)
                 }
         }
         __syncthreads();
-        float *ot = a.out + (long long)t * a.ldo + (long long)h0 * dv;
+        const long long ot = (long long)t * a.ldo + (long long)h0 * dv; /* output offset */
         for (int i = threadIdx.x; i < GC * dv; i += NW * 32) {
                 const int g = i / dv, d = i % dv;
                 float M = -INFINITY;
@@ -761,7 +777,7 @@ attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0)
                         A += sacc[(w * GC + g) * DVP + d] * f;
                 }
                 if (!CLUSTER) {
-                        ot[g * dv + d] = L > 0.0f ? A / L : 0.0f; /* no positions: 0, not NaN */
+                        att_store(a, ot + g * dv + d, L > 0.0f ? A / L : 0.0f); /* no positions: 0, not NaN */
                 } else {
                         bacc[i] = A;
                         if (d == 0)
@@ -791,7 +807,7 @@ attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0)
                                 A += cluster.map_shared_rank(bacc, k)[i] * f;
                         }
                 }
-                ot[i] = L > 0.0f ? A / L : 0.0f;
+                att_store(a, ot + i, L > 0.0f ? A / L : 0.0f);
         }
         cluster.sync(); /* keep this block's shared memory until every block has read it */
 }
@@ -978,11 +994,11 @@ attention_ref_kernel(const struct cuda_attn_args a)
                 }
                 __syncthreads();
         }
-        float *o = a.out + (long long)t * a.ldo + (long long)h * a.dv;
+        const long long o = (long long)t * a.ldo + (long long)h * a.dv;
         if (tid < a.dv)
-                o[tid] = sum > 0.0f ? acc0 / sum : 0.0f;
+                att_store(a, o + tid, sum > 0.0f ? acc0 / sum : 0.0f);
         if (tid + ATT_REF_THREADS < a.dv)
-                o[tid + ATT_REF_THREADS] = sum > 0.0f ? acc1 / sum : 0.0f;
+                att_store(a, o + tid + ATT_REF_THREADS, sum > 0.0f ? acc1 / sum : 0.0f);
 }
 
 int cuda_attention_ref(const struct cuda_attn_args *a, cudaStream_t stream)

@@ -87,6 +87,12 @@ struct cuda_attn_args {
          * rounding). */
         int deterministic;
         int pdl;                 /* launch with programmatic dependent launch (common.cuh) */
+        /* Nonzero out16_type (CUDA_WTYPE_F16 or CUDA_WTYPE_BF16, gemv.cuh): the output goes to
+         * out16 instead, in the same layout, as that type's 16-bit values (round to nearest
+         * even: bitwise out followed by cuda_f32_to_w16), for a product that reads its input
+         * converted (cuBLASLt); out is then not written and may be NULL. */
+        void *out16;
+        int out16_type;
 };
 int cuda_attention(const struct cuda_attn_args *a, cudaStream_t stream);
 int cuda_attention_ref(const struct cuda_attn_args *a, cudaStream_t stream);

@@ -627,6 +627,15 @@ static int matmul(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, co
         return 0;
 }
 
+/* y = beta·y + W·x16 through cuBLASLt, x16 already written (n > gemv_max) by the kernel
+ * before: the norm (matmul_norm), the gated activation (matmul_glu), attention. */
+static int matmul_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
+                      float beta, int cap)
+{
+        LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
+        return 0;
+}
+
 /* A product whose input is the RMSNorm of x (the attention and FFN norms). The GEMV can
  * take the norm as a prologue (cuda_gemv_fused, bitwise the same), but on an H200 that
  * measured no faster at one token and slower at more (tests/gpu/test_kernels.cu), so the
@@ -637,8 +646,7 @@ static int matmul_norm(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *
 {
         if (n > c->gemv_max) {
                 LAUNCH(c, cuda_rmsnorm_w16(x, norm_w, c->x16, wtype, k, n, eps, c->st, pdl));
-                LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), 0.0f, c->st));
-                return 0;
+                return matmul_x16(c, wtype, w, y, rows, k, n, 0.0f, cap);
         }
         LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st, pdl));
         return matmul(c, pdl, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
@@ -651,8 +659,7 @@ static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uin
 {
         if (n > c->gemv_max) {
                 LAUNCH(c, cuda_glu_w16(act, gu, c->x16, wtype, k, n, c->st, pdl));
-                LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
-                return 0;
+                return matmul_x16(c, wtype, w, y, rows, k, n, beta, cap);
         }
         LAUNCH(c, cuda_glu(act, gu, c->act, k, n, c->st, pdl));
         return matmul(c, pdl, wtype, w, c->act, y, rows, k, n, beta, cap);
@@ -750,14 +757,19 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 aa.map = map;
                 aa.deterministic = c->o.batch_invariant;
                 aa.pdl = pdl_att;
+                /* through cuBLASLt, the output projection reads attention's output converted:
+                 * attention writes it so (bitwise the float output then cuda_f32_to_w16) */
+                const bool o16 = ntok > c->gemv_max;
+                aa.out16 = o16 ? c->x16 : NULL;
+                aa.out16_type = o16 ? (int)W->to : 0;
                 LAUNCH(c, cuda_attention(&aa, c->st));
-                if (gemma) {
-                        if ((r = matmul(c, pdl, W->to, W->wo, c->att, c->tmp, E, OD, ntok, 0.0f, (int)c->T)) < 0)
-                                return r;
-                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
-                } else if ((r = matmul(c, pdl, W->to, W->wo, c->att, c->x, E, OD, ntok, 1.0f, (int)c->T)) < 0) {
+                float *oy = gemma ? c->tmp : c->x;
+                const float obeta = gemma ? 0.0f : 1.0f;
+                if ((r = o16 ? matmul_x16(c, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
+                             : matmul(c, pdl, W->to, W->wo, c->att, oy, E, OD, ntok, obeta, (int)c->T)) < 0)
                         return r;
-                }
+                if (gemma)
+                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
                 if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E, ntok,
                                      (int)c->T)) < 0)
                         return r;

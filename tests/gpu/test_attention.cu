@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "attention.cuh"
@@ -363,6 +364,33 @@ static void run_attention_check(const std::string &name, bool fast, struct cuda_
         char note[64];
         snprintf(note, sizeof(note), "maxabs %.2e", e.maxabs);
         add_check(name, e.err(), ATT_TOL, e.nan, guard, note);
+        /* the same launch writing 16-bit values (out16): bitwise h converted, the rest of
+         * each row and the tail untouched */
+        for (int wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16}) {
+                uint16_t *o16 = dev_alloc<uint16_t>(n);
+                CUDA_CHECK_ABORT(cudaMemset(o16, 0xff, n * sizeof(uint16_t)));
+                struct cuda_attn_args b = a;
+                b.out = NULL;
+                b.out16 = o16;
+                b.out16_type = wt;
+                CUDA_OK_OR_ABORT(fast ? cuda_attention(&b, 0) : cuda_attention_ref(&b, 0));
+                CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+                std::vector<uint16_t> g(n);
+                CUDA_CHECK_ABORT(cudaMemcpy(g.data(), o16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+                size_t bad = 0;
+                for (size_t i = 0; i < n; i++) {
+                        const size_t col = i % (size_t)a.ldo;
+                        const bool inside = i < (size_t)a.ntok * a.ldo && col < (size_t)OD;
+                        const uint16_t want =
+                                !inside ? 0xffff
+                                : wt == CUDA_WTYPE_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(h[i]))
+                                                        : __half_as_ushort(__float2half_rn(h[i]));
+                        bad += g[i] != want;
+                }
+                add_flag(name + (wt == CUDA_WTYPE_BF16 ? " out16 bf16" : " out16 f16") + " == out converted, bitwise",
+                         bad == 0);
+                CUDA_CHECK_ABORT(cudaFree(o16));
+        }
         CUDA_CHECK_ABORT(cudaFree(out));
 }
 
@@ -591,6 +619,16 @@ static void check_args(void)
                                                       cuda_attention_ref(NULL, 0) == -EINVAL);
         b = a, b.ntok = 0, b.q = NULL;
         add_flag("args: attention ntok 0 is a no-op", cuda_attention(&b, 0) == 0);
+        b = a;
+        b.out16_type = 7;
+        b.out16 = a.out;
+        add_flag("args: attention out16_type 7", cuda_attention(&b, 0) == -EINVAL);
+        b = a;
+        b.out16_type = CUDA_WTYPE_BF16;
+        add_flag("args: attention out16 NULL", cuda_attention(&b, 0) == -EINVAL);
+        b = a;
+        b.out = NULL;
+        add_flag("args: attention out NULL", cuda_attention(&b, 0) == -EINVAL);
         b = a, b.ntok = -1;
         add_flag("args: attention ntok < 0", cuda_attention(&b, 0) == -EINVAL);
         b = a, b.dk = 12, b.ldq = 12;
