@@ -140,6 +140,18 @@ static void limits_from(struct d_limits *l, const struct ctl_config *c)
         l->tps = c->limits.tps_per_client;
 }
 
+/* dp_transport_config.info_live: the request limits in force, which a reload may have
+ * changed since d->info was filled at start. */
+static void info_live(void *arg, struct dp_info *info)
+{
+        struct daemon *d = arg;
+        pthread_mutex_lock(&d->lim_lock);
+        info->max_prompt_tokens = SL_MIN(d->lim.max_prompt_tokens, d->sopts.max_ctx - 1);
+        info->max_prompt_bytes = d->lim.max_prompt_bytes;
+        info->max_new_tokens = d->lim.max_new_tokens;
+        pthread_mutex_unlock(&d->lim_lock);
+}
+
 /* What a transport of kind k needs for access control and (UDP, DPDK) the cookie exchange:
  * its allow list, and the cookie secret, drawn once for all UDP cores. */
 static int transport_security(struct daemon *d, int k, struct dp_transport_config *tc, struct sl_error *err)
@@ -242,7 +254,8 @@ static int start_dpdk(struct daemon *d, char *where, size_t cap, struct sl_error
                 .n_queues = c->dpdk.queues, .rx_desc = c->dpdk.rx_desc, .tx_desc = c->dpdk.tx_desc,
                 .mbufs = c->dpdk.mbufs, .idle_sleep_us = c->dpdk.idle_sleep_us, .gpudirect = c->dpdk.gpudirect,
                 .tc = {.engine_wake = &d->wake, .load = serve_load, .load_arg = d, .info = &d->info,
-                       .lease_ms = c->limits.udp_lease_ms, .max_requests = udp_max_requests(d), .max_reasm = 64,
+                       .info_live = info_live, .info_arg = d, .lease_ms = c->limits.udp_lease_ms,
+                       .max_requests = udp_max_requests(d), .max_reasm = 64,
                        .auth = &d->auth},
         };
         int rs = transport_security(d, DTK_DPDK, &dc.tc, err);
@@ -304,8 +317,8 @@ static int start_transports(struct daemon *d, char *where, size_t cap, struct sl
                 struct dp_transport_config tc = {
                         .index = (uint8_t)tr, .n_listen = l->n, .req_ring = d->req_ring[tr],
                         .resp_ring = d->resp_ring[tr], .engine_wake = &d->wake, .load = serve_load, .load_arg = d,
-                        .info = &d->info, .lease_ms = c->limits.udp_lease_ms,
-                        .out_bytes = (unsigned)SL_MIN(c->limits.tcp_output_limit, (uint64_t)UINT32_MAX),
+                        .info = &d->info, .info_live = info_live, .info_arg = d,
+                        .lease_ms = c->limits.udp_lease_ms, .out_bytes = (unsigned)SL_MIN(c->limits.tcp_output_limit, (uint64_t)UINT32_MAX),
                         .auth = &d->auth,
                 };
                 for (unsigned i = 0; i < l->n && i < DP_MAX_LISTEN; i++)

@@ -728,6 +728,11 @@ struct dp_transport_config {
         void *load_arg;
         const struct dp_info *info;     /* INFO template (limits, names); max_frame, lease_ms
                                            and load are filled by the transport; may be NULL */
+        void (*info_live)(void *arg, struct dp_info *info); /* may be NULL: called for every
+                                           INFO reply after the template is copied, to put
+                                           the request limits in force now (a reload changes
+                                           them) over the template's */
+        void *info_arg;
         unsigned max_requests;          /* live + recently finished requests (UDP), per
                                            connection (TCP); default 256 / 64 */
         unsigned lease_ms;              /* UDP lease; default 10000 */

@@ -171,6 +171,8 @@ void dpt_fill_info(const struct dp_transport_config *cfg, struct dp_info *info, 
                 info->max_stop_len = DP_MAX_STOP_LEN;
                 info->server = (struct dp_str){ "sluice", 6 };
         }
+        if (cfg->info_live)
+                cfg->info_live(cfg->info_arg, info);
         info->version = DP_VERSION;
         if (cfg->auth && cfg->auth->required)
                 info->flags |= DP_INFO_AUTH_REQUIRED;

@@ -360,6 +360,9 @@ def test_sd_notify_reload_and_drain(daemon, cli, tool, small_model, tmp_path):
         n.wait_for(lambda m: "READY=1" in m, after=t1)
         r = cli_generate(cli, d, "tcp", PROMPTS[0], 200)
         assert r.returncode == 1 and "100" in r.stderr, r.stderr  # the new limit is in force
+        for t in ("udp", "tcp"):  # and INFO says so
+            r = run([cli, f"--{t}", "-H", "127.0.0.1", "-p", d.port(t), "info"], timeout=20)
+            assert r.returncode == 0 and "max_new_tokens: 100\n" in r.stdout, r.stdout + r.stderr
 
         # SIGHUP with a bad config: rejected, old one stays, still serving
         d.conf.write_text(conf.replace("[model]", "[model]\nbogus_key = 1"))
