@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <sodium.h>
 #include <arpa/inet.h>
@@ -103,10 +104,19 @@ static int load_keys(const struct ctl_config *c, struct dp_keys **out, struct sl
 static int load_tls(const struct ctl_config *c, struct dp_tls_ctx **out, struct sl_error *err)
 {
         char cert[CTL_PATH_MAX + 512], key[CTL_PATH_MAX + 512], ca[CTL_PATH_MAX + 512];
+        struct stat st;
         cred_path(c->dataplane.tls_cert, cert, sizeof(cert));
-        cred_path(c->dataplane.tls_key, key, sizeof(key));
+        const bool key_cred = cred_path(c->dataplane.tls_key, key, sizeof(key));
         cred_path(c->dataplane.tls_client_ca, ca, sizeof(ca));
-        int r = dp_tls_ctx_create(out, cert, key, ca, err);
+        int r;
+        /* A private key that others may read is refused; its group may (Debian's ssl-cert
+         * convention: /etc/ssl/private keys 0640 root:ssl-cert). A systemd credential is
+         * systemd's to protect; a missing file is dp_tls_ctx_create's to report. */
+        if (!key_cred && stat(key, &st) == 0 && (st.st_mode & 007))
+                r = sl_errorf(err, -EPERM, "private key %s has mode %04o: others must have no access (chmod o-rwx %s)",
+                              key, (unsigned)(st.st_mode & 07777), key);
+        else
+                r = dp_tls_ctx_create(out, cert, key, ca, err);
         return r < 0 ? sl_error_prefix(err, r, "[dataplane] tls") : r;
 }
 

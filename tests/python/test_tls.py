@@ -198,6 +198,15 @@ def test_config_checks(sluiced, small_model, pki, tmp_path):
     r = run([sluiced, "--check-config", "-c", conf] + ok[:4] + ["-o", f"dataplane.tls_key={pki / 'server2.key'}"],
             timeout=30)
     assert r.returncode == 1 and "does not belong to certificate" in r.stderr, r.stderr
+    # a private key others may read is refused; one its group may read is not
+    loose = tmp_path / "loose.key"
+    shutil.copy(pki / "server.key", loose)
+    loose.chmod(0o644)
+    r = run([sluiced, "--check-config", "-c", conf] + ok[:4] + ["-o", f"dataplane.tls_key={loose}"], timeout=30)
+    assert r.returncode == 1 and "others must have no access" in r.stderr and "loose.key" in r.stderr, r.stderr
+    loose.chmod(0o640)
+    r = run([sluiced, "--check-config", "-c", conf] + ok[:4] + ["-o", f"dataplane.tls_key={loose}"], timeout=30)
+    assert r.returncode == 0, r.stderr
     # relative names are looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
     r = run([sluiced, "--check-config", "-c", conf, "-o", "dataplane.tls=on", "-o", "dataplane.tls_cert=server.pem",
              "-o", "dataplane.tls_key=server.key"], timeout=30, env=dict(os.environ, CREDENTIALS_DIRECTORY=str(pki)))
