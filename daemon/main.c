@@ -661,14 +661,12 @@ int main(int argc, char **argv)
         }
         snprintf(d->server_name, sizeof(d->server_name), "%.120s %s", d->cfg.server.name, SLUICE_VERSION);
         d->info = (struct dp_info){
-                .version = DP_VERSION, .max_message = DP_MAX_MESSAGE,
-                .max_prompt_tokens = SL_MIN(d->cfg.limits.max_prompt_tokens, d->sopts.max_ctx - 1),
-                .max_prompt_bytes = d->cfg.limits.max_prompt_bytes,
-                .max_new_tokens = d->cfg.limits.max_new_tokens, .max_stop = DP_MAX_STOP,
+                .version = DP_VERSION, .max_message = DP_MAX_MESSAGE, .max_stop = DP_MAX_STOP,
                 .max_stop_len = DP_MAX_STOP_LEN, .n_ctx = d->sopts.max_ctx, .n_vocab = d->n_vocab,
                 .model = {d->model_name, (uint32_t)strlen(d->model_name)},
                 .server = {d->server_name, (uint32_t)strlen(d->server_name)},
         };
+        info_live(d, &d->info); /* the request limits, as every INFO reply refreshes them */
         /* the rings exist before the engine thread reads them */
         for (int tr = 0; tr < DT_N; tr++) {
                 if (!ring_wanted(&d->cfg, tr))

@@ -614,6 +614,16 @@ static int gemm_bucket(int n, int cap)
         return b < cap ? b : cap;
 }
 
+/* y = beta·y + W·x16 through cuBLASLt, x16 already written (n > gemv_max) by the kernel
+ * before: the conversion (matmul), the norm (matmul_norm), the gated activation
+ * (matmul_glu), attention. */
+static int matmul_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
+                      float beta, int cap)
+{
+        LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
+        return 0;
+}
+
 /* pdl: the GEMV goes with programmatic dependent launch (cuBLASLt never does) */
 static int matmul(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, const float *x, float *y, int rows,
                   int k, int n, float beta, int cap)
@@ -623,18 +633,9 @@ static int matmul(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, co
                 return 0;
         }
         LAUNCH(c, cuda_f32_to_w16(wtype, x, c->x16, (size_t)n * k, c->st));
-        LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
-        return 0;
+        return matmul_x16(c, wtype, w, y, rows, k, n, beta, cap);
 }
 
-/* y = beta·y + W·x16 through cuBLASLt, x16 already written (n > gemv_max) by the kernel
- * before: the norm (matmul_norm), the gated activation (matmul_glu), attention. */
-static int matmul_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
-                      float beta, int cap)
-{
-        LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
-        return 0;
-}
 
 /* A product whose input is the RMSNorm of x (the attention and FFN norms). The GEMV can
  * take the norm as a prologue (cuda_gemv_fused, bitwise the same), but on an H200 that

@@ -27,7 +27,6 @@
 
 #define CHAIN_RMAX 16         /* rows per group at most (and at least 2: one per half) */
 #define CHAIN_MAX_SLOTS 8     /* stages at most (cp.async.wait_group takes 0 .. 7) */
-#define CHAIN_HEAD 0          /* bytes before the activations */
 #define CHAIN_STAGE_DEFAULT 65536
 
 /* ---- asynchronous copies (sm_80+) ---- */
@@ -306,10 +305,10 @@ chain_kernel(const __grid_constant__ cuda_chain ch, unsigned *sync, int act_byte
         }
         __syncthreads();
         chain_ring ring;
-        ring.stage = smem + CHAIN_HEAD + act_bytes;
+        ring.stage = smem + act_bytes;
         ring.stage_bytes = stage_bytes;
         ring.nslot = nslot;
-        uint16_t *act = (uint16_t *)(smem + CHAIN_HEAD);
+        uint16_t *act = (uint16_t *)smem;
 
         int pp = 0, pg = blockIdx.x;
         unsigned issued = 0, consumed = 0;
@@ -387,6 +386,8 @@ static int group_rows(int k, int stage_bytes)
 
 struct chain_plan {
         int act_bytes, stage_bytes, nslot, smem, blocks;
+        int bpm;        /* blocks per SM */
+        int smem_limit; /* the device's dynamic shared memory per block, past static_smem */
 };
 
 /* The shared-memory layout and grid for phases whose widest k is kmax. */
@@ -408,12 +409,14 @@ static int chain_plan_make(int kmax, const cuda_chain_opts *opts, int static_sme
         /* a stage holds at least two rows: one per half */
         pl->stage_bytes = (int)round_up((size_t)std::max(want, 2 * pl->act_bytes), 128);
         const long long avail = std::min<long long>(optin, per_sm / bpm - reserved) - static_smem;
-        const long long slots = (avail - CHAIN_HEAD - pl->act_bytes) / pl->stage_bytes;
+        const long long slots = (avail - pl->act_bytes) / pl->stage_bytes;
         if (slots < 2)
                 return -EOPNOTSUPP;
         pl->nslot = (int)std::min<long long>(slots, CHAIN_MAX_SLOTS);
-        pl->smem = CHAIN_HEAD + pl->act_bytes + pl->nslot * pl->stage_bytes;
+        pl->smem = pl->act_bytes + pl->nslot * pl->stage_bytes;
         pl->blocks = sms * bpm;
+        pl->bpm = bpm;
+        pl->smem_limit = optin - static_smem;
         return 0;
 }
 
@@ -426,17 +429,13 @@ template <int WTYPE> static int chain_plan_for(int kmax, const cuda_chain_opts *
         int r = chain_plan_make(kmax, opts, (int)fa.sharedSizeBytes, pl);
         if (r < 0)
                 return r;
-        int dev = 0, optin = 0;
-        if (CUDA_CHECK(cudaGetDevice(&dev)) < 0 ||
-            CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) < 0 ||
-            CUDA_CHECK(smem_allow(chain_kernel<WTYPE>, optin - (int)fa.sharedSizeBytes, &allowed)) < 0)
+        if (CUDA_CHECK(smem_allow(chain_kernel<WTYPE>, pl->smem_limit, &allowed)) < 0)
                 return -ENODEV;
         int n = 0;
         if (CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, chain_kernel<WTYPE>, CHAIN_THREADS,
                                                                      (size_t)pl->smem)) < 0)
                 return -ENODEV;
-        const int bpm = opts && opts->blocks_per_sm > 0 ? opts->blocks_per_sm : 1;
-        return n >= bpm ? 0 : -EOPNOTSUPP;
+        return n >= pl->bpm ? 0 : -EOPNOTSUPP;
 }
 
 int cuda_chain_fits(int kmax, const struct cuda_chain_opts *opts)

@@ -244,6 +244,14 @@ static cudaError_t glu_launch(bool vec, const float *gu, void *out, int n, int n
                            OPS_THREADS, 0, s, gu, out, n, ntok);
 }
 
+template <int OUT>
+static cudaError_t glu_out_launch(int act, bool vec, const float *gu, void *out, int n, int ntok, cudaStream_t s,
+                                  bool pdl)
+{
+        return act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU, OUT>(vec, gu, out, n, ntok, s, pdl)
+                                    : glu_launch<CUDA_ACT_SILU, OUT>(vec, gu, out, n, ntok, s, pdl);
+}
+
 int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t stream, bool pdl)
 {
         if (!glu_args_ok(act, gu, out, n, ntok))
@@ -251,17 +259,7 @@ int cuda_glu(int act, const float *gu, float *out, int n, int ntok, cudaStream_t
         if (n == 0 || ntok == 0)
                 return 0;
         const bool vec = n % 4 == 0 && aligned16(gu) && aligned16(out);
-        const cudaError_t e = act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU, 0>(vec, gu, out, n, ntok, stream, pdl)
-                                                   : glu_launch<CUDA_ACT_SILU, 0>(vec, gu, out, n, ntok, stream, pdl);
-        return CUDA_CHECK(e);
-}
-
-template <int OUT>
-static cudaError_t glu_w16_launch(int act, bool vec, const float *gu, void *out, int n, int ntok, cudaStream_t s,
-                                  bool pdl)
-{
-        return act == CUDA_ACT_GELU ? glu_launch<CUDA_ACT_GELU, OUT>(vec, gu, out, n, ntok, s, pdl)
-                                    : glu_launch<CUDA_ACT_SILU, OUT>(vec, gu, out, n, ntok, s, pdl);
+        return CUDA_CHECK(glu_out_launch<0>(act, vec, gu, out, n, ntok, stream, pdl));
 }
 
 int cuda_glu_w16(int act, const float *gu, void *out, uint32_t wtype, int n, int ntok, cudaStream_t stream,
@@ -273,8 +271,8 @@ int cuda_glu_w16(int act, const float *gu, void *out, uint32_t wtype, int n, int
                 return 0;
         const bool vec = n % 4 == 0 && aligned16(gu) && (uintptr_t)out % 8 == 0;
         return CUDA_CHECK(wtype == CUDA_WTYPE_BF16
-                                  ? glu_w16_launch<CUDA_WTYPE_BF16>(act, vec, gu, out, n, ntok, stream, pdl)
-                                  : glu_w16_launch<CUDA_WTYPE_F16>(act, vec, gu, out, n, ntok, stream, pdl));
+                                  ? glu_out_launch<CUDA_WTYPE_BF16>(act, vec, gu, out, n, ntok, stream, pdl)
+                                  : glu_out_launch<CUDA_WTYPE_F16>(act, vec, gu, out, n, ntok, stream, pdl));
 }
 
 template <int ACT>

@@ -56,22 +56,21 @@ static bool rms_args_ok(const float *x, const float *w, const void *y, int n, in
         return x && w && y && n > 0 && ntok > 0 && eps >= 0.0f;
 }
 
+template <int OUT>
+static cudaError_t rms_launch(bool vec4, const float *x, const float *w, void *y, int n, int ntok, float eps,
+                              cudaStream_t stream, bool pdl)
+{
+        return cuda_launch(pdl, vec4 ? rmsnorm_kernel<true, OUT> : rmsnorm_kernel<false, OUT>, ntok,
+                           RMSNORM_THREADS, 0, stream, x, w, y, n, eps);
+}
+
 int cuda_rmsnorm(const float *x, const float *w, float *y, int n, int ntok, float eps,
                  cudaStream_t stream, bool pdl)
 {
         if (!rms_args_ok(x, w, y, n, ntok, eps))
                 return -EINVAL;
         const bool vec4 = n % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)y) % 16 == 0;
-        return CUDA_CHECK(cuda_launch(pdl, vec4 ? rmsnorm_kernel<true, 0> : rmsnorm_kernel<false, 0>, ntok,
-                                      RMSNORM_THREADS, 0, stream, x, w, (void *)y, n, eps));
-}
-
-template <int OUT>
-static cudaError_t rms_w16_launch(bool vec4, const float *x, const float *w, void *y, int n, int ntok, float eps,
-                                  cudaStream_t stream, bool pdl)
-{
-        return cuda_launch(pdl, vec4 ? rmsnorm_kernel<true, OUT> : rmsnorm_kernel<false, OUT>, ntok,
-                           RMSNORM_THREADS, 0, stream, x, w, y, n, eps);
+        return CUDA_CHECK(rms_launch<0>(vec4, x, w, y, n, ntok, eps, stream, pdl));
 }
 
 int cuda_rmsnorm_w16(const float *x, const float *w, void *y, uint32_t wtype, int n, int ntok, float eps,
@@ -82,8 +81,8 @@ int cuda_rmsnorm_w16(const float *x, const float *w, void *y, uint32_t wtype, in
         /* y's rows start 8-byte aligned when n % 4 == 0 and y is */
         const bool vec4 = n % 4 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0 && (uintptr_t)y % 8 == 0;
         return CUDA_CHECK(wtype == CUDA_WTYPE_BF16
-                                  ? rms_w16_launch<CUDA_WTYPE_BF16>(vec4, x, w, y, n, ntok, eps, stream, pdl)
-                                  : rms_w16_launch<CUDA_WTYPE_F16>(vec4, x, w, y, n, ntok, eps, stream, pdl));
+                                  ? rms_launch<CUDA_WTYPE_BF16>(vec4, x, w, y, n, ntok, eps, stream, pdl)
+                                  : rms_launch<CUDA_WTYPE_F16>(vec4, x, w, y, n, ntok, eps, stream, pdl));
 }
 
 static __global__ void rmsnorm_ref_kernel(const float *x, const float *w, float *y, int n,

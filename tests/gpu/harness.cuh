@@ -4,6 +4,7 @@
  * is the poisoned tail every output buffer carries. */
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -118,6 +119,21 @@ static std::vector<float> to_host(const float *d, size_t n)
         std::vector<float> h(n);
         CUDA_CHECK_ABORT(cudaMemcpy(h.data(), d, sizeof(float) * n, cudaMemcpyDeviceToHost));
         return h;
+}
+
+/* out holds n outputs then GUARD poisoned floats (poison()): *unwritten counts outputs still
+ * NaN (never written), *guard_hit guard floats no longer all-ones bits (written past n). */
+static void count_unwritten(const std::vector<float> &out, size_t n, size_t *unwritten, size_t *guard_hit)
+{
+        for (size_t i = 0; i < n; i++)
+                if (isnan(out[i]))
+                        ++*unwritten;
+        for (size_t i = n; i < n + GUARD; i++) {
+                uint32_t u;
+                memcpy(&u, &out[i], 4);
+                if (u != 0xffffffffu)
+                        ++*guard_hit;
+        }
 }
 
 /* ---- results ---- */

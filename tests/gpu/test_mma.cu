@@ -150,15 +150,7 @@ static mcheck compare(const std::string &name, const problem &p, int ntok,
 {
         const size_t n = (size_t)ntok * p.rows, ns = p.sel.size();
         mcheck c{name, 0.0, 0.0, MMA_TOL, 0, 0, false};
-        for (size_t i = 0; i < n; i++)
-                if (isnan(out[i]))
-                        c.unwritten++;
-        for (size_t i = n; i < n + GUARD; i++) {
-                uint32_t u;
-                memcpy(&u, &out[i], 4);
-                if (u != 0xffffffffu)
-                        c.guard_hit++;
-        }
+        count_unwritten(out, n, &c.unwritten, &c.guard_hit);
         double num = 0.0, den = 0.0;
         for (int t = 0; t < ntok; t++)
                 for (size_t j = 0; j < ns; j++) {

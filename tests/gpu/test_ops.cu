@@ -65,15 +65,7 @@ static check compare(const std::string &name, const std::vector<float> &out,
                      double tol)
 {
         check c{name, 0.0, tol, 0, 0, false};
-        for (size_t i = 0; i < n; i++)
-                if (isnan(out[i]))
-                        c.unwritten++;
-        for (size_t i = n; i < n + GUARD; i++) {
-                uint32_t u;
-                memcpy(&u, &out[i], 4);
-                if (u != 0xffffffffu)
-                        c.guard_hit++;
-        }
+        count_unwritten(out, n, &c.unwritten, &c.guard_hit);
         double num = 0.0, den = 0.0;
         for (size_t j = 0; j < ref.size(); j++) {
                 const double o = out[idx.empty() ? j : idx[j]];
