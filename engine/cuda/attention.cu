@@ -16,6 +16,7 @@
 
 #include "attention.cuh"
 #include "common.cuh"
+#include "qkv_dev.cuh"
 #include "w16.cuh"
 
 namespace cg = cooperative_groups;
@@ -24,17 +25,6 @@ namespace cg = cooperative_groups;
 #define ATT_MAX_DIM 256 /* dk, dv: multiples of 8 up to this */
 
 /* ---- shared between the kernels ---- */
-
-/* Cache row (block · block_size + offset) of position p of block-table row `row`, or -1 when
- * the table gives no block. The caller keeps 0 ≤ p < max_blocks · block_size and row ≥ 0;
- * rows past the table's end and block ids past the cache's end cannot be checked here (the
- * sizes are not passed): the engine hands out only valid ones. */
-static __device__ __forceinline__ long long cache_row(const struct cuda_batch_map &m, int row,
-                                                      int p)
-{
-        const int b = m.bt[(long long)row * m.max_blocks + p / m.block_size];
-        return b < 0 ? -1 : (long long)b * m.block_size + p % m.block_size;
-}
 
 /* The positions lo..hi a token attends to (n = hi - lo + 1, 0 for none). Positions past the
  * block table (host check: max_blocks · block_size ≤ INT_MAX) are skipped, never read. */
@@ -89,8 +79,7 @@ static int heads_ok(int n_head, int n_head_kv)
                (long long)n_head + 2LL * n_head_kv <= 65535;
 }
 
-/* 1: launch, 0: nothing to do, <0: -EINVAL */
-static int qkv_args_check(const struct cuda_qkv_args *a)
+int cuda_qkv_check(const struct cuda_qkv_args *a)
 {
         if (!a || a->ntok < 0)
                 return -EINVAL;
@@ -143,33 +132,6 @@ static int attn_args_check(const struct cuda_attn_args *a)
 /* ---- qkv_post ---- */
 
 #define QKV_WARPS 8
-
-/* The CPU backend's theta_scale, computed on the host with the same libm call so that
- * theta (built by repeated float multiplication, as the CPU does) matches it bit for bit. */
-static float rope_theta_scale(const struct cuda_qkv_args *a)
-{
-        return a->n_rot > 0 ? powf(a->rope_base, -2.0f / (float)a->n_rot) : 1.0f;
-}
-
-/* Rotation angle of pair i at position pos, exactly as engine/forward.c rope_cache. */
-static __device__ __forceinline__ float rope_angle(const struct cuda_qkv_args &a, float theta_scale,
-                                                   int pos, int i)
-{
-        float theta = (float)pos;
-        for (int k = 0; k < i; k++)
-                theta *= theta_scale;
-        const float f = a.rope_ff ? a.rope_ff[i] : 1.0f;
-        return a.rope_scale * (theta / f);
-}
-
-/* Cache row of the token's own K/V, or -1 when its position or block cannot be found. */
-static __device__ __forceinline__ long long qkv_cache_row(const struct cuda_qkv_args &a, int t)
-{
-        const int pos = a.map.pos[t], row = a.map.bt_row[t];
-        if (pos < 0 || row < 0 || pos / a.map.block_size >= a.map.max_blocks)
-                return -1;
-        return cache_row(a.map, row, pos);
-}
 
 /* Grid (ntok, head groups of QKV_WARPS); one warp per head (Q heads, then K, then V), staged
  * in a per-warp shared row so the RoPE pairs can cross lanes. K and V are left processed in
@@ -227,10 +189,10 @@ qkv_post_kernel(const struct cuda_qkv_args a, float theta_scale)
                 const int stride = a.neox ? half_rot : 1;
                 for (int i = lane; i < half_rot; i += 32) {
                         const int i0 = a.neox ? i : 2 * i;
-                        const float c = rope_c[i], s = rope_s[i];
-                        const float x0 = b[i0], x1 = b[i0 + stride];
-                        b[i0] = fmaf(x0, c, -(x1 * s));
-                        b[i0 + stride] = fmaf(x0, s, x1 * c);
+                        float x0 = b[i0], x1 = b[i0 + stride];
+                        rope_rotate(x0, x1, rope_c[i], rope_s[i]);
+                        b[i0] = x0;
+                        b[i0 + stride] = x1;
                 }
                 __syncwarp();
         }
@@ -252,7 +214,7 @@ qkv_post_kernel(const struct cuda_qkv_args a, float theta_scale)
 
 int cuda_qkv_post(const struct cuda_qkv_args *a, cudaStream_t stream)
 {
-        const int r = qkv_args_check(a);
+        const int r = cuda_qkv_check(a);
         if (r <= 0)
                 return r;
         const int heads = a->n_head + 2 * a->n_head_kv;
@@ -323,7 +285,7 @@ static __global__ void qkv_post_ref_kernel(const struct cuda_qkv_args a, float t
 
 int cuda_qkv_post_ref(const struct cuda_qkv_args *a, cudaStream_t stream)
 {
-        const int r = qkv_args_check(a);
+        const int r = cuda_qkv_check(a);
         if (r <= 0)
                 return r;
         qkv_post_ref_kernel<<<(a->ntok + 63) / 64, 64, 0, stream>>>(*a, rope_theta_scale(a));

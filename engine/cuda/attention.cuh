@@ -56,6 +56,8 @@ struct cuda_qkv_args {
         int pdl;                 /* launch with programmatic dependent launch (common.cuh) */
 };
 int cuda_qkv_post(const struct cuda_qkv_args *a, cudaStream_t stream);
+/* cuda_qkv_post's argument check: 1 when there is work, 0 for none (ntok 0), -EINVAL. */
+int cuda_qkv_check(const struct cuda_qkv_args *a);
 int cuda_qkv_post_ref(const struct cuda_qkv_args *a, cudaStream_t stream);
 
 /* out[t * ldo + h * dv + d] = Σ_j softmax_j(scale · q_h · k_j) · v_j[d] for each token t and
