@@ -697,6 +697,11 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
          * from two tokens on it gains up to 7%. */
         const int pdl_bits = ntok > 1 ? c->pdl : 0;
         const bool pdl = pdl_bits & ECU_PDL_LAYER, pdl_att = pdl_bits & ECU_PDL_ATTN, pdl_io = pdl_bits & ECU_PDL_IO;
+        /* One token: Q/K/V post-processing and the gated activation as epilogues of the
+         * products before them (gemv.cuh's cuda_gemv_qkv, cuda_gemv_glu; bitwise the separate
+         * kernels): two launches fewer a layer. Not in batch-invariant mode, where every
+         * product goes through cuBLASLt (gemv_max 0). */
+        const bool fuse1 = ntok == 1 && ntok <= c->gemv_max && !c->o.no_fused_epilogues;
         LAUNCH(c, CUDA_CHECK(cuda_launch(pdl_io, stage_in_kernel, 32, 256, 0, c->st, sa)));
         LAUNCH(c, cuda_embed(em->embd_type, em->tok_embd, V, c->d_tok, c->x, E, ntok, hp->embd_scale, c->st, pdl_io));
 
@@ -711,9 +716,6 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 const struct ecu_layer *W = &em->layers[il];
                 __half *kc = c->kc + il * c->layer_k, *vc = c->vc + il * c->layer_v;
 
-                if ((r = matmul_norm(c, pdl, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv,
-                                     QD + KD + VD, E, ntok, (int)c->T)) < 0)
-                        return r;
                 struct cuda_qkv_args qa;
                 memset(&qa, 0, sizeof(qa));
                 qa.qkv = c->qkv;
@@ -739,7 +741,15 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 qa.v_cache = vc;
                 qa.map = map;
                 qa.pdl = pdl_att;
-                LAUNCH(c, cuda_qkv_post(&qa, c->st));
+                if (fuse1 && !W->q_norm && !W->k_norm) {
+                        LAUNCH(c, cuda_rmsnorm(c->x, W->attn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
+                        LAUNCH(c, cuda_gemv_qkv(W->tqkv, W->wqkv, c->xn, E, &qa, c->st));
+                } else {
+                        if ((r = matmul_norm(c, pdl, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv,
+                                             QD + KD + VD, E, ntok, (int)c->T)) < 0)
+                                return r;
+                        LAUNCH(c, cuda_qkv_post(&qa, c->st));
+                }
                 struct cuda_attn_args aa;
                 memset(&aa, 0, sizeof(aa));
                 aa.q = c->qkv;
@@ -771,19 +781,21 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                         return r;
                 if (gemma)
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
-                if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E, ntok,
-                                     (int)c->T)) < 0)
-                        return r;
                 const int act = gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU;
-                if (gemma) {
-                        if ((r = matmul_glu(c, pdl, act, c->gu, W->tdown, W->wdown, c->tmp, E, F, ntok, 0.0f,
-                                            (int)c->T)) < 0)
-                                return r;
-                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st, pdl));
-                } else if ((r = matmul_glu(c, pdl, act, c->gu, W->tdown, W->wdown, c->x, E, F, ntok, 1.0f,
-                                           (int)c->T)) < 0) {
-                        return r;
+                float *dy = gemma ? c->tmp : c->x;
+                const float dbeta = gemma ? 0.0f : 1.0f;
+                if (fuse1) { /* gate/up and the activation in one kernel, straight into act */
+                        LAUNCH(c, cuda_rmsnorm(c->x, W->ffn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
+                        LAUNCH(c, cuda_gemv_glu(W->tgu, act, W->wgu, c->xn, c->act, F, E, c->st));
+                        r = matmul(c, pdl, W->tdown, W->wdown, c->act, dy, E, F, ntok, dbeta, (int)c->T);
+                } else if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E,
+                                            ntok, (int)c->T)) == 0) {
+                        r = matmul_glu(c, pdl, act, c->gu, W->tdown, W->wdown, dy, E, F, ntok, dbeta, (int)c->T);
                 }
+                if (r < 0)
+                        return r;
+                if (gemma)
+                        LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st, pdl));
         }
         if (nrows == 0)
                 return 0;

@@ -7,10 +7,14 @@
  * two, and bitwise the same result, since each row's sum runs in the same order whatever
  * R, U or PRO are (thread (warp, lane) owns k0 ≡ (warp·32 + lane)·8 mod STRIDE, in k order;
  * warps meet in warp order). */
+#include <limits.h>
+
 #include <algorithm>
 #include <atomic>
 
 #include "gemv_dev.cuh"
+#include "ops.cuh" /* enum cuda_act */
+#include "qkv_dev.cuh"
 
 /* ---- fast kernel ---- */
 
@@ -375,6 +379,215 @@ int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int
                                       : gemv_launch_t<CUDA_WTYPE_F16>(ntok, kind, w, x, y, rows, k, acc, norm_w,
                                                                       eps, stream, pdl);
         return CUDA_CHECK(e);
+}
+
+/* ---- one-token products with an epilogue on row pairs ----
+ *
+ * Block p computes two rows that its epilogue needs together, with gemv_kernel's per-row
+ * summation order (T = 1, R = 2, U = 4: the same loads, FMAs and block sum), so the values
+ * are bitwise cuda_gemv's, then applies what a separate kernel would have:
+ *   GLU: rows p (gate) and n + p (up) of the gate/up matrix, out[p] = act(gate) · up, as
+ *        cuda_glu does (act.cuh);
+ *   QKV: a RoPE pair of a Q or K head (dims (j, j + n_rot/2) for NEOX, (2j, 2j + 1)
+ *        otherwise; the dims past n_rot and V's in adjacent pairs), then bias, rotation,
+ *        Q scale and the K/V cache write exactly as cuda_qkv_post (qkv_dev.cuh).
+ * The one-block-per-pair launch is gemv_kernel's at T = 1 (rows / 2 blocks). */
+
+enum { EPI_GLU_SILU, EPI_GLU_GELU, EPI_QKV };
+
+struct pair_args {
+        float *out;               /* GLU: n floats */
+        int n;                    /* GLU: rows of each half; QKV: pairs */
+        struct cuda_qkv_args qa;  /* QKV */
+        float theta_scale;        /* QKV: rope_theta_scale(&qa) */
+};
+
+/* Where pair p of a Q/K/V product lies: rows r0, r1 of the product (= offsets in the token's
+ * qkv row), kind 0 Q, 1 K, 2 V, head h, dims d0, d1 in the head, RoPE pair rot (-1: none). */
+struct qkv_pair {
+        int r0, r1, kind, h, d0, d1, rot;
+};
+
+static __device__ __forceinline__ struct qkv_pair qkv_pair_of(const struct cuda_qkv_args &a, int p)
+{
+        const int QD = a.n_head * a.dk, KD = a.n_head_kv * a.dk;
+        struct qkv_pair q;
+        int j, base;
+        if (2 * p < QD) {
+                q.kind = 0, q.h = p / (a.dk / 2), j = p % (a.dk / 2), base = q.h * a.dk;
+        } else if (2 * p < QD + KD) {
+                const int i = p - QD / 2;
+                q.kind = 1, q.h = i / (a.dk / 2), j = i % (a.dk / 2), base = QD + q.h * a.dk;
+        } else {
+                const int i = p - (QD + KD) / 2;
+                q.kind = 2, q.h = i / (a.dv / 2), j = i % (a.dv / 2), base = QD + KD + q.h * a.dv;
+        }
+        const int half = a.n_rot / 2;
+        q.rot = -1;
+        if (q.kind == 2) {
+                q.d0 = 2 * j;
+        } else if (a.neox) {
+                if (j < half) {
+                        q.d0 = j, q.d1 = j + half, q.rot = j;
+                } else {
+                        q.d0 = a.n_rot + 2 * (j - half);
+                }
+        } else {
+                q.d0 = 2 * j;
+                if (j < half)
+                        q.rot = j;
+        }
+        if (q.rot < 0 || !a.neox)
+                q.d1 = q.d0 + 1;
+        q.r0 = base + q.d0;
+        q.r1 = base + q.d1;
+        return q;
+}
+
+/* qkv_post_kernel's steps for one pair (no head norms: the caller refuses them) */
+static __device__ __forceinline__ void qkv_epilogue(const struct pair_args &pa, const struct qkv_pair &q, float x0,
+                                                    float x1)
+{
+        const struct cuda_qkv_args &a = pa.qa;
+        const int dim = q.kind == 2 ? a.dv : a.dk;
+        if (a.bq) {
+                const float *bias = (q.kind == 0 ? a.bq : q.kind == 1 ? a.bk : a.bv) + q.h * dim;
+                x0 = x0 + bias[q.d0];
+                x1 = x1 + bias[q.d1];
+        }
+        if (q.rot >= 0) {
+                const float th = rope_angle(a, pa.theta_scale, a.map.pos[0], q.rot);
+                rope_rotate(x0, x1, cosf(th), sinf(th));
+        }
+        float *x = a.qkv;
+        if (q.kind == 0) {
+                const float qs = a.q_scale;
+                x[q.r0] = qs != 1.0f ? x0 * qs : x0;
+                x[q.r1] = qs != 1.0f ? x1 * qs : x1;
+                return;
+        }
+        x[q.r0] = x0;
+        x[q.r1] = x1;
+        const long long r = qkv_cache_row(a, 0);
+        if (r < 0)
+                return;
+        __half *c = q.kind == 1 ? a.k_cache + r * (a.n_head_kv * a.dk) + q.h * a.dk
+                                : a.v_cache + r * (a.n_head_kv * a.dv) + q.h * a.dv;
+        c[q.d0] = __float2half_rn(x0);
+        c[q.d1] = __float2half_rn(x1);
+}
+
+template <int WTYPE, int EPI>
+static __global__ void __launch_bounds__(GEMV_THREADS)
+gemv_pair_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, int k, const struct pair_args a)
+{
+        constexpr int R = 2, U = gemv_shape<1>::U;
+        static_assert(gemv_shape<1>::R == R, "one token: pairs are gemv_kernel's row groups");
+        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, p = blockIdx.x;
+        struct qkv_pair q;
+        int r0, r1;
+        if constexpr (EPI == EPI_QKV) {
+                q = qkv_pair_of(a.qa, p);
+                r0 = q.r0, r1 = q.r1;
+        } else {
+                r0 = p, r1 = a.n + p;
+        }
+        const uint16_t *wr[R] = {w + (size_t)r0 * k, w + (size_t)r1 * k};
+        float acc[1][R] = {{0.0f, 0.0f}};
+        float scale[1]; /* (unused: gemv_vec's RMSNORM argument) */
+        int k0 = (warp * 32 + lane) * GEMV_VEC;
+        for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
+                uint4 wv[U][R];
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                                wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                        gemv_vec<WTYPE, 1, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE, scale, NULL);
+        }
+        for (; k0 < k; k0 += STRIDE) {
+                uint4 wv[R];
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                        wv[r] = ld_stream_u4(wr[r] + k0);
+                gemv_vec<WTYPE, 1, R, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
+        }
+        /* block_sum_store's sums, both rows in thread 0 */
+        __shared__ float part[GEMV_WARPS][R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+                const float s = warp_sum(acc[0][r]);
+                if (lane == 0)
+                        part[warp][r] = s;
+        }
+        __syncthreads();
+        if (threadIdx.x != 0)
+                return;
+        float v[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < GEMV_WARPS; i++)
+                        s += part[i][r];
+                v[r] = s;
+        }
+        if constexpr (EPI == EPI_QKV)
+                qkv_epilogue(a, q, v[0], v[1]);
+        else
+                a.out[p] = (EPI == EPI_GLU_GELU ? act_gelu(v[0]) : act_silu(v[0])) * v[1];
+}
+
+template <int EPI>
+static int pair_launch(uint32_t wtype, const void *w, const float *x, int k, unsigned blocks,
+                       const struct pair_args &a, cudaStream_t s)
+{
+        if (wtype == CUDA_WTYPE_BF16)
+                gemv_pair_kernel<CUDA_WTYPE_BF16, EPI><<<blocks, GEMV_THREADS, 0, s>>>((const uint16_t *)w, x, k, a);
+        else
+                gemv_pair_kernel<CUDA_WTYPE_F16, EPI><<<blocks, GEMV_THREADS, 0, s>>>((const uint16_t *)w, x, k, a);
+        return CUDA_CHECK_LAUNCH();
+}
+
+int cuda_gemv_glu(uint32_t wtype, int act, const void *w, const float *x, float *out, int n, int k,
+                  cudaStream_t stream)
+{
+        if (!gemv_args_ok(wtype, w, x, out, n, k, 1) || (act != CUDA_ACT_SILU && act != CUDA_ACT_GELU) ||
+            n > INT_MAX / 2)
+                return -EINVAL;
+        if (k % GEMV_VEC || ((uintptr_t)w | (uintptr_t)x) % 16)
+                return -EINVAL;
+        struct pair_args a;
+        memset(&a, 0, sizeof(a));
+        a.out = out;
+        a.n = n;
+        return act == CUDA_ACT_GELU ? pair_launch<EPI_GLU_GELU>(wtype, w, x, k, (unsigned)n, a, stream)
+                                    : pair_launch<EPI_GLU_SILU>(wtype, w, x, k, (unsigned)n, a, stream);
+}
+
+int cuda_gemv_qkv(uint32_t wtype, const void *w, const float *x, int k, const struct cuda_qkv_args *qa,
+                  cudaStream_t stream)
+{
+        const int r = cuda_qkv_check(qa);
+        if (r < 0)
+                return r;
+        if (qa->ntok != 1)
+                return -EINVAL;
+        if (qa->q_norm || qa->k_norm)
+                return -EOPNOTSUPP; /* a head's norm needs the whole head: cuda_qkv_post */
+        const long long rows = (long long)qa->n_head * qa->dk + (long long)qa->n_head_kv * (qa->dk + qa->dv);
+        if (!gemv_args_ok(wtype, w, x, qa->qkv, (int)rows, k, 1) || k % GEMV_VEC ||
+            ((uintptr_t)w | (uintptr_t)x) % 16)
+                return -EINVAL;
+        struct pair_args a;
+        memset(&a, 0, sizeof(a));
+        a.n = (int)(rows / 2);
+        a.qa = *qa;
+        a.theta_scale = rope_theta_scale(qa);
+        return pair_launch<EPI_QKV>(wtype, w, x, k, (unsigned)a.n, a, stream);
 }
 
 /* ---- plain reference ---- */

@@ -64,6 +64,22 @@ int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int
                     int ntok, float beta, const struct cuda_gemv_prologue *pro,
                     cudaStream_t stream, bool pdl = false);
 
+/* One token, a product and the small kernel after it in one launch (bitwise the pair;
+ * tests/gpu/test_ops.cu), for the engine's one-token steps:
+ * cuda_gemv_glu: out[i] = act(W[i]·x) · (W[n + i]·x) for i < n, W the 2n × k gate/up matrix:
+ *   cuda_gemv into gu then ops.cuh's cuda_glu(act). act: CUDA_ACT_SILU or CUDA_ACT_GELU.
+ * cuda_gemv_qkv: the Q/K/V product of x into qa->qkv (row length rows = QD + KD + VD, k
+ *   columns) followed by attention.cuh's cuda_qkv_post(qa): bias, RoPE, Q scale, K/V into
+ *   the cache. qa->ntok must be 1; Q/K head norms (qa->q_norm, k_norm) give -EOPNOTSUPP (a
+ *   head's norm needs the whole head first). Blocks compute one RoPE pair each, so the
+ *   rotation costs no exchange between blocks.
+ * Arguments and errors as cuda_gemv_beta (and cuda_qkv_post's checks); ordinary launches. */
+int cuda_gemv_glu(uint32_t wtype, int act, const void *w, const float *x, float *out, int n, int k,
+                  cudaStream_t stream);
+struct cuda_qkv_args;
+int cuda_gemv_qkv(uint32_t wtype, const void *w, const float *x, int k, const struct cuda_qkv_args *qa,
+                  cudaStream_t stream);
+
 /* Same function, one thread per output, serial float sum over k: slow and obviously right. */
 int cuda_gemv_ref(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
                   int ntok, cudaStream_t stream);

@@ -203,6 +203,7 @@ static bool g_invariant;
 static bool g_no_overlap; /* wait for each step before building the next */
 static bool g_vary;       /* request i stops after N_GEN - i % 9 tokens */
 static int g_pdl;         /* engine_sched_opts.pdl (0: the default) */
+static bool g_no_fuse;    /* engine_sched_opts.no_fused_epilogues */
 
 static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_t (*prompts)[16],
                      const struct engine_sampling *s, bool serial, struct collect *c, double *launches,
@@ -212,7 +213,7 @@ static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_
         struct engine_sched_opts o = {.max_running = 32, .max_queued = 64, .token_budget = 256, .max_ctx = 256,
                                       .kv_blocks = 1024, .no_graphs = no_graphs,
                                       .batch_invariant = g_invariant, .no_overlap = g_no_overlap,
-                                      .pdl = g_pdl};
+                                      .pdl = g_pdl, .no_fused_epilogues = g_no_fuse};
         struct engine_sched *sch;
         int r = engine_sched_create(m, &o, &sch, &err);
         if (r < 0) {
@@ -468,6 +469,20 @@ static int test_model(const char *path)
                 }
         } else {
                 check(0, "pdl runs", path);
+        }
+        /* one-token steps with Q/K/V post-processing and SwiGLU/GeGLU as the products'
+         * epilogues (the default) == the separate kernels: requests one at a time, so every
+         * decode step is one token; seeded sampling with penalties */
+        if (run_sched(gpu, false, 8, (const int32_t(*)[16])p2, many, true, &c, NULL, NULL) == 0) {
+                g_no_fuse = true;
+                r = run_sched(gpu, false, 8, (const int32_t(*)[16])p2, many, true, &d, NULL, NULL);
+                g_no_fuse = false;
+                ok = r == 0 ? same(&c, &d, 8) : 0;
+                snprintf(what, sizeof(what), "one-token fused epilogues == separate kernels: %d/8 requests identical", ok);
+                check(ok == 8, what, path);
+                jrec("{\"model\": \"%s\", \"test\": \"fused_vs_separate\", \"identical\": %d, \"of\": 8}", path, ok);
+        } else {
+                check(0, "fused runs", path);
         }
         /* greedy, batch-invariant: the CPU-vs-GPU comparison again, on the invariant path */
         g_invariant = true;
