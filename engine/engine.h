@@ -275,10 +275,9 @@ struct engine_sched_opts {
                                      * meanwhile). 0: ENGINE_PDL_DEFAULT; -1 none; else a mask
                                      * of cuda/ecu.h's ECU_PDL_* (1 layer, 2 attention, 4 I/O);
                                      * steps of one token never use it */
-        bool no_fused_epilogues;    /* CUDA: Q/K/V post-processing and the gated activation as
-                                     * kernels of their own instead of inside the one-token
-                                     * products and decode attention (the same tokens; for
-                                     * tests and measurements) */
+        bool no_fused_epilogues;    /* one-token steps: Q/K/V post-processing and the gated
+                                     * activation as kernels of their own (the same tokens;
+                                     * for tests and measurements) */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
 };

@@ -126,16 +126,6 @@ static int attn_args_check(const struct cuda_attn_args *a)
         /* 16-byte cache loads: rows are multiples of 8 halves, so only the bases matter */
         if (((uintptr_t)a->k_cache | (uintptr_t)a->v_cache) % 16)
                 return -EINVAL;
-        if (a->fuse_post) { /* the same tokens, heads, caches and map as this call */
-                const struct cuda_qkv_args *p = &a->post;
-                const struct cuda_batch_map *m = &p->map;
-                if (cuda_qkv_check(p) != 1 || p->qkv != a->q || p->ld != a->ldq || p->ntok != a->ntok ||
-                    p->n_head != a->n_head || p->n_head_kv != a->n_head_kv || p->dk != a->dk || p->dv != a->dv ||
-                    p->k_cache != a->k_cache || p->v_cache != a->v_cache || m->pos != a->map.pos ||
-                    m->bt_row != a->map.bt_row || m->bt != a->map.bt || m->max_blocks != a->map.max_blocks ||
-                    m->block_size != a->map.block_size)
-                        return -EINVAL;
-        }
         return 1;
 }
 
@@ -143,26 +133,39 @@ static int attn_args_check(const struct cuda_attn_args *a)
 
 #define QKV_WARPS 8
 
-/* The RoPE table of token t's position: rope_c/rope_s[i] for pair i < n_rot / 2, by the
- * block's threads (the caller syncs). */
-static __device__ __forceinline__ void qkv_rope_table(const struct cuda_qkv_args &a, float theta_scale, int t,
-                                                      float *rope_c, float *rope_s)
+/* Grid (ntok, head groups of QKV_WARPS); one warp per head (Q heads, then K, then V), staged
+ * in a per-warp shared row so the RoPE pairs can cross lanes. K and V are left processed in
+ * qkv as well (the CPU backend works in place the same way). */
+static __global__ void __launch_bounds__(QKV_WARPS * 32)
+qkv_post_kernel(const struct cuda_qkv_args a, float theta_scale)
 {
-        const int pos = a.map.pos[t];
-        for (int i = threadIdx.x; i < a.n_rot / 2; i += blockDim.x) {
+        __shared__ float rope_c[ATT_MAX_DIM / 2], rope_s[ATT_MAX_DIM / 2];
+        __shared__ float buf[QKV_WARPS][ATT_MAX_DIM];
+        pdl_start();
+        const int t = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int pos = a.map.pos[t], half_rot = a.n_rot / 2;
+
+        for (int i = threadIdx.x; i < half_rot; i += blockDim.x) {
                 const float th = rope_angle(a, theta_scale, pos, i);
                 rope_c[i] = cosf(th);
                 rope_s[i] = sinf(th);
         }
-}
+        __syncthreads(); /* the only block-wide barrier: warps are independent from here */
 
-/* One head of token t by one warp (kind 0 Q, 1 K, 2 V; head h): bias, head norm, RoPE into b
- * (the warp's row of ATT_MAX_DIM floats in shared memory), the Q scale left to the caller.
- * x is where the head's row lies in qkv. Returns its length. */
-static __device__ __forceinline__ int qkv_head(const struct cuda_qkv_args &a, int kind, int h, const float *x,
-                                               float *b, const float *rope_c, const float *rope_s)
-{
-        const int lane = threadIdx.x % 32, len = kind == 2 ? a.dv : a.dk, half_rot = a.n_rot / 2;
+        const int hh = blockIdx.y * QKV_WARPS + warp;
+        if (hh >= a.n_head + 2 * a.n_head_kv)
+                return;
+        const int QD = a.n_head * a.dk, KD = a.n_head_kv * a.dk, VD = a.n_head_kv * a.dv;
+        int kind, h, len, off; /* kind 0: Q, 1: K, 2: V */
+        if (hh < a.n_head) {
+                kind = 0, h = hh, len = a.dk, off = h * a.dk;
+        } else if (hh < a.n_head + a.n_head_kv) {
+                kind = 1, h = hh - a.n_head, len = a.dk, off = QD + h * a.dk;
+        } else {
+                kind = 2, h = hh - a.n_head - a.n_head_kv, len = a.dv, off = QD + KD + h * a.dv;
+        }
+        float *x = a.qkv + (long long)t * a.ld + off;
+        float *b = buf[warp];
         const float *bias = !a.bq ? NULL : kind == 0 ? a.bq + h * a.dk
                                         : kind == 1 ? a.bk + h * a.dk : a.bv + h * a.dv;
         const float *normw = kind == 0 ? a.q_norm : kind == 1 ? a.k_norm : NULL;
@@ -193,59 +196,20 @@ static __device__ __forceinline__ int qkv_head(const struct cuda_qkv_args &a, in
                 }
                 __syncwarp();
         }
-        return len;
-}
-
-/* A processed K or V head (b, from qkv_head) into token t's cache row, if it has one. */
-static __device__ __forceinline__ void qkv_cache_store(const struct cuda_qkv_args &a, int t, int kind, int h,
-                                                       const float *b, int len)
-{
-        const long long r = qkv_cache_row(a, t);
-        if (r < 0)
-                return;
-        __half *c = kind == 1 ? a.k_cache + r * (a.n_head_kv * a.dk) + h * a.dk
-                              : a.v_cache + r * (a.n_head_kv * a.dv) + h * a.dv;
-        for (int i = threadIdx.x % 32; i < len; i += 32)
-                c[i] = __float2half_rn(b[i]);
-}
-
-/* Grid (ntok, head groups of QKV_WARPS); one warp per head (Q heads, then K, then V), staged
- * in a per-warp shared row so the RoPE pairs can cross lanes. K and V are left processed in
- * qkv as well (the CPU backend works in place the same way). */
-static __global__ void __launch_bounds__(QKV_WARPS * 32)
-qkv_post_kernel(const struct cuda_qkv_args a, float theta_scale)
-{
-        __shared__ float rope_c[ATT_MAX_DIM / 2], rope_s[ATT_MAX_DIM / 2];
-        __shared__ float buf[QKV_WARPS][ATT_MAX_DIM];
-        pdl_start();
-        const int t = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-        qkv_rope_table(a, theta_scale, t, rope_c, rope_s);
-        __syncthreads(); /* the only block-wide barrier: warps are independent from here */
-
-        const int hh = blockIdx.y * QKV_WARPS + warp;
-        if (hh >= a.n_head + 2 * a.n_head_kv)
-                return;
-        const int QD = a.n_head * a.dk, KD = a.n_head_kv * a.dk;
-        int kind, h, off; /* kind 0: Q, 1: K, 2: V */
-        if (hh < a.n_head) {
-                kind = 0, h = hh, off = h * a.dk;
-        } else if (hh < a.n_head + a.n_head_kv) {
-                kind = 1, h = hh - a.n_head, off = QD + h * a.dk;
-        } else {
-                kind = 2, h = hh - a.n_head - a.n_head_kv, off = QD + KD + h * a.dv;
-        }
-        float *x = a.qkv + (long long)t * a.ld + off;
-        float *b = buf[warp];
-        const int len = qkv_head(a, kind, h, x, b, rope_c, rope_s);
         if (kind == 0) {
                 const float qs = a.q_scale;
                 for (int i = lane; i < len; i += 32)
                         x[i] = qs != 1.0f ? b[i] * qs : b[i];
                 return;
         }
+        const long long r = qkv_cache_row(a, t);
         for (int i = lane; i < len; i += 32)
                 x[i] = b[i];
-        qkv_cache_store(a, t, kind, h, b, len);
+        if (r < 0)
+                return;
+        __half *c = kind == 1 ? a.k_cache + r * KD + h * a.dk : a.v_cache + r * VD + h * a.dv;
+        for (int i = lane; i < len; i += 32)
+                c[i] = __float2half_rn(b[i]);
 }
 
 int cuda_qkv_post(const struct cuda_qkv_args *a, cudaStream_t stream)
@@ -460,7 +424,7 @@ static __device__ __forceinline__ void att_store(const struct cuda_attn_args &a,
 
 template <int GC, int NC, bool CLUSTER>
 static __global__ void __launch_bounds__(ATT_NW * 32, 4)
-attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0, float post_theta)
+attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0)
 {
         constexpr int NW = ATT_NW;
         constexpr int DKP = NC * 32; /* q row in shared memory, zero-padded */
@@ -494,38 +458,10 @@ attention_kernel(const struct cuda_attn_args a, int lpr, int nslot, int t0, floa
 
         const struct attn_span sp = attn_span_of(a, t); /* its loads overlap q's */
         const float qmul = a.scale * LOG2E;
-        if (a.fuse_post) {
-                /* cuda_qkv_post's work for this block's GC query heads (into sq) and its
-                 * token's K/V head hk (into the cache), staged in the ring's memory, which
-                 * is not in use yet (att_plan_of keeps room for it) */
-                float *rope_c = (float *)region, *rope_s = rope_c + ATT_MAX_DIM / 2;
-                float *b = rope_s + ATT_MAX_DIM / 2 + warp * ATT_MAX_DIM;
-                qkv_rope_table(a.post, post_theta, t, rope_c, rope_s);
-                __syncthreads();
-                const float *xrow = a.post.qkv + (long long)t * a.post.ld;
-                for (int task = warp; task < GC + 2; task += NW) {
-                        if (task < GC) {
-                                const int h = h0 + task;
-                                qkv_head(a.post, 0, h, xrow + (long long)h * dk, b, rope_c, rope_s);
-                                const float qs = a.post.q_scale;
-                                for (int d = lane; d < DKP; d += 32)
-                                        sq[task * DKP + d] = d < dk ? (qs != 1.0f ? b[d] * qs : b[d]) * qmul : 0.0f;
-                        } else {
-                                const int kind = task - GC + 1;
-                                const float *x = xrow + (long long)a.n_head * dk + (kind == 1 ? hk * dk : KD + hk * dv);
-                                const int len = qkv_head(a.post, kind, hk, x, b, rope_c, rope_s);
-                                qkv_cache_store(a.post, t, kind, hk, b, len);
-                        }
-                        __syncwarp(); /* b is the next task's */
-                }
-                __threadfence_block();
-                __syncthreads(); /* the token's K/V is in the cache; region is the ring's again */
-        } else {
-                const float *qt = a.q + (long long)t * a.ldq + (long long)h0 * dk;
-                for (int i = threadIdx.x; i < GC * DKP; i += NW * 32) {
-                        const int g = i / DKP, d = i % DKP;
-                        sq[i] = d < dk ? qt[g * dk + d] * qmul : 0.0f;
-                }
+        const float *qt = a.q + (long long)t * a.ldq + (long long)h0 * dk;
+        for (int i = threadIdx.x; i < GC * DKP; i += NW * 32) {
+                const int g = i / DKP, d = i % DKP;
+                sq[i] = d < dk ? qt[g * dk + d] * qmul : 0.0f;
         }
 
         const int ntiles = (sp.n + ATT_TILE - 1) / ATT_TILE, tstride = cl * NW;
@@ -857,9 +793,7 @@ static struct att_plan att_plan_of(int gc, int nc, int dv)
         const long long n = ((long long)ATT_SMEM_BUDGET - (long long)fixed) / (long long)slots;
         const int lo = ATT_SPLIT_KV ? 3 : 2; /* a unit in flight while one is used */
         p.nslot = (int)(n < lo ? lo : n > ATT_MAX_SLOTS ? ATT_MAX_SLOTS : n);
-        /* the ring's memory also stages fuse_post's RoPE table and head rows */
-        const size_t post = sizeof(float) * (ATT_MAX_DIM + (size_t)ATT_NW * ATT_MAX_DIM);
-        p.smem = fixed + std::max(std::max(slots * p.nslot, merge), post);
+        p.smem = fixed + std::max(slots * p.nslot, merge);
         return p;
 }
 
@@ -893,8 +827,7 @@ static cudaError_t attention_launch_nc(const struct cuda_attn_args *a, int cl, c
         }
         for (int t0 = 0; t0 < a->ntok; t0 += ATT_MAX_GRID_Y) {
                 cfg.gridDim = dim3(hz, (unsigned)std::min(a->ntok - t0, ATT_MAX_GRID_Y));
-                e = cudaLaunchKernelEx(&cfg, kernel, *a, p.lpr, p.nslot, t0,
-                                       a->fuse_post ? rope_theta_scale(&a->post) : 1.0f);
+                e = cudaLaunchKernelEx(&cfg, kernel, *a, p.lpr, p.nslot, t0);
                 if (e != cudaSuccess)
                         return e;
         }
@@ -1035,11 +968,6 @@ int cuda_attention_ref(const struct cuda_attn_args *a, cudaStream_t stream)
         const int r = attn_args_check(a);
         if (r <= 0)
                 return r;
-        if (a->fuse_post) {
-                const int rp = cuda_qkv_post_ref(&a->post, stream);
-                if (rp < 0)
-                        return rp;
-        }
         const dim3 grid((unsigned)a->ntok, (unsigned)a->n_head);
         attention_ref_kernel<<<grid, ATT_REF_THREADS, 0, stream>>>(*a);
         return CUDA_CHECK_LAUNCH();

@@ -95,15 +95,6 @@ struct cuda_attn_args {
          * converted (cuBLASLt); out is then not written and may be NULL. */
         void *out16;
         int out16_type;
-        /* Nonzero fuse_post: cuda_qkv_post(&post) runs inside this launch first, each block
-         * processing its own query heads and its token's K/V head (so a step has one kernel
-         * fewer; bitwise the same results). Only for batches in which every token belongs
-         * to a different sequence (decode steps): a token must not attend to another
-         * token's fresh K/V. post.qkv must be q (post.ld == ldq), and post's ntok, heads,
-         * dims, caches and map this call's. Q is not written back into qkv (K/V neither);
-         * the caches are. */
-        int fuse_post;
-        struct cuda_qkv_args post;
 };
 int cuda_attention(const struct cuda_attn_args *a, cudaStream_t stream);
 int cuda_attention_ref(const struct cuda_attn_args *a, cudaStream_t stream);

@@ -667,9 +667,8 @@ static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uin
 }
 
 /* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in slot par
- * of h_in, the ids go to slot par of h_out. decode: every token belongs to a different
- * sequence (attention may then do the Q/K/V post-processing itself). */
-static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par, bool decode)
+ * of h_in, the ids go to slot par of h_out. */
+static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par)
 {
         const struct engine_model *m = c->m;
         const struct engine_hparams *hp = &m->hp;
@@ -742,19 +741,14 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 qa.v_cache = vc;
                 qa.map = map;
                 qa.pdl = pdl_att;
-                /* Q/K/V post-processing: in the one-token product's epilogue, in attention's
-                 * prologue (a decode step: each token its own sequence), or a kernel */
-                const bool post_in_gemv = fuse1 && !W->q_norm && !W->k_norm;
-                const bool post_in_attn = !post_in_gemv && decode && !c->o.no_fused_epilogues;
-                if (post_in_gemv) {
+                if (fuse1 && !W->q_norm && !W->k_norm) {
                         LAUNCH(c, cuda_rmsnorm(c->x, W->attn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
                         LAUNCH(c, cuda_gemv_qkv(W->tqkv, W->wqkv, c->xn, E, &qa, c->st));
                 } else {
                         if ((r = matmul_norm(c, pdl, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv,
                                              QD + KD + VD, E, ntok, (int)c->T)) < 0)
                                 return r;
-                        if (!post_in_attn)
-                                LAUNCH(c, cuda_qkv_post(&qa, c->st));
+                        LAUNCH(c, cuda_qkv_post(&qa, c->st));
                 }
                 struct cuda_attn_args aa;
                 memset(&aa, 0, sizeof(aa));
@@ -779,8 +773,6 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 const bool o16 = ntok > c->gemv_max;
                 aa.out16 = o16 ? c->x16 : NULL;
                 aa.out16_type = o16 ? (int)W->to : 0;
-                aa.fuse_post = post_in_attn;
-                aa.post = qa;
                 LAUNCH(c, cuda_attention(&aa, c->st));
                 float *oy = gemma ? c->tmp : c->x;
                 const float obeta = gemma ? 0.0f : 1.0f;
@@ -960,7 +952,7 @@ static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
                         h->nrows = (int32_t)B;
                         pad_inputs(c, par, 0, B);
                         /* warm run: cuBLASLt picks its algorithms outside the capture */
-                        int r = enqueue_step(c, (int)B, (int)B, NULL, par, true);
+                        int r = enqueue_step(c, (int)B, (int)B, NULL, par);
                         if (r == 0)
                                 r = CUDA_CHECK(cudaStreamSynchronize(c->st));
                         if (r < 0)
@@ -969,7 +961,7 @@ static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
                         r = CUDA_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
                         if (r < 0)
                                 return cuda_fail(err, r, "graph capture");
-                        int re = enqueue_step(c, (int)B, (int)B, NULL, par, true);
+                        int re = enqueue_step(c, (int)B, (int)B, NULL, par);
                         r = CUDA_CHECK(cudaStreamEndCapture(c->st, &g));
                         if (re < 0 || r < 0)
                                 return cuda_fail(err, re < 0 ? re : r, "graph capture");
@@ -1382,7 +1374,7 @@ extern "C" int ecu_step_launch(struct ecu_ctx *c, const struct engine_kv *kv, co
                 if ((r = CUDA_CHECK(cudaGraphLaunch(c->gexec[par][gi], c->st))) < 0)
                         return step_failed(c, r, err);
                 c->launches = 1;
-        } else if ((r = enqueue_step(c, (int)ntok, (int)nrows, a->logits, par, decode)) < 0) {
+        } else if ((r = enqueue_step(c, (int)ntok, (int)nrows, a->logits, par)) < 0) {
                 return step_failed(c, r, err);
         }
         if ((r = CUDA_CHECK(cudaEventRecord(c->e1[par], c->st))) < 0)

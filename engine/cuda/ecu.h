@@ -64,10 +64,9 @@ struct ecu_ctx_opts {
         bool no_graphs;           /* decode eagerly (for tests: graph == eager) */
         int pdl;                  /* which kernels of a step go with programmatic dependent
                                    * launch (common.cuh): ECU_PDL_* bits, 0 none */
-        bool no_fused_epilogues;  /* Q/K/V post-processing and the gated activation in kernels
-                                   * of their own, not folded into their neighbours (the
-                                   * one-token GEMVs' epilogues; attention's prologue in decode
-                                   * steps). The same bits either way; for tests */
+        bool no_fused_epilogues;  /* one-token steps: Q/K/V post-processing and the gated
+                                   * activation in kernels of their own, not as epilogues of
+                                   * the products (the same bits either way; for tests) */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */

@@ -394,77 +394,6 @@ static void run_attention_check(const std::string &name, bool fast, struct cuda_
         CUDA_CHECK_ABORT(cudaFree(out));
 }
 
-/* The decode tokens of sc alone (each its sequence's only token), with attention doing the
- * Q/K/V post-processing itself (cuda_attn_args.fuse_post) against cuda_qkv_post followed by
- * cuda_attention, from the same raw rows and caches: the output and both caches bit for bit;
- * fast and plain versions, the fast one also deterministic and with 16-bit output. */
-static void check_fused_post(const char *cname, const struct cuda_qkv_args &qa0, const struct cuda_attn_args &aa0,
-                             const std::vector<float> &qkv_in, int ld, const scenario &sc, const __half *d_k0,
-                             const __half *d_v0, size_t nk, size_t nv)
-{
-        const int nd = (int)sc.decode.size();
-        std::vector<float> raw((size_t)nd * ld);
-        std::vector<int32_t> pos(nd), row(nd);
-        for (int i = 0; i < nd; i++) {
-                const int t = sc.decode[i];
-                std::copy(qkv_in.begin() + (size_t)t * ld, qkv_in.begin() + (size_t)(t + 1) * ld,
-                          raw.begin() + (size_t)i * ld);
-                pos[i] = sc.pos[t], row[i] = sc.row[t];
-        }
-        float *d_q = to_dev(raw);
-        int32_t *d_pos = to_dev(pos), *d_row = to_dev(row);
-        __half *kc[2] = {dev_alloc<__half>(nk), dev_alloc<__half>(nk)};
-        __half *vc[2] = {dev_alloc<__half>(nv), dev_alloc<__half>(nv)};
-        const size_t no = (size_t)nd * aa0.ldo;
-        float *out[2] = {dev_alloc<float>(no), dev_alloc<float>(no)};
-        struct cuda_batch_map map = aa0.map;
-        map.pos = d_pos, map.bt_row = d_row;
-        for (int mode = 0; mode < 4; mode++) { /* fast, fast det, fast out16, plain */
-                const bool fast = mode < 3;
-                std::vector<float> o[2];
-                std::vector<__half> k[2], v[2];
-                for (int fuse = 0; fuse < 2; fuse++) {
-                        CUDA_CHECK_ABORT(cudaMemcpy(d_q, raw.data(), raw.size() * 4, cudaMemcpyHostToDevice));
-                        CUDA_CHECK_ABORT(cudaMemcpy(kc[fuse], d_k0, nk * 2, cudaMemcpyDeviceToDevice));
-                        CUDA_CHECK_ABORT(cudaMemcpy(vc[fuse], d_v0, nv * 2, cudaMemcpyDeviceToDevice));
-                        poison(out[fuse], no);
-                        struct cuda_qkv_args qa = qa0;
-                        qa.qkv = d_q, qa.ntok = nd, qa.map = map, qa.k_cache = kc[fuse], qa.v_cache = vc[fuse];
-                        struct cuda_attn_args aa = aa0;
-                        aa.q = d_q, aa.ntok = nd, aa.map = map, aa.k_cache = kc[fuse], aa.v_cache = vc[fuse];
-                        aa.deterministic = mode == 1;
-                        if (mode == 2) {
-                                aa.out = NULL;
-                                aa.out16 = out[fuse];
-                                aa.out16_type = CUDA_WTYPE_BF16;
-                        } else {
-                                aa.out = out[fuse];
-                        }
-                        if (fuse) {
-                                aa.fuse_post = 1;
-                                aa.post = qa;
-                        } else {
-                                CUDA_OK_OR_ABORT(fast ? cuda_qkv_post(&qa, 0) : cuda_qkv_post_ref(&qa, 0));
-                        }
-                        CUDA_OK_OR_ABORT(fast ? cuda_attention(&aa, 0) : cuda_attention_ref(&aa, 0));
-                        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
-                        o[fuse] = to_host(out[fuse], no);
-                        k[fuse] = to_host(kc[fuse], nk);
-                        v[fuse] = to_host(vc[fuse], nv);
-                }
-                const bool same = !memcmp(o[0].data(), o[1].data(), no * 4) &&
-                                  !memcmp(k[0].data(), k[1].data(), nk * 2) && !memcmp(v[0].data(), v[1].data(), nv * 2);
-                static const char *mname[4] = {"", " det", " out16", " plain"};
-                char name[200];
-                snprintf(name, sizeof(name), "attention%s %s decode t=%d fuse_post == qkv_post + attention (out, K/V cache), bitwise",
-                         mname[mode], cname, nd);
-                add_flag(name, same);
-        }
-        for (void *p : {(void *)d_q, (void *)d_pos, (void *)d_row, (void *)kc[0], (void *)kc[1], (void *)vc[0],
-                        (void *)vc[1], (void *)out[0], (void *)out[1]})
-                CUDA_CHECK_ABORT(cudaFree(p));
-}
-
 static void check_case(const cfg &c, const scenario &sc)
 {
         const int ntok = (int)sc.pos.size();
@@ -660,7 +589,6 @@ static void check_case(const cfg &c, const scenario &sc)
         ad.deterministic = 1;
         snprintf(name, sizeof(name), "attention det %s decode t=%d", c.name, nd);
         run_attention_check(name, true, ad, ref, sc.decode);
-        check_fused_post(c.name, qa, aa, qkv_in, ld, sc, d_k0, d_v0, nslots * KD, nslots * VD);
 
         for (void *p : {(void *)d_pos, (void *)d_row, (void *)d_bt, (void *)d_k, (void *)d_v,
                         (void *)d_k0, (void *)d_v0, (void *)d_qkv, (void *)d_bq, (void *)d_bk,
@@ -698,26 +626,6 @@ static void check_args(void)
         b = a;
         b.out16_type = CUDA_WTYPE_BF16;
         add_flag("args: attention out16 NULL", cuda_attention(&b, 0) == -EINVAL);
-        {
-                struct cuda_qkv_args p = {};
-                p.qkv = d_f, p.ld = 64 * 3, p.ntok = 1, p.n_head = 1, p.n_head_kv = 1, p.dk = 64, p.dv = 64;
-                p.n_rot = 64, p.rope_base = 10000.0f, p.rope_scale = 1.0f, p.q_scale = 1.0f;
-                p.k_cache = d_h, p.v_cache = d_h + 2048, p.map = map;
-                b = a;
-                b.ldq = 64 * 3;
-                b.fuse_post = 1;
-                add_flag("args: attention fuse_post without post", cuda_attention(&b, 0) == -EINVAL &&
-                                                                       cuda_attention_ref(&b, 0) == -EINVAL);
-                b.post = p;
-                add_flag("args: attention fuse_post valid returns 0", cuda_attention(&b, 0) == 0 &&
-                                                                          cuda_attention_ref(&b, 0) == 0);
-                CUDA_CHECK_ABORT(cudaDeviceSynchronize());
-                b.post.v_cache = d_h + 1024;
-                add_flag("args: attention fuse_post other cache", cuda_attention(&b, 0) == -EINVAL);
-                b.post = p;
-                b.post.ld = 64 * 4;
-                add_flag("args: attention fuse_post other ld", cuda_attention(&b, 0) == -EINVAL);
-        }
         b = a;
         b.out = NULL;
         add_flag("args: attention out NULL", cuda_attention(&b, 0) == -EINVAL);
