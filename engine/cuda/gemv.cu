@@ -116,6 +116,35 @@ template <int T> struct gemv_shape {
         static constexpr int U = T <= 4 ? 4 : 2;
 };
 
+/* The rest of a row group's sums from this thread's k0 on: U vectors a row a step while
+ * they all fit, then one at a time (ascending k, so the order gemv_kernel's rows have). */
+template <int WTYPE, int T, int R, int U>
+static __device__ __forceinline__ void gemv_rows(float (&acc)[T][R], const uint16_t *const (&wr)[R],
+                                                 const float *__restrict__ x, int k, int k0)
+{
+        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
+        float scale[T]; /* (unused: gemv_vec's RMSNORM argument) */
+        for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
+                uint4 wv[U][R];
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                                wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                        gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE,
+                                                                  scale, NULL);
+        }
+        for (; k0 < k; k0 += STRIDE) {
+                uint4 wv[R];
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                        wv[r] = ld_stream_u4(wr[r] + k0);
+                gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
+        }
+}
+
 template <int WTYPE, int T>
 static __global__ void __launch_bounds__(GEMV_THREADS)
 gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
@@ -151,25 +180,7 @@ gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *
                 gemv_step<WTYPE, T, R, U, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
                 k0 += U * STRIDE;
         }
-        for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
-                uint4 wv[U][R];
-#pragma unroll
-                for (int u = 0; u < U; u++)
-#pragma unroll
-                        for (int r = 0; r < R; r++)
-                                wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
-#pragma unroll
-                for (int u = 0; u < U; u++)
-                        gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE,
-                                                                  scale, NULL);
-        }
-        for (; k0 < k; k0 += STRIDE) {
-                uint4 wv[R];
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                        wv[r] = ld_stream_u4(wr[r] + k0);
-                gemv_vec<WTYPE, T, R, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
-        }
+        gemv_rows<WTYPE, T, R, U>(acc, wr, x, k, k0);
 
         __shared__ float part[GEMV_WARPS][T * R];
         block_sum_store<T, R>(acc, part, y, rows, row0, accumulate);
@@ -483,7 +494,6 @@ gemv_pair_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, in
 {
         constexpr int R = 2, U = gemv_shape<1>::U;
         static_assert(gemv_shape<1>::R == R, "one token: pairs are gemv_kernel's row groups");
-        constexpr int STRIDE = GEMV_THREADS * GEMV_VEC;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, p = blockIdx.x;
         struct qkv_pair q;
         int r0, r1;
@@ -493,28 +503,9 @@ gemv_pair_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, in
         } else {
                 r0 = p, r1 = a.n + p;
         }
-        const uint16_t *wr[R] = {w + (size_t)r0 * k, w + (size_t)r1 * k};
+        const uint16_t *const wr[R] = {w + (size_t)r0 * k, w + (size_t)r1 * k};
         float acc[1][R] = {{0.0f, 0.0f}};
-        float scale[1]; /* (unused: gemv_vec's RMSNORM argument) */
-        int k0 = (warp * 32 + lane) * GEMV_VEC;
-        for (; k0 + (U - 1) * STRIDE < k; k0 += U * STRIDE) {
-                uint4 wv[U][R];
-#pragma unroll
-                for (int u = 0; u < U; u++)
-#pragma unroll
-                        for (int r = 0; r < R; r++)
-                                wv[u][r] = ld_stream_u4(wr[r] + k0 + u * STRIDE);
-#pragma unroll
-                for (int u = 0; u < U; u++)
-                        gemv_vec<WTYPE, 1, R, CUDA_GEMV_PRO_NONE>(acc, wv[u], x, k, k0 + u * STRIDE, scale, NULL);
-        }
-        for (; k0 < k; k0 += STRIDE) {
-                uint4 wv[R];
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                        wv[r] = ld_stream_u4(wr[r] + k0);
-                gemv_vec<WTYPE, 1, R, CUDA_GEMV_PRO_NONE>(acc, wv, x, k, k0, scale, NULL);
-        }
+        gemv_rows<WTYPE, 1, R, U>(acc, wr, x, k, (warp * 32 + lane) * GEMV_VEC);
         /* block_sum_store's sums, both rows in thread 0 */
         __shared__ float part[GEMV_WARPS][R];
 #pragma unroll

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -89,6 +90,23 @@ static double w16_to_double(uint16_t v, uint32_t wtype)
 static const char *wtype_name(uint32_t wtype)
 {
         return wtype == CUDA_WTYPE_BF16 ? "bf16" : "f16";
+}
+
+/* The options every kernel test takes: --json PATH (results) and --check-only (no timing,
+ * for compute-sanitizer). false after printing the usage for anything else. */
+static inline bool test_options(int argc, char **argv, const char **json, bool *check_only)
+{
+        for (int i = 1; i < argc; i++) {
+                if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+                        *json = argv[++i];
+                } else if (!strcmp(argv[i], "--check-only")) {
+                        *check_only = true;
+                } else {
+                        fprintf(stderr, "usage: %s [--json PATH] [--check-only]\n", argv[0]);
+                        return false;
+                }
+        }
+        return true;
 }
 
 /* ---- device buffers and results (tests with their own define HARNESS_RANDOM_ONLY) ---- */

@@ -352,20 +352,35 @@ static void bench_shape(const char *model, int E, int F, int nh, int nkv, int d,
         cudaStreamDestroy(st);
 }
 
+/* ---- results ---- */
+
+static int write_json(const char *path, const cudaDeviceProp &prop, int drv, int rt, size_t failed)
+{
+        FILE *f = fopen(path, "w");
+        if (!f) {
+                perror(path);
+                return -1;
+        }
+        fprintf(f, "{\"device\": \"%s\", \"driver\": %d, \"runtime\": %d, \"checks_total\": %zu, "
+                   "\"checks_failed\": %zu,\n \"checks\": [\n",
+                prop.name, drv, rt, checks.size(), failed);
+        for (size_t i = 0; i < checks.size(); i++)
+                fprintf(f, "  {\"name\": \"%s\", \"pass\": %s}%s\n", checks[i].name.c_str(),
+                        checks[i].pass ? "true" : "false", i + 1 < checks.size() ? "," : "");
+        fprintf(f, " ],\n \"timing_us\": [\n");
+        for (size_t i = 0; i < timings.size(); i++)
+                fprintf(f, "  {\"what\": \"%s\", \"separate\": %.3f, \"fused\": %.3f}%s\n", timings[i].name.c_str(),
+                        timings[i].sep_us, timings[i].fused_us, i + 1 < timings.size() ? "," : "");
+        fprintf(f, " ]\n}\n");
+        return fclose(f) == 0 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
         const char *json = NULL;
         bool check_only = false;
-        for (int i = 1; i < argc; i++) {
-                if (!strcmp(argv[i], "--json") && i + 1 < argc) {
-                        json = argv[++i];
-                } else if (!strcmp(argv[i], "--check-only")) {
-                        check_only = true;
-                } else {
-                        fprintf(stderr, "usage: %s [--json PATH] [--check-only]\n", argv[0]);
-                        return 2;
-                }
-        }
+        if (!test_options(argc, argv, &json, &check_only))
+                return 2;
         cudaDeviceProp prop;
         int drv = 0, rt = 0;
         if (!device_open(&prop, &drv, &rt))
@@ -388,26 +403,8 @@ int main(int argc, char **argv)
         size_t failed = 0;
         for (const check &c : checks)
                 failed += !c.pass;
-        if (json) {
-                FILE *f = fopen(json, "w");
-                if (!f) {
-                        perror(json);
-                        return 1;
-                }
-                fprintf(f, "{\"device\": \"%s\", \"driver\": %d, \"runtime\": %d, \"checks_total\": %zu, "
-                           "\"checks_failed\": %zu,\n \"checks\": [\n",
-                        prop.name, drv, rt, checks.size(), failed);
-                for (size_t i = 0; i < checks.size(); i++)
-                        fprintf(f, "  {\"name\": \"%s\", \"pass\": %s}%s\n", checks[i].name.c_str(),
-                                checks[i].pass ? "true" : "false", i + 1 < checks.size() ? "," : "");
-                fprintf(f, " ],\n \"timing_us\": [\n");
-                for (size_t i = 0; i < timings.size(); i++)
-                        fprintf(f, "  {\"what\": \"%s\", \"separate\": %.3f, \"fused\": %.3f}%s\n",
-                                timings[i].name.c_str(), timings[i].sep_us, timings[i].fused_us,
-                                i + 1 < timings.size() ? "," : "");
-                fprintf(f, " ]\n}\n");
-                fclose(f);
-        }
+        if (json && write_json(json, prop, drv, rt, failed) < 0)
+                return 1;
         if (!timings.empty()) {
                 printf("\none token, BF16, us per call in one graph, weights from HBM (4x L2):\n");
                 printf("%-36s %10s %10s\n", "", "separate", "fused");
