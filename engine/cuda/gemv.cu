@@ -434,22 +434,14 @@ static __device__ __forceinline__ struct qkv_pair qkv_pair_of(const struct cuda_
                 q.kind = 2, q.h = i / (a.dv / 2), j = i % (a.dv / 2), base = QD + KD + q.h * a.dv;
         }
         const int half = a.n_rot / 2;
-        q.rot = -1;
-        if (q.kind == 2) {
-                q.d0 = 2 * j;
-        } else if (a.neox) {
-                if (j < half) {
-                        q.d0 = j, q.d1 = j + half, q.rot = j;
-                } else {
-                        q.d0 = a.n_rot + 2 * (j - half);
-                }
-        } else {
-                q.d0 = 2 * j;
-                if (j < half)
-                        q.rot = j;
-        }
-        if (q.rot < 0 || !a.neox)
+        const bool qk = q.kind < 2;
+        if (qk && a.neox && j < half) { /* NEOX rotates dims j and j + n_rot/2 */
+                q.d0 = j, q.d1 = j + half, q.rot = j;
+        } else { /* adjacent dims: V, NORM (rotated while j < n_rot/2), NEOX's unrotated tail */
+                q.d0 = qk && a.neox ? a.n_rot + 2 * (j - half) : 2 * j;
                 q.d1 = q.d0 + 1;
+                q.rot = qk && !a.neox && j < half ? j : -1;
+        }
         q.r0 = base + q.d0;
         q.r1 = base + q.d1;
         return q;
