@@ -278,6 +278,9 @@ struct engine_sched_opts {
         bool no_fused_epilogues;    /* one-token steps: Q/K/V post-processing and the gated
                                      * activation as kernels of their own (the same tokens;
                                      * for tests and measurements) */
+        bool no_tc_attention;       /* prefill attention on the CUDA cores, not the tensor
+                                     * cores (results within f16 rounding of each other; for
+                                     * tests and measurements) */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
 };

@@ -15,36 +15,16 @@
 #include <cuda_fp16.h>
 
 #include "attention.cuh"
+#include "attn_dev.cuh"
 #include "common.cuh"
 #include "qkv_dev.cuh"
 #include "w16.cuh"
 
 namespace cg = cooperative_groups;
 
-#define LOG2E 1.4426950408889634f
 #define ATT_MAX_DIM 256 /* dk, dv: multiples of 8 up to this */
 
 /* ---- shared between the kernels ---- */
-
-/* The positions lo..hi a token attends to (n = hi - lo + 1, 0 for none). Positions past the
- * block table (host check: max_blocks · block_size ≤ INT_MAX) are skipped, never read. */
-struct attn_span {
-        int lo, hi, n, row;
-};
-
-static __device__ __forceinline__ struct attn_span attn_span_of(const struct cuda_attn_args &a,
-                                                                int t)
-{
-        const int pos = a.map.pos[t], row = a.map.bt_row[t];
-        const int last = a.map.max_blocks * a.map.block_size - 1;
-        struct attn_span s = {0, -1, 0, row};
-        if (pos < 0 || row < 0)
-                return s;
-        s.hi = min(pos, last);
-        s.lo = a.window > 0 && pos >= a.window ? pos - (a.window - 1) : 0;
-        s.n = s.hi >= s.lo ? s.hi - s.lo + 1 : 0;
-        return s;
-}
 
 static __device__ __forceinline__ void half8_to_float(const uint4 u, float (&f)[8])
 {
@@ -106,7 +86,7 @@ int cuda_qkv_check(const struct cuda_qkv_args *a)
         return 1;
 }
 
-static int attn_args_check(const struct cuda_attn_args *a)
+int cuda_attn_check(const struct cuda_attn_args *a)
 {
         if (!a || a->ntok < 0)
                 return -EINVAL;
@@ -347,34 +327,6 @@ int cuda_qkv_post_ref(const struct cuda_qkv_args *a, cudaStream_t stream)
 
 #define ATT_MAX_GRID_Y 65535 /* tokens per launch */
 
-static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
-{
-        const unsigned d = (unsigned)__cvta_generic_to_shared(smem);
-        asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(d),
-                     "l"(gmem), "r"(src_bytes)
-                     : "memory");
-}
-
-static __device__ __forceinline__ void cp_async_commit(void)
-{
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-/* Wait until at most n (0 .. ATT_MAX_SLOTS - 1) of this thread's groups are pending. */
-static __device__ __forceinline__ void cp_async_wait(int n)
-{
-        switch (n) {
-        case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
-        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-        case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-        case 4: asm volatile("cp.async.wait_group 4;\n" ::: "memory"); break;
-        case 5: asm volatile("cp.async.wait_group 5;\n" ::: "memory"); break;
-        case 6: asm volatile("cp.async.wait_group 6;\n" ::: "memory"); break;
-        default: asm volatile("cp.async.wait_group 7;\n" ::: "memory"); break;
-        }
-}
-
 static __device__ __forceinline__ uint4 lds_u4(const void *p)
 {
         return *(const uint4 *)p;
@@ -409,17 +361,6 @@ static __host__ __device__ __forceinline__ int att_slot_bytes(int nc, int dv)
 #else
         return kb + vb;
 #endif
-}
-
-/* out[i] = v, or its 16-bit value into out16 (cuda_attn_args.out16_type). */
-static __device__ __forceinline__ void att_store(const struct cuda_attn_args &a, long long i, float v)
-{
-        if (a.out16_type == CUDA_WTYPE_BF16)
-                ((uint16_t *)a.out16)[i] = float_to_w16<CUDA_WTYPE_BF16>(v);
-        else if (a.out16_type == CUDA_WTYPE_F16)
-                ((uint16_t *)a.out16)[i] = float_to_w16<CUDA_WTYPE_F16>(v);
-        else
-                a.out[i] = v;
 }
 
 template <int GC, int NC, bool CLUSTER>
@@ -852,7 +793,7 @@ static cudaError_t attention_launch(const struct cuda_attn_args *a, int nc, int 
 
 int cuda_attention(const struct cuda_attn_args *a, cudaStream_t stream)
 {
-        const int r = attn_args_check(a);
+        const int r = cuda_attn_check(a);
         if (r <= 0)
                 return r;
         int nc = 1; /* K chunks of 32 dims per lane group, a power of two */
@@ -965,7 +906,7 @@ attention_ref_kernel(const struct cuda_attn_args a)
 
 int cuda_attention_ref(const struct cuda_attn_args *a, cudaStream_t stream)
 {
-        const int r = attn_args_check(a);
+        const int r = cuda_attn_check(a);
         if (r <= 0)
                 return r;
         const dim3 grid((unsigned)a->ntok, (unsigned)a->n_head);

@@ -666,9 +666,68 @@ static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uin
         return matmul(c, pdl, wtype, w, c->act, y, rows, k, n, beta, cap);
 }
 
+/* Runs of at least this many consecutive tokens of one sequence (prefill chunks) get their
+ * attention from the tensor-core kernel; the rest of the batch from cuda_attention. */
+#define TC_MIN_RUN 32
+
+/* aa's tokens [t, t + n) only: the same call on a slice of the batch (every per-token
+ * array advanced by t). */
+static struct cuda_attn_args attn_slice(const struct cuda_attn_args *aa, int t, int n)
+{
+        struct cuda_attn_args s = *aa;
+        s.q += (size_t)t * aa->ldq;
+        if (s.out16)
+                s.out16 = (uint16_t *)s.out16 + (size_t)t * aa->ldo;
+        else
+                s.out += (size_t)t * aa->ldo;
+        s.map.pos += t;
+        s.map.bt_row += t;
+        s.ntok = n;
+        return s;
+}
+
+/* Attention for a step. hrow: the step's block-table rows on the host (NULL while capturing
+ * a graph: the capture's inputs are placeholders), from which the runs of TC_MIN_RUN or more
+ * tokens of one sequence go to cuda_attention_tc and the tokens between them to
+ * cuda_attention, one launch per slice; without hrow, in batch-invariant mode (the slices
+ * would depend on the batch), with no_tc_attention or for head sizes the tensor-core kernel
+ * lacks, all of it to cuda_attention. */
+static int attention(struct ecu_ctx *c, const struct cuda_attn_args *aa, const int32_t *hrow)
+{
+        const int n = aa->ntok;
+        if (!hrow || n < TC_MIN_RUN || c->o.no_tc_attention || c->o.batch_invariant ||
+            !cuda_attention_tc_ok(aa->dk, aa->dv)) {
+                LAUNCH(c, cuda_attention(aa, c->st));
+                return 0;
+        }
+        int plain = 0; /* first token not yet given to a kernel */
+        for (int t = 0; t < n;) {
+                int e = t + 1;
+                while (e < n && hrow[e] == hrow[t])
+                        e++;
+                if (e - t >= TC_MIN_RUN && hrow[t] >= 0) {
+                        if (plain < t) {
+                                const struct cuda_attn_args s = attn_slice(aa, plain, t - plain);
+                                LAUNCH(c, cuda_attention(&s, c->st));
+                        }
+                        const struct cuda_attn_args s = attn_slice(aa, t, e - t);
+                        LAUNCH(c, cuda_attention_tc(&s, c->st));
+                        plain = e;
+                }
+                t = e;
+        }
+        if (plain < n) {
+                const struct cuda_attn_args s = attn_slice(aa, plain, n - plain);
+                LAUNCH(c, cuda_attention(&s, c->st));
+        }
+        return 0;
+}
+
 /* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in slot par
- * of h_in, the ids go to slot par of h_out. */
-static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par)
+ * of h_in, the ids go to slot par of h_out. hrow: the tokens' block-table rows on the host
+ * (attention()), NULL while capturing. */
+static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par,
+                        const int32_t *hrow)
 {
         const struct engine_model *m = c->m;
         const struct engine_hparams *hp = &m->hp;
@@ -773,7 +832,8 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 const bool o16 = ntok > c->gemv_max;
                 aa.out16 = o16 ? c->x16 : NULL;
                 aa.out16_type = o16 ? (int)W->to : 0;
-                LAUNCH(c, cuda_attention(&aa, c->st));
+                if ((r = attention(c, &aa, hrow)) < 0)
+                        return r;
                 float *oy = gemma ? c->tmp : c->x;
                 const float obeta = gemma ? 0.0f : 1.0f;
                 if ((r = o16 ? matmul_x16(c, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
@@ -952,7 +1012,7 @@ static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
                         h->nrows = (int32_t)B;
                         pad_inputs(c, par, 0, B);
                         /* warm run: cuBLASLt picks its algorithms outside the capture */
-                        int r = enqueue_step(c, (int)B, (int)B, NULL, par);
+                        int r = enqueue_step(c, (int)B, (int)B, NULL, par, NULL);
                         if (r == 0)
                                 r = CUDA_CHECK(cudaStreamSynchronize(c->st));
                         if (r < 0)
@@ -961,7 +1021,7 @@ static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
                         r = CUDA_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
                         if (r < 0)
                                 return cuda_fail(err, r, "graph capture");
-                        int re = enqueue_step(c, (int)B, (int)B, NULL, par);
+                        int re = enqueue_step(c, (int)B, (int)B, NULL, par, NULL);
                         r = CUDA_CHECK(cudaStreamEndCapture(c->st, &g));
                         if (re < 0 || r < 0)
                                 return cuda_fail(err, re < 0 ? re : r, "graph capture");
@@ -1374,7 +1434,7 @@ extern "C" int ecu_step_launch(struct ecu_ctx *c, const struct engine_kv *kv, co
                 if ((r = CUDA_CHECK(cudaGraphLaunch(c->gexec[par][gi], c->st))) < 0)
                         return step_failed(c, r, err);
                 c->launches = 1;
-        } else if ((r = enqueue_step(c, (int)ntok, (int)nrows, a->logits, par)) < 0) {
+        } else if ((r = enqueue_step(c, (int)ntok, (int)nrows, a->logits, par, row)) < 0) {
                 return step_failed(c, r, err);
         }
         if ((r = CUDA_CHECK(cudaEventRecord(c->e1[par], c->st))) < 0)

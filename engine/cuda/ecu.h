@@ -67,6 +67,9 @@ struct ecu_ctx_opts {
         bool no_fused_epilogues;  /* one-token steps: Q/K/V post-processing and the gated
                                    * activation in kernels of their own, not as epilogues of
                                    * the products (the same bits either way; for tests) */
+        bool no_tc_attention;     /* prefill chunks' attention on the CUDA cores
+                                   * (cuda_attention), not the tensor cores
+                                   * (cuda_attention_tc): for tests and measurements */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */

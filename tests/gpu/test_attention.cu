@@ -1,12 +1,16 @@
 /* test_attention.cu — checks cuda_qkv_post and cuda_attention (fast and plain) against a CPU
  * double reference on a paged cache with shuffled block tables and a batch that mixes decode
  * tokens of several sequences with prefill chunks (qkv_post writes the batch's own K/V, then
- * attention reads them, as the engine runs them), in both modes (deterministic off and on);
- * checks batch invariance in deterministic mode (a token's output bitwise the same alone, in
- * 8 and in 200); then times cuda_attention at llama-3.2-1B (d 64) and llama-8B (d 128) decode
- * and prefill shapes, both modes. Exit 0 all checks pass, 1 any failed, 77 no GPU.
+ * attention reads them, as the engine runs them), in both modes (deterministic off and on),
+ * and cuda_attention_tc (tensor cores, d 64 and 128) on the same batches and on prefill
+ * chunks in batch order (tiles of 64 tokens across sequences, padding tokens, a missing
+ * block); checks batch invariance in deterministic mode (a token's output bitwise the same
+ * alone, in 8 and in 200; cuda_attention_tc always); then times cuda_attention at
+ * llama-3.2-1B (d 64) and llama-8B (d 128) decode and prefill shapes, both modes, and
+ * cuda_attention_tc against it at the prefill shapes. Exit 0 all checks pass, 1 any failed,
+ * 77 no GPU.
  *   nvcc -O3 -std=c++17 -arch=sm_90 -Iengine/cuda -o build-gpu/test_attention \
- *        tests/gpu/test_attention.cu engine/cuda/attention.cu
+ *        tests/gpu/test_attention.cu engine/cuda/attention.cu engine/cuda/attention_tc.cu
  * Options: --json PATH, --check-only (no timing; for compute-sanitizer). */
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +34,7 @@
 
 #define Q_TOL 1e-5   /* qkv_post floats vs double: float rounding only (theta as the CPU) */
 #define ATT_TOL 1e-4 /* attention vs double: float scores/softmax over f16 K/V read back */
+#define TC_TOL 3e-3  /* attention_tc: Q and the probabilities rounded to f16 for the mma */
 #define KV_ULP 1     /* f16 cache rows: the float result may round to the neighbour */
 #define KV_ABS 1e-6  /* ... or be off by float rounding of the head's largest value */
 #define GUARD 64     /* poisoned floats after each output, which must stay poisoned */
@@ -131,8 +136,16 @@ struct bench {
         double us, kv_gbs, gflops, err;
 };
 
+/* a prefill shape timed with cuda_attention (deterministic off) and cuda_attention_tc */
+struct bench_tc {
+        std::string name;
+        int d, ntok, reps;
+        double us, us_tc, gflops_tc, err_tc;
+};
+
 static std::vector<check> checks;
 static std::vector<bench> benches;
+static std::vector<bench_tc> benches_tc;
 
 static void add_check(const std::string &name, double err, double tol, size_t bad,
                       size_t guard_hit, const std::string &note)
@@ -176,14 +189,18 @@ struct seq_spec {
 };
 
 struct scenario {
+        std::string name;              /* in the checks' names; empty for the first one */
         int max_blocks, n_rows, n_blocks;
         std::vector<int32_t> bt;       /* [n_rows][max_blocks], -1 where unused */
         std::vector<int32_t> pos, row; /* per batch token */
         std::vector<int> decode;       /* tokens that are a sequence's only token */
+        std::vector<int> seq_row;      /* block-table row of each sequence */
 };
 
+/* in_order: the batch holds the sequences' tokens in the order given, each in position
+ * order (prefill chunks as the engine hands them to cuda_attention_tc); otherwise shuffled */
 static scenario build_scenario(const std::vector<seq_spec> &seqs, int extra_rows,
-                               int extra_blocks)
+                               int extra_blocks, bool in_order = false)
 {
         scenario sc;
         const int ns = (int)seqs.size();
@@ -213,8 +230,10 @@ static scenario build_scenario(const std::vector<seq_spec> &seqs, int extra_rows
                         sc.bt[(size_t)rows[s] * sc.max_blocks + b] = ids[next++];
                 for (int k = 0; k < seqs[s].count; k++)
                         toks.push_back({s, seqs[s].prior + k});
+                sc.seq_row.push_back(rows[s]);
         }
-        shuffle(toks); /* decode tokens between and among the prefill chunks */
+        if (!in_order)
+                shuffle(toks); /* decode tokens between and among the prefill chunks */
         for (size_t t = 0; t < toks.size(); t++) {
                 sc.pos.push_back(toks[t].second);
                 sc.row.push_back(rows[toks[t].first]);
@@ -228,6 +247,21 @@ static long long host_cache_row(const scenario &sc, int row, int p)
 {
         const int b = sc.bt[(size_t)row * sc.max_blocks + p / BLOCK];
         return b < 0 ? -1 : (long long)b * BLOCK + p % BLOCK;
+}
+
+/* Inserts a padding token at batch index `at` (pos < 0 or row < 0: it writes no K/V and
+ * attends to nothing, so its output is 0), as a batch padded to a fixed size carries. */
+static void add_padding(scenario &sc, int at, int pos, int row)
+{
+        sc.pos.insert(sc.pos.begin() + at, pos);
+        sc.row.insert(sc.row.begin() + at, row);
+        for (int &t : sc.decode)
+                t += t >= at;
+}
+
+static bool is_padding(const scenario &sc, int t)
+{
+        return sc.pos[t] < 0 || sc.row[t] < 0;
 }
 
 /* ---- one configuration ---- */
@@ -307,8 +341,11 @@ static std::vector<double> attention_cpu(const cfg &c, const scenario &sc,
                 const int p = pos[t];
                 const int lo = c.window > 0 && p >= c.window ? p - c.window + 1 : 0;
                 rr.clear();
-                for (int j = lo; j <= p; j++)
-                        rr.push_back(host_cache_row(sc, row[t], j));
+                for (int j = lo; row[t] >= 0 && j <= p; j++) { /* padding: nothing */
+                        const long long r = host_cache_row(sc, row[t], j);
+                        if (r >= 0) /* a block the table lacks is skipped, as the kernels do */
+                                rr.push_back(r);
+                }
                 for (int h = 0; h < c.n_head; h++) {
                         const int hk = h / group;
                         const float *qh = &q[(size_t)t * ldq + (size_t)h * c.dk];
@@ -331,39 +368,57 @@ static std::vector<double> attention_cpu(const cfg &c, const scenario &sc,
                                 for (int d = 0; d < c.dv; d++)
                                         acc[d] += e * h_val(v[d]);
                         }
-                        for (int d = 0; d < c.dv; d++)
-                                out[(size_t)t * OD + (size_t)h * c.dv + d] = acc[d] / S;
+                        for (int d = 0; d < c.dv; d++) /* no positions: 0 */
+                                out[(size_t)t * OD + (size_t)h * c.dv + d] = S > 0.0 ? acc[d] / S : 0.0;
                 }
         }
         return out;
 }
 
+/* The attention implementations under test: the plain one, the fast one and the one on
+ * tensor cores (f16 Q and probabilities: TC_TOL). */
+enum att_kind { ATT_REF, ATT_FAST, ATT_TC };
+
+static int attention_call(enum att_kind k, const struct cuda_attn_args *a, cudaStream_t st)
+{
+        return k == ATT_TC ? cuda_attention_tc(a, st)
+               : k == ATT_FAST ? cuda_attention(a, st) : cuda_attention_ref(a, st);
+}
+
 /* Runs one attention variant into a poisoned out (ldo > its row: the padding must stay
- * poisoned too) and compares every element with the reference rows ref_rows of `ref`. */
-static void run_attention_check(const std::string &name, bool fast, struct cuda_attn_args a,
-                                const std::vector<double> &ref, const std::vector<int> &ref_rows)
+ * poisoned too) and compares every element with the reference rows ref_rows of `ref`;
+ * tokens whose reference row is padding (pad[row]) must come out exactly 0. */
+static void run_attention_check(const std::string &name, enum att_kind kind,
+                                struct cuda_attn_args a, const std::vector<double> &ref,
+                                const std::vector<int> &ref_rows, const std::vector<char> &pad)
 {
         const int OD = a.n_head * a.dv;
         const size_t n = (size_t)a.ntok * a.ldo + GUARD;
         float *out = dev_alloc<float>(n);
         poison(out, n);
         a.out = out;
-        CUDA_OK_OR_ABORT(fast ? cuda_attention(&a, 0) : cuda_attention_ref(&a, 0));
+        CUDA_OK_OR_ABORT(attention_call(kind, &a, 0));
         CUDA_CHECK_ABORT(cudaDeviceSynchronize());
         const std::vector<float> h = to_host(out, n);
         relerr e;
-        size_t guard = 0;
+        size_t guard = 0, nonzero = 0;
         for (int t = 0; t < a.ntok; t++) {
-                for (int i = 0; i < OD; i++)
-                        e.add(h[(size_t)t * a.ldo + i], ref[(size_t)ref_rows[t] * OD + i]);
+                for (int i = 0; i < OD; i++) {
+                        const float o = h[(size_t)t * a.ldo + i];
+                        e.add(o, ref[(size_t)ref_rows[t] * OD + i]);
+                        nonzero += pad[ref_rows[t]] && o != 0.0f && !isnan(o);
+                }
                 for (int i = OD; i < a.ldo; i++)
                         guard += !poisoned(h[(size_t)t * a.ldo + i]);
         }
         for (size_t i = (size_t)a.ntok * a.ldo; i < n; i++)
                 guard += !poisoned(h[i]);
         char note[64];
-        snprintf(note, sizeof(note), "maxabs %.2e", e.maxabs);
-        add_check(name, e.err(), ATT_TOL, e.nan, guard, note);
+        if (nonzero)
+                snprintf(note, sizeof(note), "maxabs %.2e, padding not 0: %zu", e.maxabs, nonzero);
+        else
+                snprintf(note, sizeof(note), "maxabs %.2e", e.maxabs);
+        add_check(name, e.err(), kind == ATT_TC ? TC_TOL : ATT_TOL, e.nan + nonzero, guard, note);
         /* the same launch writing 16-bit values (out16): bitwise h converted, the rest of
          * each row and the tail untouched */
         for (int wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16}) {
@@ -373,7 +428,7 @@ static void run_attention_check(const std::string &name, bool fast, struct cuda_
                 b.out = NULL;
                 b.out16 = o16;
                 b.out16_type = wt;
-                CUDA_OK_OR_ABORT(fast ? cuda_attention(&b, 0) : cuda_attention_ref(&b, 0));
+                CUDA_OK_OR_ABORT(attention_call(kind, &b, 0));
                 CUDA_CHECK_ABORT(cudaDeviceSynchronize());
                 std::vector<uint16_t> g(n);
                 CUDA_CHECK_ABORT(cudaMemcpy(g.data(), o16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
@@ -397,6 +452,7 @@ static void run_attention_check(const std::string &name, bool fast, struct cuda_
 static void check_case(const cfg &c, const scenario &sc)
 {
         const int ntok = (int)sc.pos.size();
+        const std::string label = sc.name.empty() ? c.name : std::string(c.name) + " " + sc.name;
         const int QD = c.n_head * c.dk, KD = c.n_head_kv * c.dk, VD = c.n_head_kv * c.dv;
         const int RD = QD + KD + VD, ld = RD + 4; /* padded rows: not 16-byte multiples */
         const size_t nslots = (size_t)sc.n_blocks * BLOCK;
@@ -445,13 +501,17 @@ static void check_case(const cfg &c, const scenario &sc)
         /* CPU reference of qkv_post */
         std::vector<double> xref((size_t)ntok * RD);
         std::vector<long long> slot(ntok);
-        std::vector<char> in_batch(nslots, 0);
+        std::vector<char> in_batch(nslots, 0), pad(ntok);
         for (int t = 0; t < ntok; t++) {
                 std::vector<double> x(qkv_in.begin() + (size_t)t * ld,
                                       qkv_in.begin() + (size_t)t * ld + RD);
                 qkv_post_cpu(c, x, sc.pos[t], hbq.data(), hbk.data(), hbv.data(), hqn.data(),
                              hkn.data(), c.ff ? hff.data() : NULL, eps);
                 std::copy(x.begin(), x.end(), xref.begin() + (size_t)t * RD);
+                pad[t] = is_padding(sc, t);
+                slot[t] = -1;
+                if (pad[t]) /* processed in qkv like the others, but written nowhere */
+                        continue;
                 slot[t] = host_cache_row(sc, sc.row[t], sc.pos[t]);
                 if (slot[t] < 0) {
                         fprintf(stderr, "test bug: token %d has no cache slot\n", t);
@@ -472,7 +532,7 @@ static void check_case(const cfg &c, const scenario &sc)
         std::vector<float> hq;
         std::vector<uint16_t> hkc, hvc;
         for (int fast = 0; fast < 2; fast++) { /* plain first: the fast one's output stays */
-                const std::string tag = std::string(fast ? "qkv_post " : "qkv_post_ref ") + c.name;
+                const std::string tag = std::string(fast ? "qkv_post " : "qkv_post_ref ") + label;
                 CUDA_CHECK_ABORT(cudaMemcpy(d_qkv, qkv_in.data(), sizeof(float) * nq,
                                             cudaMemcpyHostToDevice));
                 CUDA_CHECK_ABORT(cudaMemcpy(d_k, d_k0, sizeof(__half) * nslots * KD,
@@ -531,6 +591,8 @@ static void check_case(const cfg &c, const scenario &sc)
                         }
                 };
                 for (int t = 0; t < ntok; t++) {
+                        if (slot[t] < 0)
+                                continue;
                         kv_rows(hkc, QD, c.n_head_kv, c.dk, slot[t], t);
                         kv_rows(hvc, QD + KD, c.n_head_kv, c.dv, slot[t], t);
                 }
@@ -557,38 +619,58 @@ static void check_case(const cfg &c, const scenario &sc)
         std::vector<int> all(ntok);
         for (int t = 0; t < ntok; t++)
                 all[t] = t;
-        char name[160];
-        snprintf(name, sizeof(name), "attention %s t=%d", c.name, ntok);
-        run_attention_check(name, true, aa, ref, all);
-        snprintf(name, sizeof(name), "attention_ref %s t=%d", c.name, ntok);
-        run_attention_check(name, false, aa, ref, all);
+        char name[192];
+        snprintf(name, sizeof(name), "attention %s t=%d", label.c_str(), ntok);
+        run_attention_check(name, ATT_FAST, aa, ref, all, pad);
+        snprintf(name, sizeof(name), "attention_ref %s t=%d", label.c_str(), ntok);
+        run_attention_check(name, ATT_REF, aa, ref, all, pad);
         aa.deterministic = 1;
-        snprintf(name, sizeof(name), "attention det %s t=%d", c.name, ntok);
-        run_attention_check(name, true, aa, ref, all);
+        snprintf(name, sizeof(name), "attention det %s t=%d", label.c_str(), ntok);
+        run_attention_check(name, ATT_FAST, aa, ref, all, pad);
         aa.deterministic = 0;
+        const bool tc = cuda_attention_tc_ok(c.dk, c.dv);
+        if (tc) {
+                snprintf(name, sizeof(name), "attention_tc %s t=%d", label.c_str(), ntok);
+                run_attention_check(name, ATT_TC, aa, ref, all, pad);
+        } else {
+                snprintf(name, sizeof(name), "attention_tc %s: dk %d dv %d -EOPNOTSUPP", label.c_str(),
+                         c.dk, c.dv);
+                struct cuda_attn_args b = aa;
+                b.out = d_qkv; /* an output, so only the dims are wrong (refused before any launch) */
+                add_flag(name, cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
+        }
 
         /* the decode tokens alone: a small grid (the other launch shape), Q rows packed */
         const int nd = (int)sc.decode.size();
-        std::vector<float> q2((size_t)nd * QD);
-        std::vector<int32_t> pos2(nd), row2(nd);
-        for (int i = 0; i < nd; i++) {
-                const int t = sc.decode[i];
-                std::copy(hq.begin() + (size_t)t * ld, hq.begin() + (size_t)t * ld + QD,
-                          q2.begin() + (size_t)i * QD);
-                pos2[i] = sc.pos[t], row2[i] = sc.row[t];
+        float *d_q2 = NULL;
+        int32_t *d_pos2 = NULL, *d_row2 = NULL;
+        if (nd > 0) { /* the prefill-only scenarios have none */
+                std::vector<float> q2((size_t)nd * QD);
+                std::vector<int32_t> pos2(nd), row2(nd);
+                for (int i = 0; i < nd; i++) {
+                        const int t = sc.decode[i];
+                        std::copy(hq.begin() + (size_t)t * ld, hq.begin() + (size_t)t * ld + QD,
+                                  q2.begin() + (size_t)i * QD);
+                        pos2[i] = sc.pos[t], row2[i] = sc.row[t];
+                }
+                d_q2 = to_dev(q2);
+                d_pos2 = to_dev(pos2), d_row2 = to_dev(row2);
+                struct cuda_attn_args ad = aa;
+                ad.q = d_q2, ad.ldq = QD, ad.ntok = nd, ad.ldo = c.n_head * c.dv;
+                ad.map.pos = d_pos2, ad.map.bt_row = d_row2;
+                snprintf(name, sizeof(name), "attention %s decode t=%d", label.c_str(), nd);
+                run_attention_check(name, ATT_FAST, ad, ref, sc.decode, pad);
+                snprintf(name, sizeof(name), "attention_ref %s decode t=%d", label.c_str(), nd);
+                run_attention_check(name, ATT_REF, ad, ref, sc.decode, pad);
+                ad.deterministic = 1;
+                snprintf(name, sizeof(name), "attention det %s decode t=%d", label.c_str(), nd);
+                run_attention_check(name, ATT_FAST, ad, ref, sc.decode, pad);
+                ad.deterministic = 0;
+                if (tc) { /* one sequence per token: every tile runs once per sequence */
+                        snprintf(name, sizeof(name), "attention_tc %s decode t=%d", label.c_str(), nd);
+                        run_attention_check(name, ATT_TC, ad, ref, sc.decode, pad);
+                }
         }
-        float *d_q2 = to_dev(q2);
-        int32_t *d_pos2 = to_dev(pos2), *d_row2 = to_dev(row2);
-        struct cuda_attn_args ad = aa;
-        ad.q = d_q2, ad.ldq = QD, ad.ntok = nd, ad.ldo = c.n_head * c.dv;
-        ad.map.pos = d_pos2, ad.map.bt_row = d_row2;
-        snprintf(name, sizeof(name), "attention %s decode t=%d", c.name, nd);
-        run_attention_check(name, true, ad, ref, sc.decode);
-        snprintf(name, sizeof(name), "attention_ref %s decode t=%d", c.name, nd);
-        run_attention_check(name, false, ad, ref, sc.decode);
-        ad.deterministic = 1;
-        snprintf(name, sizeof(name), "attention det %s decode t=%d", c.name, nd);
-        run_attention_check(name, true, ad, ref, sc.decode);
 
         for (void *p : {(void *)d_pos, (void *)d_row, (void *)d_bt, (void *)d_k, (void *)d_v,
                         (void *)d_k0, (void *)d_v0, (void *)d_qkv, (void *)d_bq, (void *)d_bk,
@@ -643,6 +725,42 @@ static void check_args(void)
         add_flag("args: attention ldq < n_head*dk", cuda_attention(&b, 0) == -EINVAL);
         b = a, b.map.bt = NULL;
         add_flag("args: attention NULL block table", cuda_attention_ref(&b, 0) == -EINVAL);
+        b = a, b.ntok = 0;
+        add_flag("args: attn_check valid 1, ntok 0 0, NULL -EINVAL",
+                 cuda_attn_check(&a) == 1 && cuda_attn_check(&b) == 0 &&
+                         cuda_attn_check(NULL) == -EINVAL);
+
+        /* cuda_attention_tc: cuda_attention's checks, and only dk == dv of 64 or 128 */
+        add_flag("args: attention_tc_ok 64/64 128/128 yes; 96/96 256/256 64/128 128/64 32/32 no",
+                 cuda_attention_tc_ok(64, 64) && cuda_attention_tc_ok(128, 128) &&
+                         !cuda_attention_tc_ok(96, 96) && !cuda_attention_tc_ok(256, 256) &&
+                         !cuda_attention_tc_ok(64, 128) && !cuda_attention_tc_ok(128, 64) &&
+                         !cuda_attention_tc_ok(32, 32));
+        add_flag("args: attention_tc valid call returns 0", cuda_attention_tc(&a, 0) == 0);
+        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+        add_flag("args: attention_tc NULL args", cuda_attention_tc(NULL, 0) == -EINVAL);
+        b = a, b.ntok = 0, b.q = NULL;
+        add_flag("args: attention_tc ntok 0 is a no-op", cuda_attention_tc(&b, 0) == 0);
+        b = a, b.dk = 96, b.dv = 96, b.ldq = 96, b.ldo = 96;
+        add_flag("args: attention_tc dk = dv = 96 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
+        b = a, b.dv = 128, b.ldo = 128;
+        add_flag("args: attention_tc dk 64 dv 128 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
+        b = a, b.ntok = -1;
+        add_flag("args: attention_tc ntok < 0", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.out = NULL;
+        add_flag("args: attention_tc out NULL", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.out16_type = 7, b.out16 = a.out;
+        add_flag("args: attention_tc out16_type 7", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.n_head = 3, b.n_head_kv = 2, b.ldq = b.ldo = 192;
+        add_flag("args: attention_tc n_head % n_head_kv", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.k_cache = d_h + 1;
+        add_flag("args: attention_tc misaligned cache", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.ldq = 63;
+        add_flag("args: attention_tc ldq < n_head*dk", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.window = -1;
+        add_flag("args: attention_tc window < 0", cuda_attention_tc(&b, 0) == -EINVAL);
+        b = a, b.map.bt = NULL;
+        add_flag("args: attention_tc NULL block table", cuda_attention_tc(&b, 0) == -EINVAL);
 
         struct cuda_qkv_args q = {};
         q.qkv = d_f, q.ld = 192, q.ntok = 1, q.n_head = 1, q.n_head_kv = 1, q.dk = 64, q.dv = 64;
@@ -675,8 +793,10 @@ static void check_args(void)
  * paged cache. With deterministic set, each probe's output must be bitwise the same computed
  * alone (ntok 1), among the 8 probes (ntok 8) and among all nseq tokens (ntok 200, probes at
  * shuffled places); without it, alone vs in the 200 stays within ATT_TOL (the cluster split
- * differs, so the last bits may too: counted, not required). The 200-token batch is also
- * checked against the plain kernel. */
+ * differs, so the last bits may too: counted, not required). cuda_attention_tc (d 64, 128)
+ * must be bitwise the same in all three whatever the flag (attention.cuh: a token's result
+ * does not depend on the other tokens of its tile). The 200-token batch is also checked
+ * against the plain kernel. */
 static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int dv)
 {
         const int nseq = 200, nprobe = 8;
@@ -730,7 +850,7 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
         a.scale = 1.0f / sqrtf((float)dk), a.k_cache = d_k, a.v_cache = d_v;
         a.map = {d_ppos, d_prow, d_bt, mb, BLOCK};
         /* out[probe][OD] for one mode and batch (1: each alone, 8: the probes, 200: all) */
-        auto run = [&](int det, int batch) {
+        auto run = [&](int det, int batch, enum att_kind kind = ATT_FAST) {
                 std::vector<float> o((size_t)nprobe * OD);
                 struct cuda_attn_args b = a;
                 b.deterministic = det, b.out = d_o;
@@ -738,7 +858,7 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
                         for (int i = 0; i < nprobe; i++) {
                                 b.q = d_qs + (size_t)i * QD, b.ntok = 1;
                                 b.map.pos = d_ppos + i, b.map.bt_row = d_prow + i;
-                                CUDA_OK_OR_ABORT(cuda_attention(&b, 0));
+                                CUDA_OK_OR_ABORT(attention_call(kind, &b, 0));
                                 CUDA_CHECK_ABORT(cudaMemcpy(&o[(size_t)i * OD], d_o, sizeof(float) * OD,
                                                             cudaMemcpyDeviceToHost));
                         }
@@ -746,13 +866,13 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
                 }
                 if (batch == nprobe) {
                         b.q = d_qs, b.ntok = nprobe;
-                        CUDA_OK_OR_ABORT(cuda_attention(&b, 0));
+                        CUDA_OK_OR_ABORT(attention_call(kind, &b, 0));
                         CUDA_CHECK_ABORT(cudaMemcpy(o.data(), d_o, sizeof(float) * nprobe * OD,
                                                     cudaMemcpyDeviceToHost));
                         return o;
                 }
                 b.q = d_qb, b.ntok = nseq, b.map.pos = d_pos, b.map.bt_row = d_row;
-                CUDA_OK_OR_ABORT(cuda_attention(&b, 0));
+                CUDA_OK_OR_ABORT(attention_call(kind, &b, 0));
                 const std::vector<float> all = to_host(d_o, (size_t)nseq * OD);
                 for (int j = 0; j < nseq; j++)
                         if (order[j] < nprobe)
@@ -787,6 +907,22 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
         snprintf(name, sizeof(name), "batch invariance det vs no-det alone %s", tag);
         add_check(name, e2.err(), ATT_TOL, e2.nan, 0, "");
 
+        const bool tc = cuda_attention_tc_ok(dk, dv);
+        if (tc) {
+                const std::vector<float> t1 = run(0, 1, ATT_TC), t8 = run(0, nprobe, ATT_TC),
+                                         t200 = run(1, nseq, ATT_TC);
+                const size_t m8 = bits_differ(t1, t8), m200 = bits_differ(t1, t200);
+                snprintf(name, sizeof(name), "batch invariance tc %s: alone = in 8 = in 200", tag);
+                snprintf(note, sizeof(note), "%zu elements, differing bits: 8 %zu, 200 %zu", t1.size(), m8,
+                         m200);
+                add_check(name, (double)(m8 + m200), 0.0, m8 + m200, 0, note);
+                relerr e4;
+                for (size_t i = 0; i < t1.size(); i++)
+                        e4.add(t1[i], n1[i]);
+                snprintf(name, sizeof(name), "batch invariance tc vs no-det alone %s", tag);
+                add_check(name, e4.err(), TC_TOL, e4.nan, 0, "");
+        }
+
         /* the 200-token batch, both modes, against the plain kernel */
         struct cuda_attn_args r = a;
         r.q = d_qb, r.ntok = nseq, r.map.pos = d_pos, r.map.bt_row = d_row, r.out = d_r;
@@ -802,6 +938,16 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
                 snprintf(name, sizeof(name), "attention%s %s t=%d vs ref", det ? " det" : "", tag, nseq);
                 add_check(name, e3.err(), ATT_TOL, e3.nan, 0, "");
         }
+        if (tc) { /* 200 sequences: each tile of 64 tokens runs 64 times, one per sequence */
+                r.out = d_o;
+                CUDA_OK_OR_ABORT(cuda_attention_tc(&r, 0));
+                const std::vector<float> o = to_host(d_o, (size_t)nseq * OD);
+                relerr e3;
+                for (size_t i = 0; i < o.size(); i++)
+                        e3.add(o[i], ref[i]);
+                snprintf(name, sizeof(name), "attention_tc %s t=%d vs ref", tag, nseq);
+                add_check(name, e3.err(), TC_TOL, e3.nan, 0, "");
+        }
         for (void *p : {(void *)d_k, (void *)d_v, (void *)d_qs, (void *)d_qb, (void *)d_bt,
                         (void *)d_pos, (void *)d_row, (void *)d_ppos, (void *)d_prow, (void *)d_o,
                         (void *)d_r})
@@ -815,7 +961,9 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
  * own blocks) rotate until the K/V read per pass exceeds the L2 several times, so decode
  * reads its cache from HBM. Prefill: ctx tokens of one sequence at positions 0..ctx-1 (its
  * K/V stays in L2: compute-bound). Timed with deterministic off and on; every shape is also
- * checked against the plain kernel (both modes). */
+ * checked against the plain kernel (both modes). Prefill at d 64 and 128 also times
+ * cuda_attention_tc the same way (checked against the plain kernel within TC_TOL), against
+ * cuda_attention with deterministic off. */
 static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
 {
         const int nh = 32, nkv = 8, KD = nkv * d;
@@ -870,40 +1018,59 @@ static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
 
         cudaStream_t st;
         CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        for (int det = 0; det < 2; det++) {
-                a.deterministic = det;
-                /* fast vs plain at this shape (set 0) */
-                CUDA_OK_OR_ABORT(cuda_attention(&a, 0));
+        const int reps = 21;
+        /* `kind` checked against the plain kernel at this shape (set 0); the relative error */
+        auto check_vs_ref = [&](enum att_kind kind, const char *what) {
+                CUDA_OK_OR_ABORT(attention_call(kind, &a, 0));
                 CUDA_CHECK_ABORT(cudaDeviceSynchronize());
                 const std::vector<float> o = to_host(d_o, (size_t)ntok * nh * d);
                 relerr e;
                 for (size_t i = 0; i < o.size(); i++)
                         e.add(o[i], o2[i]);
                 char cname[128];
-                snprintf(cname, sizeof(cname), "attention%s vs ref at bench %s", det ? " det" : "", name);
-                add_check(cname, e.err(), ATT_TOL, e.nan, 0, "");
-
+                snprintf(cname, sizeof(cname), "%s vs ref at bench %s", what, name);
+                add_check(cname, e.err(), kind == ATT_TC ? TC_TOL : ATT_TOL, e.nan, 0, "");
+                return e.err();
+        };
+        /* seconds per call of `kind`: every set in one graph, the median replay */
+        auto time_call = [&](enum att_kind kind) {
                 cudaGraph_t g;
                 cudaGraphExec_t ge;
                 CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
                 for (int s = 0; s < nsets; s++) {
                         struct cuda_attn_args b = a;
                         b.map.bt_row = d_row + (size_t)s * ntok;
-                        CUDA_OK_OR_ABORT(cuda_attention(&b, st));
+                        CUDA_OK_OR_ABORT(attention_call(kind, &b, st));
                 }
                 CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
                 CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
-                const int reps = 21;
                 const double median_ms = graph_median_ms(ge, st, 3, reps);
-                const double sec = median_ms * 1e-3 / nsets;
+                CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
+                CUDA_CHECK_ABORT(cudaGraphDestroy(g));
+                return median_ms * 1e-3 / nsets;
+        };
+        double us_nodet = 0.0;
+        for (int det = 0; det < 2; det++) {
+                a.deterministic = det;
+                const double err = check_vs_ref(ATT_FAST, det ? "attention det" : "attention");
+                const double sec = time_call(ATT_FAST);
                 bench b{name, d, ntok, ctx, det, nsets, reps, sec * 1e6, kv_set / sec / 1e9,
-                        flops / sec / 1e9, e.err()};
+                        flops / sec / 1e9, err};
                 printf("bench attention %-22s det %d t=%-5d ctx %-5d sets %2d  %10.2f us  %6.2f TB/s KV"
                        "  %8.1f GFLOP/s\n",
                        name, det, ntok, ctx, nsets, b.us, b.kv_gbs / 1e3, b.gflops);
                 benches.push_back(b);
-                CUDA_CHECK_ABORT(cudaGraphExecDestroy(ge));
-                CUDA_CHECK_ABORT(cudaGraphDestroy(g));
+                if (!det)
+                        us_nodet = b.us;
+        }
+        a.deterministic = 0;
+        if (prefill && cuda_attention_tc_ok(d, d)) {
+                const double err = check_vs_ref(ATT_TC, "attention_tc");
+                const double sec = time_call(ATT_TC);
+                bench_tc b{name, d, ntok, reps, us_nodet, sec * 1e6, flops / sec / 1e9, err};
+                printf("bench attention_tc %-19s t=%-5d  %10.2f us  (attention %.2f us: %.2fx)  %8.1f GFLOP/s\n",
+                       name, ntok, b.us_tc, b.us, b.us / b.us_tc, b.gflops_tc);
+                benches_tc.push_back(b);
         }
         CUDA_CHECK_ABORT(cudaStreamDestroy(st));
         for (void *p : {(void *)d_pos, (void *)d_row, (void *)d_bt, (void *)d_k, (void *)d_v,
@@ -931,6 +1098,16 @@ static const cfg cases[] = {
         {"32/4 d256 neox group8",      32, 4,  256, 256, 256, 1, 0,  false, true,  true,  false, 10000.f, 1.f,  1.f,    1.f},
         {"32/4 d32 norm group8 win40", 32, 4,   32,  32, 32, 0, 40,  false, false, false, false, 10000.f, 1.f,  1.f,    1.f},
         {"2/1 dk8 dv16 norm",           2, 1,    8,  16, 8, 0, 0,    true,  false, false, false, 10000.f, 1.f,  1.f,    1.f},
+};
+
+/* For the prefill-chunk scenarios (cuda_attention_tc's use; the fast and plain kernels are
+ * checked on them too): both tc dims, GQA and MHA, with and without a window */
+static const cfg chunk_cases[] = {
+        /* name                         nh nkv  dk   dv rot neox win  bias  qn     kn     ff     base     rsc   qsc     sharp */
+        {"gqa 8/2 d64 neox",            8, 2,   64,  64, 64, 1, 0,   false, false, false, false, 10000.f, 1.f,  1.f,    1.f},
+        {"mha 8/8 d64 norm win37 bias", 8, 8,   64,  64, 64, 0, 37,  true,  false, false, false, 10000.f, 1.f,  1.f,    2.f},
+        {"gqa 8/2 d128 norm win37 ff",  8, 2,  128, 128, 128, 0, 37, false, false, false, true,  500000.f, 1.f, 1.f,    1.f},
+        {"mha 8/8 d128 neox qknorm",    8, 8,  128, 128, 128, 1, 0,  false, true,  true,  false, 1e6f,    1.f,  0.0883883476f, 2.f},
 };
 
 int main(int argc, char **argv)
@@ -963,6 +1140,37 @@ int main(int argc, char **argv)
         for (const cfg &c : cases)
                 check_case(c, sc);
 
+        /* Prefill chunks in batch order, as cuda_attention_tc gets them: tiles of 64 tokens
+         * whole and partial; a chunk deep in context (its span crosses a block the table
+         * lacks unless the window ends first) with a padding token (pos -1) inside; two
+         * chunks back to back and three decode tokens before a third chunk, so tiles hold
+         * several sequences, with a padding token (row -1) inside the first chunk. */
+        std::vector<scenario> chunks;
+        chunks.push_back(build_scenario({{0, 200}}, 1, 5, true));
+        chunks.back().name = "[chunk 0..199]";
+        chunks.push_back(build_scenario({{1000, 70}}, 1, 5, true));
+        {
+                scenario &s = chunks.back();
+                s.bt[(size_t)s.seq_row[0] * s.max_blocks + 20] = -1; /* positions 320..335 */
+                add_padding(s, 30, -1, s.row[30]);
+                s.name = "[chunk 1000..1069, pad pos -1, block 20 missing]";
+        }
+        chunks.push_back(build_scenario({{0, 50}, {300, 60}, {17, 1}, {1500, 1}, {64, 1}, {5, 45}},
+                                        2, 7, true));
+        {
+                scenario &s = chunks.back();
+                add_padding(s, 20, s.pos[20], -1);
+                s.name = "[chunks 0..49 300..359, 3 decode, 5..49, pad row -1]";
+        }
+        for (const scenario &s : chunks) {
+                printf("scenario %s: %zu tokens in order (%zu decode), %d block-table rows of %d,"
+                       " %d blocks of %d\n",
+                       s.name.c_str(), s.pos.size(), s.decode.size(), s.n_rows, s.max_blocks, s.n_blocks,
+                       BLOCK);
+                for (const cfg &c : chunk_cases)
+                        check_case(c, s);
+        }
+
         check_batch_invariance("32/8 d128", 32, 8, 128, 128);
         check_batch_invariance("32/8 d64", 32, 8, 64, 64);
         check_batch_invariance("6/2 d96", 6, 2, 96, 96);
@@ -972,7 +1180,8 @@ int main(int argc, char **argv)
                         for (int ctx : {384, 4096})
                                 for (int batch : {1, 8, 64, 256})
                                         bench_attention(d, batch, ctx, false, prop.l2CacheSize);
-                        bench_attention(d, 1, 2048, true, prop.l2CacheSize);
+                        for (int ctx : {512, 2048})
+                                bench_attention(d, 1, ctx, true, prop.l2CacheSize);
                 }
         }
 
@@ -1008,6 +1217,15 @@ int main(int argc, char **argv)
                                 b.name.c_str(), b.d, b.ntok, b.ctx, b.det, b.nsets, b.reps, b.us,
                                 b.kv_gbs, b.gflops, b.err, i + 1 < benches.size() ? "," : "");
                 }
+                fprintf(f, "  ],\n  \"attention_tc\": [\n");
+                for (size_t i = 0; i < benches_tc.size(); i++) {
+                        const bench_tc &b = benches_tc[i];
+                        fprintf(f, "    {\"name\": \"%s\", \"d\": %d, \"ntok\": %d, \"reps\": %d,"
+                                   " \"us_attention\": %.3f, \"us_tc\": %.3f, \"speedup\": %.3f,"
+                                   " \"gflops_tc\": %.1f, \"rel_err_vs_ref\": %.3e}%s\n",
+                                b.name.c_str(), b.d, b.ntok, b.reps, b.us, b.us_tc, b.us / b.us_tc,
+                                b.gflops_tc, b.err_tc, i + 1 < benches_tc.size() ? "," : "");
+                }
                 fprintf(f, "  ]\n}\n");
                 fclose(f);
         }
@@ -1026,12 +1244,21 @@ int main(int argc, char **argv)
                                std::max(b.err, c.err));
                 }
         }
+        if (!benches_tc.empty()) {
+                printf("\nprefill on tensor cores: cuda_attention_tc vs cuda_attention (det off), one"
+                       " sequence, positions 0..t-1; speedup = us / us tc\n");
+                printf("%-22s %5s %10s %10s %8s %10s %9s\n", "shape", "t", "us", "us tc", "speedup",
+                       "GFLOP/s tc", "vs_ref tc");
+                for (const bench_tc &b : benches_tc)
+                        printf("%-22s %5d %10.2f %10.2f %7.2fx %10.1f %9.2e\n", b.name.c_str(), b.ntok,
+                               b.us, b.us_tc, b.us / b.us_tc, b.gflops_tc, b.err_tc);
+        }
         for (const check &c : checks)
                 if (!c.pass)
                         printf("FAILED %s: err %.3e tol %.0e bad %zu guard %zu %s\n", c.name.c_str(),
                                c.err, c.tol, c.bad, c.guard_hit, c.note.c_str());
         printf("checks: %zu, failed %zu (tolerance qkv_post %.0e, K/V cache %d ulp or %.0e of the"
-               " head's max, attention %.0e; ||out-ref||/||ref|| vs CPU double)\n",
-               checks.size(), failed, Q_TOL, KV_ULP, KV_ABS, ATT_TOL);
+               " head's max, attention %.0e, attention_tc %.0e; ||out-ref||/||ref|| vs CPU double)\n",
+               checks.size(), failed, Q_TOL, KV_ULP, KV_ABS, ATT_TOL, TC_TOL);
         return failed ? 1 : 0;
 }
