@@ -84,6 +84,7 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
         struct engine_kv *kc = NULL, *kg = NULL;
         struct engine_ctx *ctx = NULL;
         struct ecu_ctx *cc = NULL;
+        char what[240];
         int r = -ENOMEM;
         if (!lc || !lg)
                 goto out;
@@ -101,7 +102,7 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
                 goto out;
 
         ko.tables_only = true;
-        struct ecu_ctx_opts co = {.max_seqs = 2, .max_tokens = N_TF, .max_rows = 8, .block_size = 16, .max_blocks_per_seq = 32,
+        struct ecu_ctx_opts co = {.max_seqs = 2, .max_tokens = N_TF, .max_rows = N_TF, .block_size = 16, .max_blocks_per_seq = 32,
                                   .n_blocks = 64, .no_graphs = true};
         if ((r = engine_kv_create(gpu, &ko, &kg, &err)) < 0 || (r = ecu_ctx_create(gpu, &co, &cc, &err)) < 0)
                 goto out;
@@ -158,7 +159,6 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
                 g_tf_agree += agree;
                 g_tf_total += N_TF;
         }
-        char what[240];
         snprintf(what, sizeof(what), "teacher-forced (GPU chunks of %d) top-1 agreement %d/%d, the %d others near-ties; "
                  "max |dlogit|/range %.2e (< 1e-2)", chunk, agree, N_TF, N_TF - agree, worst);
         check(agree + near == N_TF && worst < 1e-2, what, path);
@@ -166,8 +166,11 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
         check(id_ok == N_TF, what, path);
         r = 0;
 out:
-        if (r < 0)
+        if (r < 0) { /* a pass that could not run is a failure, never a silent skip */
                 fprintf(stderr, "%s: %s\n", path, err.msg);
+                snprintf(what, sizeof(what), "teacher-forced (GPU chunks of %d): %s", chunk, err.msg);
+                check(0, what, path);
+        }
         ecu_ctx_free(cc);
         engine_ctx_free(ctx);
         engine_kv_free(kc);
