@@ -47,6 +47,15 @@ template <int D> struct tc_shape {
         static_assert(TC_BK * CH % TC_THREADS == 0, "whole chunks per thread");
 };
 
+template <int N> static __device__ __forceinline__ void zero4(float (&x)[N][4])
+{
+#pragma unroll
+        for (int j = 0; j < N; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                        x[j][e] = 0.0f;
+}
+
 static __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
@@ -186,11 +195,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                 };
 
                 float o[D / 8][4];
-#pragma unroll
-                for (int j = 0; j < D / 8; j++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++)
-                                o[j][e] = 0.0f;
+                zero4(o);
                 float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
                 issue(0, 0);
@@ -213,11 +218,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                         const int p0 = kbeg + it * TC_BK;
                         /* scores: n-tile j holds positions p0 + 8j + 2q (+1), rows ra, rb */
                         float s[TC_BK / 8][4];
-#pragma unroll
-                        for (int j = 0; j < TC_BK / 8; j++)
-#pragma unroll
-                                for (int e = 0; e < 4; e++)
-                                        s[j][e] = 0.0f;
+                        zero4(s);
 #pragma unroll
                         for (int c = 0; c < D / 16; c++) {
                                 uint32_t qf[4];

@@ -681,6 +681,29 @@ static void check_case(const cfg &c, const scenario &sc)
 
 /* ---- argument checks ---- */
 
+/* The invalid arguments every attention call refuses with -EINVAL (a: a valid call). */
+static void check_rejects(const char *who, enum att_kind kind, const struct cuda_attn_args &a, __half *d_h)
+{
+        const std::string w = std::string("args: ") + who;
+        struct cuda_attn_args b;
+        b = a, b.ntok = -1;
+        add_flag(w + " ntok < 0", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.out = NULL;
+        add_flag(w + " out NULL", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.out16_type = 7, b.out16 = a.out;
+        add_flag(w + " out16_type 7", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.n_head = 3, b.n_head_kv = 2, b.ldq = b.ldo = 192;
+        add_flag(w + " n_head % n_head_kv", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.k_cache = d_h + 1;
+        add_flag(w + " misaligned cache", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.ldq = 63;
+        add_flag(w + " ldq < n_head*dk", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.window = -1;
+        add_flag(w + " window < 0", attention_call(kind, &b, 0) == -EINVAL);
+        b = a, b.map.bt = NULL;
+        add_flag(w + " NULL block table", attention_call(kind, &b, 0) == -EINVAL);
+}
+
 static void check_args(void)
 {
         int32_t *d_i = dev_alloc<int32_t>(16);
@@ -702,27 +725,13 @@ static void check_args(void)
         b = a, b.ntok = 0, b.q = NULL;
         add_flag("args: attention ntok 0 is a no-op", cuda_attention(&b, 0) == 0);
         b = a;
-        b.out16_type = 7;
-        b.out16 = a.out;
-        add_flag("args: attention out16_type 7", cuda_attention(&b, 0) == -EINVAL);
-        b = a;
         b.out16_type = CUDA_WTYPE_BF16;
         add_flag("args: attention out16 NULL", cuda_attention(&b, 0) == -EINVAL);
-        b = a;
-        b.out = NULL;
-        add_flag("args: attention out NULL", cuda_attention(&b, 0) == -EINVAL);
-        b = a, b.ntok = -1;
-        add_flag("args: attention ntok < 0", cuda_attention(&b, 0) == -EINVAL);
         b = a, b.dk = 12, b.ldq = 12;
         add_flag("args: attention dk 12", cuda_attention(&b, 0) == -EINVAL);
         b = a, b.dv = 264, b.ldo = 264;
         add_flag("args: attention dv 264", cuda_attention(&b, 0) == -EINVAL);
-        b = a, b.n_head = 3, b.n_head_kv = 2, b.ldq = b.ldo = 192;
-        add_flag("args: attention n_head % n_head_kv", cuda_attention(&b, 0) == -EINVAL);
-        b = a, b.k_cache = d_h + 1;
-        add_flag("args: attention misaligned cache", cuda_attention(&b, 0) == -EINVAL);
-        b = a, b.ldq = 63;
-        add_flag("args: attention ldq < n_head*dk", cuda_attention(&b, 0) == -EINVAL);
+        check_rejects("attention", ATT_FAST, a, d_h);
         b = a, b.map.bt = NULL;
         add_flag("args: attention NULL block table", cuda_attention_ref(&b, 0) == -EINVAL);
         b = a, b.ntok = 0;
@@ -745,22 +754,7 @@ static void check_args(void)
         add_flag("args: attention_tc dk = dv = 96 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
         b = a, b.dv = 128, b.ldo = 128;
         add_flag("args: attention_tc dk 64 dv 128 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
-        b = a, b.ntok = -1;
-        add_flag("args: attention_tc ntok < 0", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.out = NULL;
-        add_flag("args: attention_tc out NULL", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.out16_type = 7, b.out16 = a.out;
-        add_flag("args: attention_tc out16_type 7", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.n_head = 3, b.n_head_kv = 2, b.ldq = b.ldo = 192;
-        add_flag("args: attention_tc n_head % n_head_kv", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.k_cache = d_h + 1;
-        add_flag("args: attention_tc misaligned cache", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.ldq = 63;
-        add_flag("args: attention_tc ldq < n_head*dk", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.window = -1;
-        add_flag("args: attention_tc window < 0", cuda_attention_tc(&b, 0) == -EINVAL);
-        b = a, b.map.bt = NULL;
-        add_flag("args: attention_tc NULL block table", cuda_attention_tc(&b, 0) == -EINVAL);
+        check_rejects("attention_tc", ATT_TC, a, d_h);
 
         struct cuda_qkv_args q = {};
         q.qkv = d_f, q.ld = 192, q.ntok = 1, q.n_head = 1, q.n_head_kv = 1, q.dk = 64, q.dv = 64;
