@@ -1,20 +1,26 @@
 /* mma_gemv.cu — decode products for 1..64 tokens on the tensor cores (mma_gemv.cuh).
- * A block of 4 warps owns 64·MT rows; warp w computes rows w·16·MT .. +16·MT of every token
- * (MT m16 tiles × NT n8 tiles of mma.sync m16n8k16, f32 accumulate). The weights and the
- * activations of a k chunk (32 columns: two k16 steps) are copied with cp.async into one of
- * MMA_STAGES shared-memory stages, MMA_STAGES − 1 chunks ahead of the one in use, so each
- * block keeps up to MMA_STAGES · (64·MT + 8·NT) · 64 bytes in flight; rows are padded by 16
- * bytes so the ldmatrix reads of 8 rows land in 32 different banks. The A fragments (weights)
- * and B fragments (activations: x16 rows are B's columns, k contiguous, as ldmatrix reads
- * them) come from shared memory with ldmatrix. The blocks of a thread-block cluster (SPLIT
- * ≤ 8) split k; their partial sums meet in distributed shared memory in rank order, so small
- * matrices still fill the GPU with no atomics or scratch buffers.
+ * Memory-bound by design: weights stream once through registers (16-byte non-allocating
+ * loads, two k-steps in flight per lane), activations come through L1, and no operand goes
+ * through shared memory. A block of 8 warps owns 128·MT rows, each warp MT 16-row tiles; the
+ * blocks of a thread-block cluster (SPLIT ≤ 8) split k and their partial sums meet in
+ * distributed shared memory in rank order, so small matrices still fill the GPU and no
+ * atomics or scratch buffers are needed.
  *
- * Summation order (fixed, so results are bitwise reproducible): a block visits its chunks in
- * ascending k; each chunk's two mmas start from zero and the chunk's sum is added to the f32
- * accumulator with an ordinary (round-to-nearest) add, keeping the tensor core's truncating
- * accumulation to 32 products; then the ranks' partials are added in rank order. Nothing
- * depends on MT or pdl; only SPLIT changes the order. */
+ * Operand layout. mma.sync m16n8k16 gives lane (g = lane/4, q = lane%4) the A elements
+ * A[g][2q..2q+1], A[g+8][2q..2q+1], A[g][2q+8..2q+9], A[g+8][2q+8..2q+9] and the B elements
+ * B[2q..2q+1][g], B[2q+8..2q+9][g] (lower k in the lower half of each .b32). A sum over k does
+ * not care which k sits in which slot as long as A and B agree, so for a 32-wide k chunk c the
+ * lane loads 16 bytes W[row][c+8q .. c+8q+7] of rows g and g+8 and x16[tok g][c+8q .. +7], and
+ * uses elements 0..3 as its slots {2q, 2q+1, 2q+8, 2q+9} of the chunk's first mma and 4..7 as
+ * those of the second: slot 2q+i ↔ k = c+8q+i, slot 2q+8+i ↔ k = c+8q+2+i (first mma; +4 for
+ * the second). Accumulator lane (g, q) holds C[g][2q..2q+1] and C[g+8][2q..2q+1]: rows g, g+8,
+ * tokens 2q, 2q+1 of the n-tile.
+ *
+ * Summation order (fixed, so results are bitwise reproducible): a warp visits its k chunks in
+ * ascending order; each chunk's two mmas start from zero and the chunk's sum is added to the
+ * f32 accumulator with an ordinary (round-to-nearest) add, keeping the tensor core's
+ * truncating accumulation to 32 products; then the warp's partials of the SPLIT blocks are
+ * added in rank order. Nothing depends on MT, U or pdl; only SPLIT changes the order. */
 #include <algorithm>
 #include <atomic>
 
@@ -25,179 +31,152 @@
 
 namespace cg = cooperative_groups;
 
-#define MMA_WARPS     4
+#define MMA_WARPS     8
 #define MMA_THREADS   (MMA_WARPS * 32)
 #define MMA_CHUNK     32 /* k elements per chunk: two m16n8k16 */
-#ifndef MMA_KS
-#define MMA_KS        4  /* chunks per stage: 256 contiguous bytes of each weight row */
-#endif
-#ifndef MMA_STAGES
-#define MMA_STAGES    3
-#endif
-#define MMA_LDS       (MMA_KS * MMA_CHUNK + 8) /* halves per shared row: conflict-free ldmatrix */
 #define MMA_MAX_SPLIT 8  /* portable cluster size */
 
 /* ---- the tensor-core step ---- */
 
 /* d += A·B for one m16n8k16, f32 accumulate. */
 template <int WTYPE>
-static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+static __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
 {
         if constexpr (WTYPE == CUDA_WTYPE_BF16)
-                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+                asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
         else
-                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+                asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
-{
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
-}
-
-static __device__ __forceinline__ void cp16(uint32_t dst, const void *src, int bytes)
-{
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-
-/* Per kernel shape: MT 16-row tiles per warp, NT 8-token tiles (at least 2 loaded: ldmatrix
- * takes 16 token rows), shared memory per stage and in all. */
+/* Per kernel shape: MT 16-row tiles per warp, U chunks per k-step (weight loads in flight per
+ * lane: 2·MT·U, twice that while the next step is loading), MINB blocks per SM asked of ptxas. */
 template <int NT, int MT> struct mma_shape {
+        static constexpr int U = MT == 1 && NT < 8 ? 4 : 2;
         static constexpr int BM = MMA_WARPS * MT * 16; /* rows per block */
-        static constexpr int XR = NT < 2 ? 16 : NT * 8; /* token rows staged */
-        static constexpr int STAGE = (BM + XR) * MMA_LDS; /* halves */
-        static constexpr int LDR = BM + 4;               /* red[] row stride */
-        static constexpr size_t SMEM_STAGES = sizeof(uint16_t) * MMA_STAGES * STAGE;
-        static constexpr size_t SMEM_RED = sizeof(float) * NT * 8 * LDR;
-        static constexpr size_t SMEM = SMEM_STAGES > SMEM_RED ? SMEM_STAGES : SMEM_RED;
-        static constexpr int MINB = 2;
+        static constexpr int LDR = BM + 4;             /* red[] row stride: conflict-free stores */
+        static constexpr int MINB = MT == 2 ? 1 : 2;
+        static constexpr size_t SMEM = sizeof(float) * NT * 8 * LDR;
 };
+
+/* a[u] ← the weights of chunk c + u (u < U, c + u < c_end) of this lane's 2·MT rows. */
+template <int MT, int U>
+static __device__ __forceinline__ void load_w(uint4 (&a)[U][MT][2],
+                                              const uint16_t *const (&wp)[MT][2], int c, int c_end)
+{
+#pragma unroll
+        for (int u = 0; u < U; u++)
+                if (c + u < c_end)
+#pragma unroll
+                        for (int i = 0; i < MT; i++)
+#pragma unroll
+                                for (int h = 0; h < 2; h++)
+                                        a[u][i][h] =
+                                            ld_stream_u4(wp[i][h] + (size_t)(c + u) * MMA_CHUNK);
+}
+
+/* acc[i][j] += the products of chunks c .. c+U-1 (those < c_end) for m-tile i, n-tile j. */
+template <int WTYPE, int NT, int MT, int U>
+static __device__ __forceinline__ void mma_step(float (&acc)[MT][NT][4], const uint4 (&a)[U][MT][2],
+                                                const uint16_t *__restrict__ x, size_t xoff, int k,
+                                                int g, int c, int c_end, int ntok)
+{
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+                if (j * 8 >= ntok) /* warp-uniform: a tile of padding tokens only */
+                        continue;
+                /* token j·8 + g of this lane, none past ntok (those B columns are zero) */
+                const bool tok_ok = j * 8 + g < ntok;
+                uint4 b[U];
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                        b[u] = c + u < c_end && tok_ok
+                                   ? __ldg((const uint4 *)(x + xoff + (size_t)j * 8 * k +
+                                                           (size_t)(c + u) * MMA_CHUNK))
+                                   : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                        if (c + u >= c_end)
+                                continue;
+#pragma unroll
+                        for (int i = 0; i < MT; i++) {
+                                const uint4 lo = a[u][i][0], hi = a[u][i][1]; /* rows g, g + 8 */
+                                float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                                mma16816<WTYPE>(t, lo.x, hi.x, lo.y, hi.y, b[u].x, b[u].y);
+                                mma16816<WTYPE>(t, lo.z, hi.z, lo.w, hi.w, b[u].z, b[u].w);
+#pragma unroll
+                                for (int r = 0; r < 4; r++)
+                                        acc[i][j][r] += t[r];
+                        }
+                }
+        }
+}
 
 /* Grid: (rows / BM) · split blocks, clusters of split consecutive blocks when split > 1.
  * Block b: rows [(b / split)·BM, +BM), k chunks [s·nch/split, (s+1)·nch/split) for rank
- * s = b % split. Dynamic shared memory: the stages, then (reused) red[NT·8][LDR], the block's
- * partial sums by token. */
+ * s = b % split. Dynamic shared memory: red[NT·8][LDR], the block's partial sums by token. */
 template <int WTYPE, int NT, int MT>
 static __global__ void __launch_bounds__(MMA_THREADS, (mma_shape<NT, MT>::MINB))
     mma_gemv_kernel(const uint16_t *__restrict__ w, const uint16_t *__restrict__ x,
                     float *__restrict__ y, int rows, int k, int ntok, int accumulate, int split)
 {
-        using S = mma_shape<NT, MT>;
-        constexpr int BM = S::BM, LDR = S::LDR;
-        extern __shared__ uint4 mma_smem4[];
-        uint16_t *stages = (uint16_t *)mma_smem4;
-        float *red = (float *)mma_smem4;
-        pdl_start(); /* x16 and y belong to earlier kernels */
-        const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+        constexpr int U = mma_shape<NT, MT>::U, BM = mma_shape<NT, MT>::BM,
+                      LDR = mma_shape<NT, MT>::LDR;
+        extern __shared__ float red[];
+        pdl_trigger(); /* the next kernel may launch now: it waits for this one in turn */
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
         const int rank = (int)(blockIdx.x % (unsigned)split);
         const int row0 = (int)(blockIdx.x / (unsigned)split) * BM;
         const int nch = k / MMA_CHUNK;
         const int c_begin = (int)((long long)rank * nch / split);
         const int c_end = (int)((long long)(rank + 1) * nch / split);
-        const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(stages);
 
-        /* copies of chunks c .. c + MMA_KS − 1 (those before c_end) into stage st: BM weight
-         * rows and XR token rows of MMA_KS · 4 × 16 bytes; rows past the matrix or the batch
-         * are zeros */
-        constexpr int PR = MMA_KS * 4; /* 16-byte pieces a row */
-        auto issue = [&](int c, int st) {
-                if (c < c_end) {
-                        const uint32_t sb = sbase + 2u * (uint32_t)(st * S::STAGE);
-                        for (int i = tid; i < (BM + S::XR) * PR; i += MMA_THREADS) {
-                                const int rr = i / PR, part = i % PR;
-                                if (c + part / 4 >= c_end)
-                                        continue;
-                                const uint32_t dst = sb + 2u * (uint32_t)(rr * MMA_LDS + part * 8);
-                                const size_t col = (size_t)c * MMA_CHUNK + part * 8;
-                                if (rr < BM) {
-                                        const int r = row0 + rr;
-                                        cp16(dst, w + (r < rows ? (size_t)r * k + col : 0), r < rows ? 16 : 0);
-                                } else {
-                                        const int t = rr - BM;
-                                        cp16(dst, x + (t < ntok ? (size_t)t * k + col : 0), t < ntok ? 16 : 0);
-                                }
-                        }
+        const uint16_t *wp[MT][2];
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int h = 0; h < 2;
+                     h++) { /* rows past the end re-read the last row, never past */
+                        const int r = min(row0 + warp * MT * 16 + i * 16 + h * 8 + g, rows - 1);
+                        wp[i][h] = w + (size_t)r * k + q * 8;
                 }
-                asm volatile("cp.async.commit_group;" ::: "memory");
-        };
 
-        /* this lane's ldmatrix rows: A matrix mi is rows +8·(mi % 2), k +8·(mi / 2); B matrix
-         * mi is tokens +8·(mi / 2), k +8·(mi % 2) */
-        const int mi = lane >> 3, mr = lane & 7;
-        const uint32_t a_off = 2u * (uint32_t)((warp * MT * 16 + (mi & 1) * 8 + mr) * MMA_LDS + (mi >> 1) * 8);
-        const uint32_t b_off = 2u * (uint32_t)((BM + (mi >> 1) * 8 + mr) * MMA_LDS + (mi & 1) * 8);
+        uint4 a0[U][MT][2], a1[U][MT][2]; /* ping-pong: one step computing, the next loading */
+        load_w<MT, U>(a0, wp, c_begin, c_end);
+        pdl_wait(); /* x16 and y belong to earlier kernels from here on */
 
+        const size_t xoff = (size_t)g * k + q * 8; /* this lane's token g, its 8 k of a chunk */
         float acc[MT][NT][4];
 #pragma unroll
         for (int i = 0; i < MT; i++)
 #pragma unroll
                 for (int j = 0; j < NT; j++)
 #pragma unroll
-                        for (int e = 0; e < 4; e++)
-                                acc[i][j][e] = 0.0f;
+                        for (int r = 0; r < 4; r++)
+                                acc[i][j][r] = 0.0f;
 
-#pragma unroll
-        for (int st = 0; st < MMA_STAGES - 1; st++)
-                issue(c_begin + st * MMA_KS, st);
-        int st = 0;
-        for (int cs = c_begin; cs < c_end; cs += MMA_KS) {
-                issue(cs + (MMA_STAGES - 1) * MMA_KS, (st + MMA_STAGES - 1) % MMA_STAGES);
-                asm volatile("cp.async.wait_group %0;" ::"n"(MMA_STAGES - 1) : "memory");
-                __syncthreads(); /* the stage's chunks have landed for every thread */
-                const uint32_t sb0 = sbase + 2u * (uint32_t)(st * S::STAGE);
-#pragma unroll
-                for (int kc = 0; kc < MMA_KS; kc++) {
-                if (cs + kc >= c_end)
+        for (int c = c_begin;;) { /* c_end - c_begin ≥ 1 (split ≤ nch) */
+                if (c + U < c_end)
+                        load_w<MT, U>(a1, wp, c + U, c_end);
+                mma_step<WTYPE, NT, MT, U>(acc, a0, x, xoff, k, g, c, c_end, ntok);
+                c += U;
+                if (c >= c_end)
                         break;
-                const uint32_t sb = sb0 + 2u * (uint32_t)(kc * MMA_CHUNK);
-                float t[MT][NT][4];
-#pragma unroll
-                for (int i = 0; i < MT; i++)
-#pragma unroll
-                        for (int j = 0; j < NT; j++)
-#pragma unroll
-                                for (int e = 0; e < 4; e++)
-                                        t[i][j][e] = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < 2; kk++) {
-                        uint32_t a[MT][4];
-#pragma unroll
-                        for (int i = 0; i < MT; i++)
-                                ldsm4(a[i], sb + a_off + 2u * (uint32_t)(i * 16 * MMA_LDS + kk * 16));
-#pragma unroll
-                        for (int jj = 0; jj < (NT + 1) / 2; jj++) {
-                                uint32_t b[4];
-                                ldsm4(b, sb + b_off + 2u * (uint32_t)(jj * 16 * MMA_LDS + kk * 16));
-#pragma unroll
-                                for (int i = 0; i < MT; i++) {
-                                        mma16816<WTYPE>(t[i][2 * jj], a[i], b[0], b[1]);
-                                        if (2 * jj + 1 < NT)
-                                                mma16816<WTYPE>(t[i][2 * jj + 1], a[i], b[2], b[3]);
-                                }
-                        }
-                }
-#pragma unroll
-                for (int i = 0; i < MT; i++)
-#pragma unroll
-                        for (int j = 0; j < NT; j++)
-#pragma unroll
-                                for (int e = 0; e < 4; e++)
-                                        acc[i][j][e] += t[i][j][e];
-                }
-                __syncthreads(); /* stage st is refilled by the next iteration's issue */
-                st = st + 1 == MMA_STAGES ? 0 : st + 1;
+                if (c + U < c_end)
+                        load_w<MT, U>(a0, wp, c + U, c_end);
+                mma_step<WTYPE, NT, MT, U>(acc, a1, x, xoff, k, g, c, c_end, ntok);
+                c += U;
+                if (c >= c_end)
+                        break;
         }
-        asm volatile("cp.async.wait_all;" ::: "memory"); /* only empty groups are left */
 
-        /* partials by token: red[t][local row] (the stages are free: the loop ended with a
-         * barrier) */
+        /* partials by token: red[t][local row], conflict-free (LDR ≡ 4 mod 32) */
 #pragma unroll
         for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -225,7 +204,8 @@ static __global__ void __launch_bounds__(MMA_THREADS, (mma_shape<NT, MT>::MINB))
         const int bm = min(BM, rows - row0);
         const int n_out = ntok * bm;
         const int e_end = (int)((long long)(rank + 1) * n_out / split);
-        for (int e = (int)((long long)rank * n_out / split) + tid; e < e_end; e += MMA_THREADS) {
+        for (int e = (int)((long long)rank * n_out / split) + (int)threadIdx.x; e < e_end;
+             e += MMA_THREADS) {
                 const int t = e / bm, r = e % bm, off = t * LDR + r;
                 float v[MMA_MAX_SPLIT];
 #pragma unroll
@@ -321,20 +301,20 @@ static int sm_count(void)
         return sms;
 }
 
-/* The largest cluster size (≤ 8, at least 4 chunks a rank so its pipeline fills) whose grid
+/* The largest cluster size (≤ 8, ≤ chunks / U so every warp gets a full step) whose grid
  * still fits on the device at once: one wave in which every block streams at the same time,
  * as many blocks as fit, so small matrices keep every SM loading. Past one wave (huge row
  * counts) no split. */
 template <int WTYPE, int NT, int MT> static int plan_split(int rows, int k, int sms, int force)
 {
-        constexpr int BM = mma_shape<NT, MT>::BM;
+        constexpr int BM = mma_shape<NT, MT>::BM, U = mma_shape<NT, MT>::U;
         const int nch = k / MMA_CHUNK;
         if (force > 0)
                 return std::min(force, std::min(nch, MMA_MAX_SPLIT));
         const mma_occupancy &occ = occupancy<WTYPE, NT, MT>();
         const long long rb = (rows + BM - 1) / BM;
         const int per_sm = std::max(1, occ.per_sm.load(std::memory_order_relaxed));
-        const int smax = std::max(1, std::min(MMA_MAX_SPLIT, nch / MMA_KS));
+        const int smax = std::max(1, std::min(MMA_MAX_SPLIT, nch / U));
         for (int s = smax; s >= 2; s--) {
                 int c = occ.clusters[s].load(std::memory_order_relaxed);
                 const long long slots = c > 0 ? (long long)c * s : (long long)sms * per_sm / s * s;
@@ -344,10 +324,10 @@ template <int WTYPE, int NT, int MT> static int plan_split(int rows, int k, int 
         return 1;
 }
 
-/* MT = 2 (128 rows per block: half the activation reads from shared memory per weight byte)
- * when its grid still gives three quarters of the SMs a block; otherwise 1 (64 rows). Only
- * for ntok > 16: below that the activation traffic is small and smaller blocks give more
- * parallelism. (Untuned: tests/gpu/test_mma --sweep.) */
+/* MT = 2 (256 rows per block: half the activation loads per weight byte, which at 64 tokens
+ * would otherwise take most of L1's bandwidth) when its grid still gives three quarters of
+ * the SMs a block; otherwise 1. Only for ntok > 16: below that the activation traffic is
+ * small and 128-row blocks give more parallelism. (Untuned: tests/gpu/test_mma --sweep.) */
 template <int WTYPE, int NT> static mma_plan plan_nt(int rows, int k, int force_mt, int force_split)
 {
         const int sms = sm_count();
@@ -356,7 +336,7 @@ template <int WTYPE, int NT> static mma_plan plan_nt(int rows, int k, int force_
                 int mt = force_mt;
                 if (mt != 1 && mt != 2) {
                         const int s2 = plan_split<WTYPE, NT, 2>(rows, k, sms, force_split);
-                        const long long b2 = (long long)((rows + mma_shape<NT, 2>::BM - 1) / mma_shape<NT, 2>::BM) * s2;
+                        const long long b2 = (long long)((rows + 255) / 256) * s2;
                         mt = 4 * b2 >= 3LL * sms ? 2 : 1;
                 }
                 p.mt = mt;
@@ -364,7 +344,7 @@ template <int WTYPE, int NT> static mma_plan plan_nt(int rows, int k, int force_
         if constexpr (NT >= 4)
                 if (p.mt == 2) {
                         p.split = plan_split<WTYPE, NT, 2>(rows, k, sms, force_split);
-                        p.blocks = (rows + mma_shape<NT, 2>::BM - 1) / mma_shape<NT, 2>::BM * p.split;
+                        p.blocks = (rows + 255) / 256 * p.split;
                         return p;
                 }
         p.split = plan_split<WTYPE, NT, 1>(rows, k, sms, force_split);
