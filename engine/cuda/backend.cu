@@ -966,9 +966,12 @@ static int prepare_gemms(struct ecu_ctx *c)
         const int OD = (int)(hp->n_head * hp->head_dim_v);
         const struct {
                 uint32_t t;
+                const void *w;
                 int rows, k, cap;
-        } shapes[] = {{W->tqkv, QKV, E, (int)c->T}, {W->to, E, OD, (int)c->T}, {W->tgu, 2 * F, E, (int)c->T},
-                      {W->tdown, E, F, (int)c->T}, {c->em->out_type, V, E, (int)c->R}};
+                float *y; /* where a product of this shape writes in a step */
+        } shapes[] = {{W->tqkv, W->wqkv, QKV, E, (int)c->T, c->qkv}, {W->to, W->wo, E, OD, (int)c->T, c->x},
+                      {W->tgu, W->wgu, 2 * F, E, (int)c->T, c->gu}, {W->tdown, W->wdown, E, F, (int)c->T, c->x},
+                      {c->em->out_type, c->em->output, V, E, (int)c->R, c->logits}};
         for (const auto &sh : shapes)
                 for (int n = c->gemv_max + 1, last = 0; n <= sh.cap; n++) {
                         const int b = gemm_bucket(n, sh.cap);
@@ -976,10 +979,16 @@ static int prepare_gemms(struct ecu_ctx *c)
                                 continue;
                         last = b;
                         int r = cuda_gemm_prepare(c->gemm, sh.t, sh.rows, sh.k, b);
+                        /* and run it once: CUDA loads a kernel's module at its first launch
+                         * (lazy loading), which otherwise lands in the first request of each
+                         * new prompt length (5-11 ms of its time to first token on an H200,
+                         * docs/performance.md); the buffers hold nothing yet */
+                        if (r == 0)
+                                r = cuda_gemm(c->gemm, sh.t, sh.w, c->x16, sh.y, sh.rows, sh.k, b, 0.0f, c->st);
                         if (r < 0)
                                 return r;
                 }
-        return 0;
+        return CUDA_CHECK(cudaStreamSynchronize(c->st));
 }
 
 /* Inputs of a harmless padded batch of B tokens in slot par: every token on the trash row. */
