@@ -80,6 +80,20 @@ static __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t s)
                      : "r"(s));
 }
 
+/* d0, d1 += a · B for the two n8 tiles whose B fragments one ldmatrix.x4 (TRANS: .trans, for
+ * V) reads at addr: the step both products of a tile are made of */
+template <bool TRANS>
+static __device__ __forceinline__ void mma_x2(float (&d0)[4], float (&d1)[4], const uint32_t (&a)[4], uint32_t addr)
+{
+        uint32_t b[4];
+        if constexpr (TRANS)
+                ldsm_x4_t(b, addr);
+        else
+                ldsm_x4(b, addr);
+        mma_f16(d0, a, b[0], b[1]);
+        mma_f16(d1, a, b[2], b[3]);
+}
+
 static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
 {
         const __half2 h = __floats2half2_rn(lo, hi);
@@ -224,12 +238,8 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                                 uint32_t qf[4];
                                 ldsm_x4(qf, qaddr + 2u * (c * 16));
 #pragma unroll
-                                for (int nn = 0; nn < TC_BK / 16; nn++) {
-                                        uint32_t b[4];
-                                        ldsm_x4(b, kaddr + 2u * (nn * 16 * S::LD + c * 16));
-                                        mma_f16(s[2 * nn], qf, b[0], b[1]);
-                                        mma_f16(s[2 * nn + 1], qf, b[2], b[3]);
-                                }
+                                for (int nn = 0; nn < TC_BK / 16; nn++)
+                                        mma_x2<false>(s[2 * nn], s[2 * nn + 1], qf, kaddr + 2u * (nn * 16 * S::LD + c * 16));
                         }
 
                         float mx_a = -INFINITY, mx_b = -INFINITY;
@@ -285,12 +295,8 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                                                         pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                                         pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-                                for (int dn = 0; dn < D / 16; dn++) {
-                                        uint32_t b[4];
-                                        ldsm_x4_t(b, vaddr + 2u * (kk * 16 * S::LD + dn * 16));
-                                        mma_f16(o[2 * dn], pa, b[0], b[1]);
-                                        mma_f16(o[2 * dn + 1], pa, b[2], b[3]);
-                                }
+                                for (int dn = 0; dn < D / 16; dn++)
+                                        mma_x2<true>(o[2 * dn], o[2 * dn + 1], pa, vaddr + 2u * (kk * 16 * S::LD + dn * 16));
                         }
                         __syncthreads(); /* stage st is refilled by the next iteration's issue */
                 }
