@@ -1009,6 +1009,31 @@ static void pad_inputs(struct ecu_ctx *c, uint32_t par, uint32_t from, uint32_t 
         }
 }
 
+/* One step shaped like the largest prompt chunk, every token on the trash row (position 0),
+ * one row sampled, its slice of the batch given to attention as a prompt's would be: every
+ * kernel a prompt uses runs once before READY=1, so CUDA's lazy module loading stays out of
+ * the first requests (prepare_gemms does the same for each product class). */
+static int warm_prefill(struct ecu_ctx *c)
+{
+        const uint32_t n = c->T;
+        struct step_hdr *h = (struct step_hdr *)c->h_in;
+        int32_t *tok = (int32_t *)(c->h_in + c->L.tok), *pos = (int32_t *)(c->h_in + c->L.pos);
+        int32_t *row = (int32_t *)(c->h_in + c->L.row);
+        memset(h, 0, sizeof(*h));
+        h->ntok = (int32_t)n;
+        h->nrows = 1;
+        pad_inputs(c, 0, 0, 1); /* token 0 and the one sampled row (R rows: not n of them) */
+        for (uint32_t t = 1; t < n; t++) {
+                tok[t] = 0;
+                pos[t] = 0;
+                row[t] = (int32_t)c->pad_row;
+        }
+        int r = enqueue_step(c, (int)n, 1, NULL, 0, row);
+        if (r == 0)
+                r = CUDA_CHECK(cudaStreamSynchronize(c->st));
+        return r;
+}
+
 static int capture_graphs(struct ecu_ctx *c, struct sl_error *err)
 {
         uint64_t t0 = sl_now_ns();
@@ -1207,6 +1232,10 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
                 tune_gemv(c);
         if ((r = prepare_gemms(c)) < 0) {
                 cuda_fail(err, r, "choosing cuBLASLt algorithms");
+                goto fail;
+        }
+        if ((r = warm_prefill(c)) < 0) {
+                cuda_fail(err, r, "a first prefill-shaped step");
                 goto fail;
         }
         if ((r = capture_graphs(c, err)) < 0)
