@@ -32,19 +32,33 @@
 #define TC_WARPS 4
 #define TC_THREADS (TC_WARPS * 32)
 #define TC_BQ (TC_WARPS * 16) /* tokens per block */
-#define TC_BK 64              /* positions per tile */
+/* positions per tile and shared-memory stages, per head size */
+#ifndef TC_BK64
+#define TC_BK64 64
+#endif
+#ifndef TC_NS64
+#define TC_NS64 2
+#endif
+#ifndef TC_BK128
+#define TC_BK128 64
+#endif
+#ifndef TC_NS128
+#define TC_NS128 2
+#endif
 #define TC_PAD 8              /* halves after each shared-memory row */
 
 template <int D> struct tc_shape {
+        static constexpr int BK = D == 64 ? TC_BK64 : TC_BK128; /* positions per tile */
+        static constexpr int NS = D == 64 ? TC_NS64 : TC_NS128; /* stages (tiles in flight + 1) */
         static constexpr int LD = D + TC_PAD;      /* halves per shared row */
-        static constexpr int TILE = TC_BK * LD;    /* halves per K (or V) stage */
+        static constexpr int TILE = BK * LD;       /* halves per K (or V) stage */
         static constexpr int CH = D / 8;           /* 16-byte chunks per row */
-        static constexpr int PER = TC_BK * CH / TC_THREADS; /* chunks a thread copies per K tile */
+        static constexpr int PER = BK * CH / TC_THREADS; /* chunks a thread copies per K tile */
         static constexpr int LDO = D + 4;          /* floats per row of the output staging */
         /* K and V stages, then Q; the output staging reuses the stages after the last tile */
-        static constexpr size_t SMEM = sizeof(__half) * (2 /* stages */ * 2 /* K, V */ * TILE + TC_BQ * LD);
-        static_assert(sizeof(float) * TC_BQ * LDO <= sizeof(__half) * 4 * TILE, "output staging fits");
-        static_assert(TC_BK * CH % TC_THREADS == 0, "whole chunks per thread");
+        static constexpr size_t SMEM = sizeof(__half) * (NS * 2 /* K, V */ * TILE + TC_BQ * LD);
+        static_assert(sizeof(float) * TC_BQ * LDO <= sizeof(__half) * NS * 2 * TILE, "output staging fits");
+        static_assert(BK * CH % TC_THREADS == 0 && BK % 16 == 0 && NS >= 2 && NS <= 8, "tile shape");
 };
 
 template <int N> static __device__ __forceinline__ void zero4(float (&x)[N][4])
@@ -113,10 +127,10 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
 {
         using S = tc_shape<D>;
         extern __shared__ uint4 tc_smem4[];
-        __half *sk = (__half *)tc_smem4;  /* [2][TC_BK][LD] */
-        __half *sv = sk + 2 * S::TILE;    /* [2][TC_BK][LD] */
+        __half *sk = (__half *)tc_smem4;  /* [NS][BK][LD] */
+        __half *sv = sk + S::NS * S::TILE; /* [NS][BK][LD] */
         __shared__ struct tc_tok tk;
-        __shared__ int kok[2][TC_BK];     /* per stage: position in a span with a cache block */
+        __shared__ int kok[S::NS][S::BK]; /* per stage: position in a span with a cache block */
 
         pdl_start(); /* q and the cache rows of this batch come from the kernels before */
         const int h = (int)blockIdx.x, t0 = ((int)gridDim.y - 1 - (int)blockIdx.y) * TC_BQ;
@@ -142,7 +156,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
         /* Q, scaled by scale·log2 e, as f16 rows in shared memory (zeros past ntok); each warp
          * takes the A fragments of its 16 rows from there with ldmatrix */
         const float qmul = a.scale * LOG2E;
-        __half *sq = sv + 2 * S::TILE; /* [TC_BQ][LD] */
+        __half *sq = sv + S::NS * S::TILE; /* [TC_BQ][LD] */
         for (int i = tid; i < TC_BQ * D / 2; i += TC_THREADS) {
                 const int row = i / (D / 2), d = 2 * (i % (D / 2));
                 float x0 = 0.0f, x1 = 0.0f;
@@ -163,7 +177,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
         const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(sk);
         const int mi = lane >> 3, mr = lane & 7;
         /* this lane's ldmatrix row of Q: matrix mi is rows +8·(mi % 2), dims +8·(mi / 2) */
-        const uint32_t qaddr = sbase + 2u * (uint32_t)(4 * S::TILE + (warp * 16 + (mi & 1) * 8 + mr) * S::LD + (mi >> 1) * 8);
+        const uint32_t qaddr = sbase + 2u * (uint32_t)(2 * S::NS * S::TILE + (warp * 16 + (mi & 1) * 8 + mr) * S::LD + (mi >> 1) * 8);
         const __half *kbase = a.k_cache + (long long)hk * D, *vbase = a.v_cache + (long long)hk * D;
         const int bs = a.map.block_size;
         for (;;) {
@@ -180,7 +194,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                 }
                 if (r < 0)
                         break;
-                const int kbeg = kmin / TC_BK * TC_BK, ntile = (kmax - kbeg) / TC_BK + 1;
+                const int kbeg = kmin / S::BK * S::BK, ntile = (kmax - kbeg) / S::BK + 1;
                 const int32_t *btr = a.map.bt + (long long)r * a.map.max_blocks;
                 const bool act_a = tk.row[ra] == r, act_b = tk.row[rb] == r;
                 const int lo_a = tk.lo[ra], hi_a = act_a ? tk.hi[ra] : -1;
@@ -189,7 +203,11 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                 /* copies of tile it's K and V rows into stage st (positions outside
                  * [kmin, kmax] or without a block: zeros, flagged) */
                 auto issue = [&](int it, int st) {
-                        const int p0 = kbeg + it * TC_BK;
+                        if (it >= ntile) { /* an empty group keeps the wait counts uniform */
+                                cp_async_commit();
+                                return;
+                        }
+                        const int p0 = kbeg + it * S::BK;
 #pragma unroll
                         for (int i = 0; i < S::PER; i++) {
                                 const int idx = i * TC_THREADS + tid, j = idx / S::CH, ch = idx % S::CH;
@@ -212,39 +230,37 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                 zero4(o);
                 float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
-                issue(0, 0);
+                for (int i = 0; i < S::NS - 1; i++)
+                        issue(i, i);
                 for (int it = 0; it < ntile; it++) {
-                        const int st = it & 1;
-                        if (it + 1 < ntile) {
-                                issue(it + 1, st ^ 1);
-                                cp_async_wait(1);
-                        } else {
-                                cp_async_wait(0);
-                        }
+                        const int st = it % S::NS;
+                        /* into the stage tile it − 1 used (freed by the barrier ending it) */
+                        issue(it + S::NS - 1, (it + S::NS - 1) % S::NS);
+                        cp_async_wait(S::NS - 1);
                         __syncthreads(); /* every thread's copies of tile it have landed */
 
                         /* this lane's ldmatrix rows: K (non-transposed) matrix mi is positions
                          * +8·(mi / 2), dims +8·(mi % 2); V (transposed) positions +8·(mi % 2),
                          * dims +8·(mi / 2) */
                         const uint32_t kaddr = sbase + 2u * (uint32_t)(st * S::TILE + ((mi >> 1) * 8 + mr) * S::LD + (mi & 1) * 8);
-                        const uint32_t vaddr = sbase + 2u * (uint32_t)(2 * S::TILE + st * S::TILE + ((mi & 1) * 8 + mr) * S::LD +
+                        const uint32_t vaddr = sbase + 2u * (uint32_t)(S::NS * S::TILE + st * S::TILE + ((mi & 1) * 8 + mr) * S::LD +
                                                                    (mi >> 1) * 8);
-                        const int p0 = kbeg + it * TC_BK;
+                        const int p0 = kbeg + it * S::BK;
                         /* scores: n-tile j holds positions p0 + 8j + 2q (+1), rows ra, rb */
-                        float s[TC_BK / 8][4];
+                        float s[S::BK / 8][4];
                         zero4(s);
 #pragma unroll
                         for (int c = 0; c < D / 16; c++) {
                                 uint32_t qf[4];
                                 ldsm_x4(qf, qaddr + 2u * (c * 16));
 #pragma unroll
-                                for (int nn = 0; nn < TC_BK / 16; nn++)
+                                for (int nn = 0; nn < S::BK / 16; nn++)
                                         mma_x2<false>(s[2 * nn], s[2 * nn + 1], qf, kaddr + 2u * (nn * 16 * S::LD + c * 16));
                         }
 
                         float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
-                        for (int j = 0; j < TC_BK / 8; j++)
+                        for (int j = 0; j < S::BK / 8; j++)
 #pragma unroll
                                 for (int e = 0; e < 2; e++) {
                                         const int jj = 8 * j + 2 * q + e, p = p0 + jj;
@@ -269,7 +285,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                         m_b = mn_b;
                         float ps_a = 0.0f, ps_b = 0.0f;
 #pragma unroll
-                        for (int j = 0; j < TC_BK / 8; j++)
+                        for (int j = 0; j < S::BK / 8; j++)
 #pragma unroll
                                 for (int e = 0; e < 2; e++) {
                                         s[j][e] = exp2f(s[j][e] - ref_a);
@@ -289,7 +305,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
 
                         /* O += P·V: k16 step kk is n-tiles 2kk, 2kk + 1 of the scores */
 #pragma unroll
-                        for (int kk = 0; kk < TC_BK / 16; kk++) {
+                        for (int kk = 0; kk < S::BK / 16; kk++) {
                                 const uint32_t pa[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]),
                                                         pack_half2(s[2 * kk][2], s[2 * kk][3]),
                                                         pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
