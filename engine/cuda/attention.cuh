@@ -103,7 +103,7 @@ int cuda_attn_check(const struct cuda_attn_args *a);
 
 /* Prefill attention on the tensor cores: cuda_attention's function, same arguments and
  * meaning (any mix of sequences, windows, missing cache blocks, out16), computed by tiles of
- * 64 consecutive tokens of the batch against tiles of 64 cache positions with mma.sync:
+ * 64 consecutive tokens of the batch against tiles of cache positions with mma.sync:
  * Q (scaled by scale·log2 e) and the probabilities are rounded to f16 for the products,
  * scores, the online softmax and the sums stay float. So the result is within f16 rounding
  * of cuda_attention's (tests/gpu/test_attention.cu: 3e-3 relative to a double reference),
@@ -111,7 +111,7 @@ int cuda_attn_check(const struct cuda_attn_args *a);
  * share every K/V load; a tile holding tokens of several sequences runs once per sequence
  * (correct, slower), so callers give it runs of one sequence's tokens and cuda_attention the
  * rest. A token's result does not depend on the other tokens of its tile (positions are
- * visited in tiles aligned to 64). dk == dv, 64 or 128 (cuda_attention_tc_ok); other dims
- * return -EOPNOTSUPP. Ignores `deterministic` (always the same configuration). */
+ * visited in tiles aligned to their size). dk == dv, 64 or 128 (cuda_attention_tc_ok);
+ * other dims return -EOPNOTSUPP. Ignores `deterministic` (always the same configuration). */
 int cuda_attention_tc(const struct cuda_attn_args *a, cudaStream_t stream);
 int cuda_attention_tc_ok(int dk, int dv);

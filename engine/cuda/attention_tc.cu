@@ -2,12 +2,12 @@
  * flash attention over the paged f16 cache with mma.sync m16n8k16 (f16 in, f32 accumulate).
  *
  * A block of four warps takes one query head and a tile of 64 consecutive tokens of the
- * batch (16 a warp; the warp's Q fragments stay in registers for the whole block) and
- * visits the cache in tiles of 64 positions, aligned to multiples of 64, from the first
- * position any of its tokens attends to until the last. Each position tile's K and V rows
- * are copied with cp.async into one of two shared-memory stages (the next tile's copies fly
- * while this one is used), rows padded by 16 bytes so the ldmatrix reads of 8 rows hit 32
- * different banks. Per tile a warp computes its 16 × 64 scores (ldmatrix of K rows gives the
+ * batch (16 a warp; Q, scaled, as f16 rows in shared memory, read with ldmatrix) and visits
+ * the cache in tiles of BK positions (64 by default), aligned to multiples of BK, from the
+ * first position any of its tokens attends to until the last. Each position tile's K and V
+ * rows are copied with cp.async into one of NS shared-memory stages (2 by default: the next
+ * tile's copies fly while this one is used), rows padded by 16 bytes so the ldmatrix reads
+ * of 8 rows hit 32 different banks. Per tile a warp computes its 16 × BK scores (ldmatrix of K rows gives the
  * B fragments as they lie), masks positions outside each token's span or without a cache
  * block, updates the running max and sums (FA2's online softmax; base 2: Q carries
  * scale·log2 e), and adds P·V with P taken straight from the score accumulators (the C
@@ -16,7 +16,7 @@
  *
  * A tile's tokens may belong to several sequences (rows of the block table): the block runs
  * the position loop once per sequence present, with the other tokens masked. A token's sums
- * do not depend on its neighbours: the tile sequence is aligned to 64 whatever the other
+ * do not depend on its neighbours: the tile sequence is aligned to BK whatever the other
  * tokens' spans, and a tile masked for a token leaves its state exactly as it was (factor 1,
  * terms 0). GQA: the K/V head of query head h is h / (n_head / n_head_kv); blocks of the
  * heads of one tile run side by side, so a K/V tile is read from HBM about once. */
