@@ -62,6 +62,22 @@ struct run_result {
 static bool g_invariant, g_no_overlap, g_no_fuse, g_no_tc;
 static int g_pdl; /* engine_sched_opts.pdl */
 
+/* One request of P random prompt ids, greedy, EOS ignored. */
+static int submit_random(struct engine_sched *s, const struct engine_hparams *hp, int32_t *prompt, uint32_t P,
+                         uint64_t tag, uint32_t max_tokens, struct sl_error *err)
+{
+        for (uint32_t j = 0; j < P; j++)
+                prompt[j] = (int32_t)(rnd() % hp->n_vocab);
+        struct engine_request q = {.tag = tag, .prompt = prompt, .n_prompt = P, .max_tokens = max_tokens,
+                                   .ignore_eos = true};
+        engine_sampling_defaults(&q.sampling);
+        q.sampling.temperature = 0.0f;
+        int r = engine_sched_submit(s, &q, NULL, err);
+        if (r < 0)
+                fprintf(stderr, "submit: %s\n", err->msg);
+        return r;
+}
+
 /* warm: one request of P tokens runs to its end first (not timed) */
 static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint32_t budget, bool warm,
                struct run_result *res)
@@ -84,15 +100,8 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
         struct engine_sched_events ev = {on_token, on_done};
         memset(res, 0, sizeof(*res));
         if (warm) {
-                for (uint32_t j = 0; j < P; j++)
-                        prompt[j] = (int32_t)(rnd() % hp->n_vocab);
-                struct engine_request q = {.tag = n, .prompt = prompt, .n_prompt = P, .max_tokens = 2, .ignore_eos = true};
-                engine_sampling_defaults(&q.sampling);
-                q.sampling.temperature = 0.0f;
-                if ((r = engine_sched_submit(s, &q, NULL, &err)) < 0) {
-                        fprintf(stderr, "submit: %s\n", err.msg);
+                if ((r = submit_random(s, hp, prompt, P, n, 2, &err)) < 0)
                         goto out;
-                }
                 while (done < 1)
                         if ((r = engine_sched_step(s, &ev, &done, &err)) < 0) {
                                 fprintf(stderr, "step: %s\n", err.msg);
@@ -101,19 +110,9 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
                 done = 0;
         }
         g_t0 = sl_now_ns();
-        for (uint32_t i = 0; i < n; i++) {
-                for (uint32_t j = 0; j < P; j++)
-                        prompt[j] = (int32_t)(rnd() % hp->n_vocab);
-                struct engine_sampling sp;
-                engine_sampling_defaults(&sp);
-                sp.temperature = 0.0f;
-                struct engine_request q = {.tag = i, .prompt = prompt, .n_prompt = P, .sampling = sp, .max_tokens = G,
-                                           .ignore_eos = true};
-                if ((r = engine_sched_submit(s, &q, NULL, &err)) < 0) {
-                        fprintf(stderr, "submit: %s\n", err.msg);
+        for (uint32_t i = 0; i < n; i++)
+                if ((r = submit_random(s, hp, prompt, P, i, G, &err)) < 0)
                         goto out;
-                }
-        }
         const uint64_t t_start = sl_now_ns();
         uint64_t t_mark = t_start;
         uint64_t dec_ns = 0, dec_gpu_ns = 0, dec_tok = 0, dec_steps = 0, first_prefill_ns = 0;

@@ -28,6 +28,7 @@
 #include "attention.cuh"
 #include "attn_dev.cuh"
 #include "common.cuh"
+#include "qkv_dev.cuh" /* cache_row */
 
 #define TC_WARPS 4
 #define TC_THREADS (TC_WARPS * 32)
@@ -179,7 +180,6 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
         /* this lane's ldmatrix row of Q: matrix mi is rows +8·(mi % 2), dims +8·(mi / 2) */
         const uint32_t qaddr = sbase + 2u * (uint32_t)(2 * S::NS * S::TILE + (warp * 16 + (mi & 1) * 8 + mr) * S::LD + (mi >> 1) * 8);
         const __half *kbase = a.k_cache + (long long)hk * D, *vbase = a.v_cache + (long long)hk * D;
-        const int bs = a.map.block_size;
         for (;;) {
                 /* the next sequence of the tile, and the positions its tokens attend to */
                 int r = -1, kmin = INT_MAX, kmax = -1;
@@ -195,7 +195,6 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                 if (r < 0)
                         break;
                 const int kbeg = kmin / S::BK * S::BK, ntile = (kmax - kbeg) / S::BK + 1;
-                const int32_t *btr = a.map.bt + (long long)r * a.map.max_blocks;
                 const bool act_a = tk.row[ra] == r, act_b = tk.row[rb] == r;
                 const int lo_a = tk.lo[ra], hi_a = act_a ? tk.hi[ra] : -1;
                 const int lo_b = tk.lo[rb], hi_b = act_b ? tk.hi[rb] : -1;
@@ -212,11 +211,7 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                         for (int i = 0; i < S::PER; i++) {
                                 const int idx = i * TC_THREADS + tid, j = idx / S::CH, ch = idx % S::CH;
                                 const int p = p0 + j;
-                                long long cr = -1;
-                                if (p >= kmin && p <= kmax) {
-                                        const int b = btr[p / bs];
-                                        cr = b < 0 ? -1 : (long long)b * bs + p % bs;
-                                }
+                                const long long cr = p >= kmin && p <= kmax ? cache_row(a.map, r, p) : -1;
                                 const long long off = cr >= 0 ? cr * KD + ch * 8 : 0;
                                 cp_async16(sk + st * S::TILE + j * S::LD + ch * 8, kbase + off, cr >= 0 ? 16 : 0);
                                 cp_async16(sv + st * S::TILE + j * S::LD + ch * 8, vbase + off, cr >= 0 ? 16 : 0);

@@ -991,7 +991,8 @@ static int prepare_gemms(struct ecu_ctx *c)
         return CUDA_CHECK(cudaStreamSynchronize(c->st));
 }
 
-/* Inputs of a harmless padded batch of B tokens in slot par: every token on the trash row. */
+/* Inputs of a harmless padded batch of B tokens in slot par: every token on the trash row,
+ * and a row to sample for each of them that has one (the slot holds R rows). */
 static void pad_inputs(struct ecu_ctx *c, uint32_t par, uint32_t from, uint32_t B)
 {
         uint8_t *in = c->h_in + par * c->L.total;
@@ -1002,6 +1003,8 @@ static void pad_inputs(struct ecu_ctx *c, uint32_t par, uint32_t from, uint32_t 
                 tok[t] = 0;
                 pos[t] = 0;
                 row[t] = (int32_t)c->pad_row;
+        }
+        for (uint32_t t = from; t < B && t < c->R; t++) {
                 oi[t] = (int32_t)t;
                 memset(&pp[t], 0, sizeof(pp[t]));
                 pp[t].top_p = 1.0f;
@@ -1017,18 +1020,11 @@ static int warm_prefill(struct ecu_ctx *c)
 {
         const uint32_t n = c->T;
         struct step_hdr *h = (struct step_hdr *)c->h_in;
-        int32_t *tok = (int32_t *)(c->h_in + c->L.tok), *pos = (int32_t *)(c->h_in + c->L.pos);
-        int32_t *row = (int32_t *)(c->h_in + c->L.row);
         memset(h, 0, sizeof(*h));
         h->ntok = (int32_t)n;
         h->nrows = 1;
-        pad_inputs(c, 0, 0, 1); /* token 0 and the one sampled row (R rows: not n of them) */
-        for (uint32_t t = 1; t < n; t++) {
-                tok[t] = 0;
-                pos[t] = 0;
-                row[t] = (int32_t)c->pad_row;
-        }
-        int r = enqueue_step(c, (int)n, 1, NULL, 0, row);
+        pad_inputs(c, 0, 0, n);
+        int r = enqueue_step(c, (int)n, 1, NULL, 0, (const int32_t *)(c->h_in + c->L.row));
         if (r == 0)
                 r = CUDA_CHECK(cudaStreamSynchronize(c->st));
         return r;

@@ -1,7 +1,8 @@
 /* qkv_dev.cuh — the Q/K/V post-processing formulas that more than one kernel applies
  * (attention.cu's cuda_qkv_post and the one-token Q/K/V product with its epilogue in
- * gemv.cu): the cache row of a position, the RoPE angle and rotation. Written once, so the
- * fused values are bitwise cuda_qkv_post's. Include from .cu files only. */
+ * gemv.cu): the cache row of a position (also read by attention_tc.cu), the RoPE angle and
+ * rotation. Written once, so the fused values are bitwise cuda_qkv_post's. Include from .cu
+ * files only. */
 #pragma once
 
 #include <math.h>
