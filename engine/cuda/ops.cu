@@ -487,3 +487,40 @@ int cuda_softcap(float *y, size_t n, float cap, cudaStream_t stream, bool pdl)
         return CUDA_CHECK(cuda_launch(pdl, vec ? softcap_kernel<true> : softcap_kernel<false>,
                                       grid_for(vec ? n / 4 + n % 4 : n), OPS_THREADS, 0, stream, y, n, cap, inv));
 }
+
+/* ---- L2 prefetch ---- */
+
+/* A warp per block and a piece per thread, over up to 128 blocks: the requests are spread
+ * over many SMs' copy engines, and the blocks take no room the step's kernels need. */
+#define PREFETCH_PIECE 16384u /* bytes per bulk prefetch (a multiple of 16) */
+#define PREFETCH_THREADS 32u
+#define PREFETCH_MAX_BLOCKS 128u
+
+static __global__ void l2_prefetch_kernel(const char *p, size_t n)
+{
+        const size_t step = (size_t)gridDim.x * blockDim.x * PREFETCH_PIECE;
+        for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * PREFETCH_PIECE; i < n; i += step) {
+                const uint32_t len = (uint32_t)(n - i < PREFETCH_PIECE ? n - i : PREFETCH_PIECE);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + i), "r"(len) : "memory");
+#else
+                for (uint32_t o = 0; o < len; o += 128)
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + i + o));
+#endif
+        }
+}
+
+int cuda_l2_prefetch(const void *p, size_t n, cudaStream_t stream)
+{
+        if (!p && n)
+                return -EINVAL;
+        const uintptr_t a = ((uintptr_t)p + 15) & ~(uintptr_t)15, b = ((uintptr_t)p + n) & ~(uintptr_t)15;
+        if (!p || b <= a)
+                return 0;
+        const size_t len = b - a, pieces = (len + PREFETCH_PIECE - 1) / PREFETCH_PIECE;
+        size_t blocks = (pieces + PREFETCH_THREADS - 1) / PREFETCH_THREADS;
+        if (blocks > PREFETCH_MAX_BLOCKS)
+                blocks = PREFETCH_MAX_BLOCKS;
+        l2_prefetch_kernel<<<(unsigned)blocks, PREFETCH_THREADS, 0, stream>>>((const char *)a, len);
+        return CUDA_CHECK_LAUNCH();
+}
