@@ -247,7 +247,6 @@ int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engi
  * Only engine_sched_stats() may be called from another thread. */
 
 #define ENGINE_PDL_DEFAULT 7           /* engine_sched_opts.pdl 0 (docs/performance.md) */
-#define ENGINE_L2_PREFETCH_DEFAULT 16 /* engine_sched_opts.l2_prefetch 0: MB (docs/performance.md) */
 #define ENGINE_SCHED_MAX_STOP 8u      /* stop strings per request (= DP_MAX_STOP) */
 #define ENGINE_SCHED_MAX_STOP_LEN 64u /* bytes per stop string (= DP_MAX_STOP_LEN) */
 
@@ -282,10 +281,6 @@ struct engine_sched_opts {
         bool no_tc_attention;       /* prefill attention on the CUDA cores, not the tensor
                                      * cores (results within f16 rounding of each other; for
                                      * tests and measurements) */
-        int l2_prefetch;            /* one-token steps: MB of the next products' weights asked
-                                     * into L2 at a time while attention and the norms run
-                                     * (0: ENGINE_L2_PREFETCH_DEFAULT; -1 none; the tokens are
-                                     * the same either way) */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
 };

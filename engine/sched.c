@@ -152,11 +152,6 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
                               o.token_budget, o.max_ctx, o.kv_block_size);
                 goto fail;
         }
-        if (o.l2_prefetch < -1 || o.l2_prefetch > 1024) {
-                r = sl_errorf(err, -EINVAL, "sched: l2_prefetch %d MB out of range (-1 none, 0 default, up to 1024)",
-                              o.l2_prefetch);
-                goto fail;
-        }
         if (o.token_budget < o.max_running)
                 o.token_budget = o.max_running;
         if (o.prefill_chunk > o.token_budget)
@@ -175,11 +170,7 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
                                           .kv_fraction = o.kv_gpu_fraction, .no_graphs = o.no_graphs,
                                           .batch_invariant = o.batch_invariant,
                                           .no_fused_epilogues = o.no_fused_epilogues,
-                                          .no_tc_attention = o.no_tc_attention,
-                                          .l2_prefetch_mb = o.l2_prefetch < 0 ? 0u
-                                                            : o.l2_prefetch ? (uint32_t)o.l2_prefetch
-                                                                            : ENGINE_L2_PREFETCH_DEFAULT,
-                                          .pdl = o.pdl < 0 ? 0 : o.pdl ? o.pdl : ENGINE_PDL_DEFAULT};
+                                          .no_tc_attention = o.no_tc_attention, .pdl = o.pdl < 0 ? 0 : o.pdl ? o.pdl : ENGINE_PDL_DEFAULT};
                 if ((r = ecu_ctx_create(m, &co, &s->cuda, err)) < 0)
                         goto fail;
                 struct ecu_ctx_info ci;

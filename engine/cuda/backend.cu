@@ -556,11 +556,6 @@ struct ecu_ctx {
         const struct engine_model *m;
         struct ecu_model *em;
         cudaStream_t st;
-        /* one-token steps: the L2 prefetches' branch (ecu_ctx_opts.l2_prefetch_mb), forked
-         * from st with ev_fork and joined back at the step's end with ev_join */
-        cudaStream_t side;
-        cudaEvent_t ev_fork, ev_join;
-        bool side_open;
         struct ecu_ctx_opts o;
         uint32_t T, R, MB, H, U;      /* tokens, rows, blocks per seq, hist ids, bt updates */
         uint32_t pad_row;             /* block-table row of padding tokens (all trash) */
@@ -731,59 +726,8 @@ static int attention(struct ecu_ctx *c, const struct cuda_attn_args *aa, const i
 /* Enqueues a whole step for ntok tokens and nrows sampled rows; the inputs are in slot par
  * of h_in, the ids go to slot par of h_out. hrow: the tokens' block-table rows on the host
  * (attention()), NULL while capturing. */
-/* Asks L2 for n bytes at p on the side branch, which starts when everything enqueued on st
- * so far has run (a graph: a branch off the kernel just enqueued), so the bytes stream in
- * while the kernels after it (attention, a norm) leave HBM idle. */
-static int side_prefetch(struct ecu_ctx *c, const void *p, size_t n)
-{
-        int r;
-        if (!p || !n)
-                return 0;
-        if ((r = CUDA_CHECK(cudaEventRecord(c->ev_fork, c->st))) < 0 ||
-            (r = CUDA_CHECK(cudaStreamWaitEvent(c->side, c->ev_fork, 0))) < 0 ||
-            (r = cuda_l2_prefetch(p, n, c->side)) < 0)
-                return r;
-        c->side_open = true;
-        c->launches++;
-        return 0;
-}
-
-/* st waits for the side branch: at the step's end, so nothing on st waits for a prefetch. */
-static int side_join(struct ecu_ctx *c)
-{
-        int r;
-        if (!c->side_open)
-                return 0;
-        c->side_open = false;
-        if ((r = CUDA_CHECK(cudaEventRecord(c->ev_join, c->side))) < 0 ||
-            (r = CUDA_CHECK(cudaStreamWaitEvent(c->st, c->ev_join, 0))) < 0)
-                return r;
-        return 0;
-}
-
-/* Rows [r0, r0 + n) of a rows × k 16-bit matrix, clipped to the matrix: prefetched. */
-static int prefetch_rows(struct ecu_ctx *c, const void *w, size_t rows, size_t k, size_t r0, size_t n)
-{
-        if (r0 >= rows)
-                return 0;
-        n = SL_MIN(n, rows - r0);
-        return side_prefetch(c, (const uint8_t *)w + r0 * k * 2, n * k * 2);
-}
-
-static int enqueue_step_body(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par,
-                             const int32_t *hrow);
-
 static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par,
                         const int32_t *hrow)
-{
-        c->side_open = false;
-        int r = enqueue_step_body(c, ntok, nrows, logits_host, par, hrow);
-        int j = side_join(c); /* also after an error: a capture must end joined */
-        return r < 0 ? r : j;
-}
-
-static int enqueue_step_body(struct ecu_ctx *c, int ntok, int nrows, float *logits_host, uint32_t par,
-                             const int32_t *hrow)
 {
         const struct engine_model *m = c->m;
         const struct engine_hparams *hp = &m->hp;
@@ -817,12 +761,6 @@ static int enqueue_step_body(struct ecu_ctx *c, int ntok, int nrows, float *logi
          * kernels): two launches fewer a layer. Not in batch-invariant mode, where every
          * product goes through cuBLASLt (gemv_max 0). */
         const bool fuse1 = ntok == 1 && ntok <= c->gemv_max && !c->o.no_fused_epilogues;
-        /* One token: while attention and the norms run, HBM would idle; a side branch asks
-         * L2 for the first bytes of the products that follow them (l2_prefetch_mb a time):
-         * the output projection and the start of gate/up during attention, more of gate/up
-         * during the FFN norm, the next layer's Q/K/V (or the output matrix) during the next
-         * norm. Only a hint: the results are bitwise the same. */
-        const size_t pf = ntok == 1 && ntok <= c->gemv_max ? (size_t)c->o.l2_prefetch_mb << 20 : 0;
         LAUNCH(c, CUDA_CHECK(cuda_launch(pdl_io, stage_in_kernel, 32, 256, 0, c->st, sa)));
         LAUNCH(c, cuda_embed(em->embd_type, em->tok_embd, V, c->d_tok, c->x, E, ntok, hp->embd_scale, c->st, pdl_io));
 
@@ -894,18 +832,6 @@ static int enqueue_step_body(struct ecu_ctx *c, int ntok, int nrows, float *logi
                 const bool o16 = ntok > c->gemv_max;
                 aa.out16 = o16 ? c->x16 : NULL;
                 aa.out16_type = o16 ? (int)W->to : 0;
-                /* gate row i and up row F + i are read together (cuda_gemv_glu's blocks) */
-                const bool pf_layer = pf && is_w16(W->to) && is_w16(W->tgu) && is_w16(W->tqkv);
-                const size_t gu_row2 = (size_t)E * 2 * 2;
-                size_t gu_done = 0;
-                if (pf_layer) {
-                        const size_t o_rows = SL_MIN((size_t)E, pf / ((size_t)OD * 2));
-                        gu_done = (pf - o_rows * OD * 2) / gu_row2;
-                        if ((r = prefetch_rows(c, W->wo, E, OD, 0, o_rows)) < 0 ||
-                            (r = prefetch_rows(c, W->wgu, 2 * (size_t)F, E, 0, SL_MIN(gu_done, (size_t)F))) < 0 ||
-                            (r = prefetch_rows(c, W->wgu, 2 * (size_t)F, E, F, SL_MIN(gu_done, (size_t)F))) < 0)
-                                return r;
-                }
                 if ((r = attention(c, &aa, hrow)) < 0)
                         return r;
                 float *oy = gemma ? c->tmp : c->x;
@@ -913,12 +839,6 @@ static int enqueue_step_body(struct ecu_ctx *c, int ntok, int nrows, float *logi
                 if ((r = o16 ? matmul_x16(c, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
                              : matmul(c, pdl, W->to, W->wo, c->att, oy, E, OD, ntok, obeta, (int)c->T)) < 0)
                         return r;
-                if (pf_layer && gu_done < (size_t)F) {
-                        const size_t n = SL_MIN(pf / gu_row2, (size_t)F - gu_done);
-                        if ((r = prefetch_rows(c, W->wgu, 2 * (size_t)F, E, gu_done, n)) < 0 ||
-                            (r = prefetch_rows(c, W->wgu, 2 * (size_t)F, E, F + gu_done, n)) < 0)
-                                return r;
-                }
                 if (gemma)
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
                 const int act = gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU;
@@ -934,16 +854,6 @@ static int enqueue_step_body(struct ecu_ctx *c, int ntok, int nrows, float *logi
                 }
                 if (r < 0)
                         return r;
-                if (pf_layer) { /* the next layer's Q/K/V, or after the last the output matrix */
-                        const bool last = il + 1 == hp->n_layer;
-                        const struct ecu_layer *N = last ? NULL : &em->layers[il + 1];
-                        if (last ? is_w16(em->out_type) && nrows > 0 : is_w16(N->tqkv)) {
-                                const size_t rows = last ? (size_t)V : (size_t)(QD + KD + VD);
-                                if ((r = prefetch_rows(c, last ? em->output : N->wqkv, rows, E, 0,
-                                                       pf / ((size_t)E * 2))) < 0)
-                                        return r;
-                        }
-                }
                 if (gemma)
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_ffn_norm, E, ntok, hp->norm_eps, c->st, pdl));
         }
@@ -1182,9 +1092,6 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         c->pdl = o->pdl;
         if ((r = CUDA_CHECK(cudaSetDevice(c->em->device))) < 0 ||
             (r = CUDA_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking))) < 0 ||
-            (r = CUDA_CHECK(cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking))) < 0 ||
-            (r = CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming))) < 0 ||
-            (r = CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming))) < 0 ||
             (r = CUDA_CHECK(cudaEventCreate(&c->e0[0]))) < 0 || (r = CUDA_CHECK(cudaEventCreate(&c->e1[0]))) < 0 ||
             (r = CUDA_CHECK(cudaEventCreate(&c->e0[1]))) < 0 || (r = CUDA_CHECK(cudaEventCreate(&c->e1[1]))) < 0) {
                 cuda_fail(err, r, "creating the CUDA context");
@@ -1372,12 +1279,6 @@ extern "C" void ecu_ctx_free(struct ecu_ctx *c)
                 if (c->e1[p])
                         cudaEventDestroy(c->e1[p]);
         }
-        if (c->ev_fork)
-                cudaEventDestroy(c->ev_fork);
-        if (c->ev_join)
-                cudaEventDestroy(c->ev_join);
-        if (c->side)
-                cudaStreamDestroy(c->side);
         if (c->st)
                 cudaStreamDestroy(c->st);
         free(c->shadow);

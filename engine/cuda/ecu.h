@@ -70,9 +70,6 @@ struct ecu_ctx_opts {
         bool no_tc_attention;     /* prefill chunks' attention on the CUDA cores
                                    * (cuda_attention), not the tensor cores
                                    * (cuda_attention_tc): for tests and measurements */
-        uint32_t l2_prefetch_mb;  /* one-token steps: MB of the next products' weights asked
-                                   * into L2 at a time on a side branch while attention and
-                                   * the norms run (0: none; the results are the same) */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */

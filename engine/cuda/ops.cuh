@@ -48,10 +48,3 @@ int cuda_gather_rows(const float *src, const int32_t *idx, float *dst, int n, in
 
 /* y[i] = cap · tanh(y[i] / cap) for i < n. cap must be positive and finite. */
 int cuda_softcap(float *y, size_t n, float cap, cudaStream_t stream, bool pdl = false);
-
-/* Asks the L2 cache to fetch the bytes [p, p + n) from device memory and returns at once: a
- * hint with no result, nothing written (cp.async.bulk.prefetch.L2 in 16 KB pieces on sm_90,
- * prefetch.global.L2 per 128-byte line before). Only the 16-byte aligned inside of the range
- * is asked for. The engine launches it on a side branch of a one-token step so that the
- * weights of the next product stream in while HBM would otherwise idle (attention, norms). */
-int cuda_l2_prefetch(const void *p, size_t n, cudaStream_t stream);
