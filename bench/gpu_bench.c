@@ -7,8 +7,10 @@
  *   over the decode-only steps, and the fraction of the bandwidth roofline: (weight bytes +
  *   KV bytes read per step) / step time / bandwidth;
  *   prefill tokens/s and time to first token for one prompt of each prefill length, on a
- *   fresh engine ("first": the products' shapes new, so cuBLASLt's algorithm choice is in
- *   it) and after one request of the same length ("warm": what a serving daemon sees).
+ *   fresh engine ("first": the first request of that length since the engine started;
+ *   cuBLASLt's algorithms are chosen and every product class run at start, so what is left
+ *   in it is unexplained, docs/performance.md) and after one request of the same length
+ *   ("warm": what a serving daemon sees).
  * Prints a table and writes JSON (--json). Never fails over a timing. */
 #include <errno.h>
 #include <getopt.h>
