@@ -40,6 +40,9 @@ static void usage(FILE *f)
                 "  -H, --host H          server host (default localhost)\n"
                 "  -p, --port P          server port (default 7400)\n"
                 "      --timeout MS      fail when the server says nothing for MS ms (default 30000)\n"
+                "      --connect-timeout MS\n"
+                "                        give up when the connection and the server's answer to HELLO\n"
+                "                        take more than MS ms (default 5000, or --timeout if shorter)\n"
                 "      --key-file PATH   sign every frame with a key from PATH (\"ID SECRET_HEX\" lines,\n"
                 "                        mode 0600); default $SLUICE_KEY_FILE\n"
                 "      --key-id ID       which key of the file (default $SLUICE_KEY_ID, else the lowest)\n"
@@ -141,7 +144,7 @@ static int fail(int rc, const char *what, const char *msg)
         return exit_code(rc);
 }
 
-enum { OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_UDP, OPT_TCP, OPT_TIMEOUT, OPT_STOP,
+enum { OPT_TEMP = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_SEED, OPT_UDP, OPT_TCP, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_STOP,
        OPT_DEADLINE, OPT_KEY_FILE, OPT_KEY_ID, OPT_METRICS, OPT_TLS, OPT_TLS_CA, OPT_TLS_NAME, OPT_TLS_CERT, OPT_TLS_KEY };
 
 int main(int argc, char **argv)
@@ -153,6 +156,7 @@ int main(int argc, char **argv)
                 {"udp", no_argument, NULL, OPT_UDP},           {"tcp", no_argument, NULL, OPT_TCP},
                 {"host", required_argument, NULL, 'H'},        {"port", required_argument, NULL, 'p'},
                 {"timeout", required_argument, NULL, OPT_TIMEOUT}, {"stop", required_argument, NULL, OPT_STOP},
+                {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
                 {"deadline", required_argument, NULL, OPT_DEADLINE}, {"quiet", no_argument, NULL, 'q'},
                 {"help", no_argument, NULL, 'h'},              {"version", no_argument, NULL, 'V'},
                 {"key-file", required_argument, NULL, OPT_KEY_FILE}, {"key-id", required_argument, NULL, OPT_KEY_ID},
@@ -166,7 +170,7 @@ int main(int argc, char **argv)
         struct sluice_gen_params gp;
         const char *stops[8];
         size_t n_stop = 0;
-        bool quiet = false, udp = false;
+        bool quiet = false, udp = false, connect_set = false;
         double v;
         uint64_t u;
         int opt;
@@ -227,8 +231,12 @@ int main(int argc, char **argv)
                         if (!parse_num(optarg, 1, 86400000, &v))
                                 return usage_error("bad --timeout '%s' (ms)", optarg);
                         o.timeout_ms = (uint32_t)v;
-                        if (o.connect_timeout_ms > o.timeout_ms)
-                                o.connect_timeout_ms = o.timeout_ms;
+                        break;
+                case OPT_CONNECT_TIMEOUT:
+                        if (!parse_num(optarg, 1, 86400000, &v))
+                                return usage_error("bad --connect-timeout '%s' (ms)", optarg);
+                        o.connect_timeout_ms = (uint32_t)v;
+                        connect_set = true;
                         break;
                 case OPT_STOP:
                         if (n_stop == 8)
@@ -263,6 +271,8 @@ int main(int argc, char **argv)
                 return usage_error("--tls is for TCP: drop --udp%s", "");
         if (o.tls)
                 o.transport = SLUICE_TCP;
+        if (!connect_set && o.connect_timeout_ms > o.timeout_ms)
+                o.connect_timeout_ms = o.timeout_ms;
         if (optind >= argc)
                 return usage_error("a command is needed (generate, info, ping, tokenize)%s", "");
         const char *cmd = argv[optind++];

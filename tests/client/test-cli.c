@@ -8,7 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sl.h"
@@ -183,6 +187,31 @@ int main(int argc, char **argv)
               strstr(err, "cannot reach"));
         CHECK(run("--udp", "--host", "127.0.0.1", "--port", dead_port, "--timeout", "500", "ping", NULL) == 3 &&
               strstr(err, "cannot reach"));
+
+        /* the HELLO's bound: a UDP port that reads and never answers */
+        int silent = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t sl = sizeof(sa);
+        CHECK(silent >= 0 && bind(silent, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+              getsockname(silent, (struct sockaddr *)&sa, &sl) == 0);
+        char sport[16];
+        snprintf(sport, sizeof(sport), "%u", ntohs(sa.sin_port));
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        CHECK(run("--host", "127.0.0.1", "--port", sport, "--connect-timeout", "700", "ping", NULL) == 3 &&
+              strstr(err, "within 700 ms"));
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        CHECK(ms >= 650 && ms < 10000);
+        CHECK(run("--host", "127.0.0.1", "--port", sport, "--timeout", "400", "ping", NULL) == 3 &&
+              strstr(err, "within 400 ms")); /* --timeout shorter than the default bounds the HELLO */
+        CHECK(run("--connect-timeout", "600", "--host", "127.0.0.1", "--port", sport, "--timeout", "300", "ping",
+                  NULL) == 3 && strstr(err, "within 600 ms")); /* given explicitly, in any order: kept */
+        CHECK(run("--connect-timeout", "0", "ping", NULL) == 2 && strstr(err, "--connect-timeout"));
+        CHECK(run("--connect-timeout", "x", "ping", NULL) == 2 && strstr(err, "--connect-timeout"));
+        char buf[2048];
+        CHECK(recv(silent, buf, sizeof(buf), MSG_DONTWAIT) > 0); /* the HELLOs did arrive */
+        close(silent);
 
         if (failures)
                 fprintf(stderr, "%d checks failed\n", failures);
