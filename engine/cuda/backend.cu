@@ -570,7 +570,6 @@ struct ecu_ctx {
         /* step inputs on the device */
         int32_t *d_tok, *d_pos, *d_row, *d_outidx, *d_hist, *d_bt;
         struct cuda_sample_params *d_params;
-        unsigned *d_ticket;           /* cuda_gemv_res_norm's counter (0 between launches) */
         /* mapped host buffers: two slots each, used by steps in turn */
         uint8_t *h_in, *h_in_dev;
         struct in_layout L;
@@ -762,12 +761,6 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
          * kernels): two launches fewer a layer. Not in batch-invariant mode, where every
          * product goes through cuBLASLt (gemv_max 0). */
         const bool fuse1 = ntok == 1 && ntok <= c->gemv_max && !c->o.no_fused_epilogues;
-        /* ... and the RMSNorm after a residual-writing product (output projection: the FFN
-         * norm; down projection: the next layer's attention norm) as that product's tail
-         * (cuda_gemv_res_norm, bitwise the pair): two launches fewer again. Not with Gemma's
-         * post-norms, where the product writes tmp and cuda_add_norm follows. */
-        const bool tail1 = fuse1 && !gemma && E % 4 == 0;
-        bool xn_ready = false; /* c->xn holds this layer's attention norm already */
         LAUNCH(c, CUDA_CHECK(cuda_launch(pdl_io, stage_in_kernel, 32, 256, 0, c->st, sa)));
         LAUNCH(c, cuda_embed(em->embd_type, em->tok_embd, V, c->d_tok, c->x, E, ntok, hp->embd_scale, c->st, pdl_io));
 
@@ -808,8 +801,7 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 qa.map = map;
                 qa.pdl = pdl_att;
                 if (fuse1 && !W->q_norm && !W->k_norm) {
-                        if (!xn_ready)
-                                LAUNCH(c, cuda_rmsnorm(c->x, W->attn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
+                        LAUNCH(c, cuda_rmsnorm(c->x, W->attn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
                         LAUNCH(c, cuda_gemv_qkv(W->tqkv, W->wqkv, c->xn, E, &qa, c->st));
                 } else {
                         if ((r = matmul_norm(c, pdl, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv,
@@ -817,7 +809,6 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                                 return r;
                         LAUNCH(c, cuda_qkv_post(&qa, c->st));
                 }
-                xn_ready = false;
                 struct cuda_attn_args aa;
                 memset(&aa, 0, sizeof(aa));
                 aa.q = c->qkv;
@@ -845,30 +836,18 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                         return r;
                 float *oy = gemma ? c->tmp : c->x;
                 const float obeta = gemma ? 0.0f : 1.0f;
-                if (tail1)
-                        LAUNCH(c, cuda_gemv_res_norm(W->to, W->wo, c->att, c->x, E, OD, W->ffn_norm, hp->norm_eps, c->xn,
-                                                     c->d_ticket, c->st));
-                else if ((r = o16 ? matmul_x16(c, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
-                                  : matmul(c, pdl, W->to, W->wo, c->att, oy, E, OD, ntok, obeta, (int)c->T)) < 0)
+                if ((r = o16 ? matmul_x16(c, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
+                             : matmul(c, pdl, W->to, W->wo, c->att, oy, E, OD, ntok, obeta, (int)c->T)) < 0)
                         return r;
                 if (gemma)
                         LAUNCH(c, cuda_add_norm(c->x, c->tmp, W->post_attn_norm, E, ntok, hp->norm_eps, c->st, pdl));
                 const int act = gemma ? CUDA_ACT_GELU : CUDA_ACT_SILU;
                 float *dy = gemma ? c->tmp : c->x;
                 const float dbeta = gemma ? 0.0f : 1.0f;
-                const struct ecu_layer *Wn = il + 1 < hp->n_layer ? &em->layers[il + 1] : NULL;
                 if (fuse1) { /* gate/up and the activation in one kernel, straight into act */
-                        if (!tail1)
-                                LAUNCH(c, cuda_rmsnorm(c->x, W->ffn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
+                        LAUNCH(c, cuda_rmsnorm(c->x, W->ffn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
                         LAUNCH(c, cuda_gemv_glu(W->tgu, act, W->wgu, c->xn, c->act, F, E, c->st));
-                        if (tail1 && Wn && !Wn->q_norm && !Wn->k_norm) {
-                                LAUNCH(c, cuda_gemv_res_norm(W->tdown, W->wdown, c->act, c->x, E, F, Wn->attn_norm,
-                                                             hp->norm_eps, c->xn, c->d_ticket, c->st));
-                                xn_ready = true;
-                                r = 0;
-                        } else {
-                                r = matmul(c, pdl, W->tdown, W->wdown, c->act, dy, E, F, ntok, dbeta, (int)c->T);
-                        }
+                        r = matmul(c, pdl, W->tdown, W->wdown, c->act, dy, E, F, ntok, dbeta, (int)c->T);
                 } else if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E,
                                             ntok, (int)c->T)) == 0) {
                         r = matmul_glu(c, pdl, act, c->gu, W->tdown, W->wdown, dy, E, F, ntok, dbeta, (int)c->T);
@@ -1161,10 +1140,8 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
                 for (size_t i = 0; i < SL_ARRAY_SIZE(ib); i++)
                         if ((r = CUDA_CHECK(cudaMalloc((void **)ib[i], align_up(in[i] * 4)))) < 0)
                                 goto oom;
-                if ((r = CUDA_CHECK(cudaMalloc((void **)&c->d_params, align_up(R * sizeof(struct cuda_sample_params))))) < 0 ||
-                    (r = CUDA_CHECK(cudaMalloc((void **)&c->d_ticket, align_up(sizeof(unsigned))))) < 0)
+                if ((r = CUDA_CHECK(cudaMalloc((void **)&c->d_params, align_up(R * sizeof(struct cuda_sample_params))))) < 0)
                         goto oom;
-                cudaMemsetAsync(c->d_ticket, 0, sizeof(unsigned), c->st);
         }
         layout_inputs(c);
         if ((r = CUDA_CHECK(cudaHostAlloc((void **)&c->h_in, 2 * c->L.total, cudaHostAllocMapped))) < 0 ||
@@ -1291,8 +1268,7 @@ extern "C" void ecu_ctx_free(struct ecu_ctx *c)
                                 cudaGraphExecDestroy(c->gexec[p][i]);
         cuda_gemm_free(c->gemm);
         void *dp[] = {c->x, c->xn, c->tmp, c->qkv, c->att, c->gu, c->act, c->xo, c->logits, c->x16, c->sscratch,
-                      c->d_tok, c->d_pos, c->d_row, c->d_outidx, c->d_hist, c->d_bt, c->d_params, c->d_ticket,
-                      c->kc, c->vc};
+                      c->d_tok, c->d_pos, c->d_row, c->d_outidx, c->d_hist, c->d_bt, c->d_params, c->kc, c->vc};
         for (void *p : dp)
                 cudaFree(p);
         cudaFreeHost(c->h_in);

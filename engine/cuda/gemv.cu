@@ -145,10 +145,10 @@ static __device__ __forceinline__ void gemv_rows(float (&acc)[T][R], const uint1
         }
 }
 
-/* gemv_kernel's work: the block's R rows of y = W·x (+ y). */
 template <int WTYPE, int T>
-static __device__ __forceinline__ void gemv_block(const uint16_t *__restrict__ w, const float *__restrict__ x,
-                                                  float *__restrict__ y, int rows, int k, int accumulate)
+static __global__ void __launch_bounds__(GEMV_THREADS)
+gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
+            int rows, int k, int accumulate)
 {
         constexpr int R = gemv_shape<T>::R, U = gemv_shape<T>::U;
         constexpr int STRIDE = GEMV_THREADS * GEMV_VEC; /* elements the block covers per step */
@@ -184,47 +184,6 @@ static __device__ __forceinline__ void gemv_block(const uint16_t *__restrict__ w
 
         __shared__ float part[GEMV_WARPS][T * R];
         block_sum_store<T, R>(acc, part, y, rows, row0, accumulate);
-}
-
-template <int WTYPE, int T>
-static __global__ void __launch_bounds__(GEMV_THREADS)
-gemv_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
-            int rows, int k, int accumulate)
-{
-        gemv_block<WTYPE, T>(w, x, y, rows, k, accumulate);
-}
-
-/* cuda_gemv_res_norm: one token, y += W·x, then the last block to finish its rows (a ticket
- * from *counter after a barrier and one thread's fence) computes
- * xn = RMSNorm(y)·norm_w over the whole of y, read through L2, with rms_scales (cuda_rmsnorm's
- * reduction, bit for bit) and rmsnorm.cu's formula; it then sets *counter back to 0 for the
- * next launch (a graph's replays included). */
-template <int WTYPE>
-static __global__ void __launch_bounds__(GEMV_THREADS)
-gemv_res_norm_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, float *y, int rows, int k,
-                     const float *__restrict__ norm_w, float eps, float *__restrict__ xn, unsigned *counter)
-{
-        gemv_block<WTYPE, 1>(w, x, y, rows, k, 1);
-        __shared__ unsigned ticket;
-        __syncthreads(); /* the block's rows of y are written; one fence for them all (cumulative) */
-        if (threadIdx.x == 0) {
-                __threadfence();
-                ticket = atomicAdd(counter, 1u);
-        }
-        __syncthreads();
-        if (ticket != gridDim.x - 1)
-                return;
-        __threadfence();
-        float scale[1];
-        rms_scales<1, true>(y, rows, eps, scale);
-        for (int i = threadIdx.x; i < rows / 4; i += GEMV_THREADS) {
-                const float4 v = ld_act4<true>((const float4 *)y + i);
-                const float4 g = __ldg((const float4 *)norm_w + i);
-                ((float4 *)xn)[i] = make_float4(v.x * scale[0] * g.x, v.y * scale[0] * g.y, v.z * scale[0] * g.z,
-                                                v.w * scale[0] * g.w);
-        }
-        if (threadIdx.x == 0)
-                *counter = 0;
 }
 
 /* ---- fused kernel: prologue + product ---- */
@@ -393,26 +352,6 @@ int cuda_gemv_beta(uint32_t wtype, const void *w, const float *x, float *y, int 
                    int ntok, float beta, cudaStream_t stream, bool pdl)
 {
         return cuda_gemv_fused(wtype, w, x, y, rows, k, ntok, beta, NULL, stream, pdl);
-}
-
-int cuda_gemv_res_norm(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
-                       const float *norm_w, float eps, float *xn, unsigned *counter, cudaStream_t stream)
-{
-        if (!gemv_args_ok(wtype, w, x, y, rows, k, 1) || k % GEMV_VEC || ((uintptr_t)w | (uintptr_t)x) % 16)
-                return -EINVAL;
-        /* the norm's float4 path (the reduction order rms_scales reproduces) */
-        if (!norm_w || !xn || !counter || rows % 4 || ((uintptr_t)y | (uintptr_t)norm_w | (uintptr_t)xn) % 16 ||
-            !(eps >= 0.0f) || xn == y)
-                return -EINVAL;
-        constexpr int R = gemv_shape<1>::R;
-        const unsigned blocks = (unsigned)((rows + R - 1) / R);
-        if (wtype == CUDA_WTYPE_BF16)
-                gemv_res_norm_kernel<CUDA_WTYPE_BF16><<<blocks, GEMV_THREADS, 0, stream>>>(
-                        (const uint16_t *)w, x, y, rows, k, norm_w, eps, xn, counter);
-        else
-                gemv_res_norm_kernel<CUDA_WTYPE_F16><<<blocks, GEMV_THREADS, 0, stream>>>(
-                        (const uint16_t *)w, x, y, rows, k, norm_w, eps, xn, counter);
-        return CUDA_CHECK_LAUNCH();
 }
 
 int cuda_gemv_fused(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,

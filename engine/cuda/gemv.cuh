@@ -80,16 +80,6 @@ struct cuda_qkv_args;
 int cuda_gemv_qkv(uint32_t wtype, const void *w, const float *x, int k, const struct cuda_qkv_args *qa,
                   cudaStream_t stream);
 
-/* One token: y += W·x (cuda_gemv_beta, beta 1), then xn = RMSNorm(y)·norm_w (cuda_rmsnorm
- * over the rows elements of y) in one launch, bitwise the pair: the last block to finish its
- * rows computes the norm (tests/gpu/test_epilogue.cu). For the residual-writing products of
- * a one-token step (output projection, down projection), whose next kernel is a norm.
- * counter: a device unsigned, 0 before the call and 0 again after it; calls in turn on one
- * stream may share one. rows % 4 == 0; y, norm_w, xn 16-byte aligned, xn != y; eps ≥ 0.
- * Other arguments and errors as cuda_gemv_beta; an ordinary launch. */
-int cuda_gemv_res_norm(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
-                       const float *norm_w, float eps, float *xn, unsigned *counter, cudaStream_t stream);
-
 /* Same function, one thread per output, serial float sum over k: slow and obviously right. */
 int cuda_gemv_ref(uint32_t wtype, const void *w, const float *x, float *y, int rows, int k,
                   int ntok, cudaStream_t stream);

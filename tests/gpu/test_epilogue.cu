@@ -6,10 +6,6 @@
  *                     K/V caches compared (NORM and NEOX RoPE, partial rotation, bias,
  *                     Q scale, rope frequency factors, dk != dv, GQA, a position with no
  *                     cache block);
- *   cuda_gemv_res_norm == cuda_gemv_beta (beta 1) then cuda_rmsnorm: y and the norm, three
- *                     calls in a row and three replays of a graph (its counter back at 0
- *                     after each), the Llama 1B/8B output and down projections and ragged
- *                     shapes;
  * every output written, nothing past it (poisoned guards); argument checks; then the time
  * of each pair against its fused kernel in a graph over weights 4x the L2 (figures only).
  * Exit 0 all checks pass, 1 any failed, 77 no GPU. Options: --json PATH, --check-only
@@ -24,7 +20,6 @@
 #include "attention.cuh"
 #include "gemv.cuh"
 #include "ops.cuh"
-#include "rmsnorm.cuh"
 
 #define HARNESS_SEED 0xe91ull
 #include "harness.cuh"
@@ -80,72 +75,6 @@ static void check_glu(uint32_t wtype, int act, int n, int k)
         cudaFree(gu);
         cudaFree(ref);
         cudaFree(out);
-}
-
-/* ---- residual product + the norm after it ---- */
-
-static void check_resnorm(uint32_t wtype, int rows, int k)
-{
-        void *w = dev_alloc((size_t)rows * k * 2);
-        float *x = dev_alloc_f32(k), *nw = dev_alloc_f32(rows), *y0 = dev_alloc_f32(rows);
-        float *yr = dev_alloc_f32(rows + GUARD), *nr = dev_alloc_f32(rows + GUARD);
-        float *yf = dev_alloc_f32(rows + GUARD), *nf = dev_alloc_f32(rows + GUARD);
-        unsigned *ctr = (unsigned *)dev_alloc(sizeof(unsigned));
-        CUDA_CHECK_ABORT(cudaMemset(ctr, 0, sizeof(unsigned)));
-        rand_w16(w, (size_t)rows * k, wtype);
-        rand_f32(x, k, 2.0f);
-        rand_f32(nw, rows, 1.0f);
-        rand_f32(y0, rows, 4.0f);
-        const float eps = 1e-5f;
-        cudaStream_t st;
-        CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        for (int graph = 0; graph < 2; graph++) {
-                poison(yr, rows);
-                poison(nr, rows);
-                poison(yf, rows);
-                poison(nf, rows);
-                CUDA_CHECK_ABORT(cudaMemcpy(yr, y0, rows * 4, cudaMemcpyDeviceToDevice));
-                CUDA_CHECK_ABORT(cudaMemcpy(yf, y0, rows * 4, cudaMemcpyDeviceToDevice));
-                CUDA_CHECK_ABORT(cudaDeviceSynchronize()); /* the fills ran on the default stream */
-                for (int i = 0; i < 3; i++) {
-                        CUDA_OK_OR_ABORT(cuda_gemv_beta(wtype, w, x, yr, rows, k, 1, 1.0f, st));
-                        CUDA_OK_OR_ABORT(cuda_rmsnorm(yr, nw, nr, rows, 1, eps, st));
-                }
-                if (graph) {
-                        cudaGraph_t g;
-                        cudaGraphExec_t ge;
-                        CUDA_CHECK_ABORT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-                        CUDA_OK_OR_ABORT(cuda_gemv_res_norm(wtype, w, x, yf, rows, k, nw, eps, nf, ctr, st));
-                        CUDA_CHECK_ABORT(cudaStreamEndCapture(st, &g));
-                        CUDA_CHECK_ABORT(cudaGraphInstantiate(&ge, g, 0));
-                        for (int i = 0; i < 3; i++)
-                                CUDA_CHECK_ABORT(cudaGraphLaunch(ge, st));
-                        CUDA_CHECK_ABORT(cudaStreamSynchronize(st));
-                        cudaGraphExecDestroy(ge);
-                        cudaGraphDestroy(g);
-                } else {
-                        for (int i = 0; i < 3; i++)
-                                CUDA_OK_OR_ABORT(cuda_gemv_res_norm(wtype, w, x, yf, rows, k, nw, eps, nf, ctr, st));
-                }
-                CUDA_CHECK_ABORT(cudaStreamSynchronize(st));
-                const std::vector<float> a = to_host(yr, rows + GUARD), b = to_host(yf, rows + GUARD),
-                                         na = to_host(nr, rows + GUARD), nb = to_host(nf, rows + GUARD);
-                unsigned c = 1;
-                CUDA_CHECK_ABORT(cudaMemcpy(&c, ctr, sizeof(c), cudaMemcpyDeviceToHost));
-                size_t unw = 0, guard = 0;
-                count_unwritten(b, rows, &unw, &guard);
-                count_unwritten(nb, rows, &unw, &guard);
-                const size_t dy = differing(a.data(), b.data(), rows, 4), dn = differing(na.data(), nb.data(), rows, 4);
-                char name[160];
-                snprintf(name, sizeof(name), "gemv_res_norm %s rows=%d k=%d %s x3: y %zu, norm %zu of %d differ from "
-                         "gemv_beta+rmsnorm; counter %u after", wtype_name(wtype), rows, k, graph ? "graph" : "eager", dy,
-                         dn, rows, c);
-                flag(name, dy == 0 && dn == 0 && c == 0 && unw == 0 && guard == 0, unw, guard);
-        }
-        cudaStreamDestroy(st);
-        for (void *p : {(void *)w, (void *)x, (void *)nw, (void *)y0, (void *)yr, (void *)nr, (void *)yf, (void *)nf,
-                        (void *)ctr})
-                cudaFree(p);
 }
 
 /* ---- Q/K/V + post-processing ---- */
@@ -316,21 +245,6 @@ static void check_args(void)
         b.n_rot = 3;
         expect("qkv odd n_rot", cuda_gemv_qkv(CUDA_WTYPE_F16, w, x, 64, &b, 0), -EINVAL);
         expect("qkv k % 8", cuda_gemv_qkv(CUDA_WTYPE_F16, w, x, 60, &a, 0), -EINVAL);
-        unsigned *ctr = (unsigned *)dev_alloc(sizeof(unsigned));
-        float *nw = dev_alloc_f32(64), *xn = dev_alloc_f32(64);
-        CUDA_CHECK_ABORT(cudaMemset(ctr, 0, sizeof(unsigned)));
-        expect("res_norm valid", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y, 64, 64, nw, 1e-5f, xn, ctr, 0), 0);
-        expect("res_norm rows % 4", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y, 62, 64, nw, 1e-5f, xn, ctr, 0), -EINVAL);
-        expect("res_norm xn == y", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y, 64, 64, nw, 1e-5f, y, ctr, 0), -EINVAL);
-        expect("res_norm NULL counter", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y, 64, 64, nw, 1e-5f, xn, NULL, 0),
-               -EINVAL);
-        expect("res_norm y unaligned", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y + 1, 64, 64, nw, 1e-5f, xn, ctr, 0),
-               -EINVAL);
-        expect("res_norm eps < 0", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y, 64, 64, nw, -1.0f, xn, ctr, 0), -EINVAL);
-        expect("res_norm k % 8", cuda_gemv_res_norm(CUDA_WTYPE_BF16, w, x, y, 64, 60, nw, 1e-5f, xn, ctr, 0), -EINVAL);
-        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
-        for (void *p : {(void *)ctr, (void *)nw, (void *)xn})
-                cudaFree(p);
         CUDA_CHECK_ABORT(cudaDeviceSynchronize());
         for (void *p : {(void *)w, (void *)x, (void *)y, (void *)kc, (void *)m})
                 cudaFree(p);
@@ -358,8 +272,7 @@ struct bench_ctx {
         int n, k, rows;
         size_t wstride;
         char *w;
-        float *x, *gu, *out, *nw;
-        unsigned *ctr;
+        float *x, *gu, *out;
         struct cuda_qkv_args qa;
 };
 
@@ -387,58 +300,6 @@ static void qkv_fused(int i, cudaStream_t st, void *u)
 {
         bench_ctx *b = (bench_ctx *)u;
         CUDA_OK_OR_ABORT(cuda_gemv_qkv(b->wtype, b->w + i * b->wstride, b->x, b->k, &b->qa, st));
-}
-
-static void rn_sep(int i, cudaStream_t st, void *u)
-{
-        bench_ctx *b = (bench_ctx *)u;
-        CUDA_OK_OR_ABORT(cuda_gemv_beta(b->wtype, b->w + i * b->wstride, b->x, b->gu, b->rows, b->k, 1, 1.0f, st));
-        CUDA_OK_OR_ABORT(cuda_rmsnorm(b->gu, b->nw, b->out, b->rows, 1, 1e-5f, st));
-}
-
-static void rn_fused(int i, cudaStream_t st, void *u)
-{
-        bench_ctx *b = (bench_ctx *)u;
-        CUDA_OK_OR_ABORT(cuda_gemv_res_norm(b->wtype, b->w + i * b->wstride, b->x, b->gu, b->rows, b->k, b->nw, 1e-5f,
-                                            b->out, b->ctr, st));
-}
-
-/* output projection (k = E) and down projection (k = F) into E rows, then the norm */
-static void bench_resnorm(const char *model, int E, int F, size_t l2)
-{
-        bench_ctx b;
-        memset(&b, 0, sizeof(b));
-        b.wtype = CUDA_WTYPE_BF16;
-        b.rows = E;
-        cudaStream_t st;
-        CUDA_CHECK_ABORT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        b.x = dev_alloc_f32(F);
-        b.gu = dev_alloc_f32(E);
-        b.out = dev_alloc_f32(E);
-        b.nw = dev_alloc_f32(E);
-        b.ctr = (unsigned *)dev_alloc(sizeof(unsigned));
-        CUDA_CHECK_ABORT(cudaMemset(b.ctr, 0, sizeof(unsigned)));
-        rand_f32(b.x, F, 0.1f);
-        rand_f32(b.gu, E);
-        rand_f32(b.nw, E);
-        for (int k : {E, F}) {
-                b.k = k;
-                const size_t bytes = (size_t)E * k * 2;
-                const int sets = (int)std::max<size_t>(4, 4 * l2 / bytes + 1);
-                b.wstride = (bytes + 255) / 256 * 256;
-                b.w = (char *)dev_alloc(b.wstride * sets);
-                rand_w16(b.w, b.wstride * sets / 2, b.wtype);
-                CUDA_CHECK_ABORT(cudaDeviceSynchronize());
-                const double sep = time_graph(st, sets, rn_sep, &b), fused = time_graph(st, sets, rn_fused, &b);
-                char name[96];
-                snprintf(name, sizeof(name), "%s %s + RMSNorm (%.1f MB)", model, k == E ? "output proj" : "down proj",
-                         bytes / 1e6);
-                timings.push_back({name, sep, fused});
-                cudaFree(b.w);
-        }
-        for (void *p : {(void *)b.x, (void *)b.gu, (void *)b.out, (void *)b.nw, (void *)b.ctr})
-                cudaFree(p);
-        cudaStreamDestroy(st);
 }
 
 static void bench_shape(const char *model, int E, int F, int nh, int nkv, int d, size_t l2)
@@ -531,13 +392,6 @@ int main(int argc, char **argv)
                         check_glu(wt, act, 1001, 1032);
                 }
         check_glu(CUDA_WTYPE_BF16, CUDA_ACT_SILU, 14336, 4096);
-        for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16}) {
-                check_resnorm(wt, 2048, 2048);
-                check_resnorm(wt, 2048, 8192);
-                check_resnorm(wt, 36, 264);
-                check_resnorm(wt, 1004, 1032);
-        }
-        check_resnorm(CUDA_WTYPE_BF16, 4096, 14336);
         for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
                 for (const qcase &c : qcases)
                         check_qkv(wt, c);
@@ -545,8 +399,6 @@ int main(int argc, char **argv)
         if (!check_only) {
                 bench_shape("1B", 2048, 8192, 32, 8, 64, (size_t)prop.l2CacheSize);
                 bench_shape("8B", 4096, 14336, 32, 8, 128, (size_t)prop.l2CacheSize);
-                bench_resnorm("1B", 2048, 8192, (size_t)prop.l2CacheSize);
-                bench_resnorm("8B", 4096, 14336, (size_t)prop.l2CacheSize);
         }
         size_t failed = 0;
         for (const check &c : checks)
