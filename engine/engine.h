@@ -246,7 +246,7 @@ int engine_forward(struct engine_ctx *c, struct engine_kv *kv, const struct engi
  * that is each request's sampler, created at submit (its penalty window is per request).
  * Only engine_sched_stats() may be called from another thread. */
 
-#define ENGINE_PDL_DEFAULT 7           /* engine_sched_opts.pdl 0 (docs/performance.md) */
+#define ENGINE_PDL_DEFAULT 15          /* engine_sched_opts.pdl 0 (docs/performance.md) */
 #define ENGINE_SCHED_MAX_STOP 8u      /* stop strings per request (= DP_MAX_STOP) */
 #define ENGINE_SCHED_MAX_STOP_LEN 64u /* bytes per stop string (= DP_MAX_STOP_LEN) */
 
@@ -273,8 +273,9 @@ struct engine_sched_opts {
         int pdl;                    /* programmatic dependent launch: kernels that may start
                                      * while the one before them finishes (weights stream
                                      * meanwhile). 0: ENGINE_PDL_DEFAULT; -1 none; else a mask
-                                     * of cuda/ecu.h's ECU_PDL_* (1 layer, 2 attention, 4 I/O);
-                                     * steps of one token never use it */
+                                     * of cuda/ecu.h's ECU_PDL_*: 1 layer, 2 attention, 4 I/O
+                                     * for steps of two tokens or more; 8 RMSNorms, 16
+                                     * attention, 32 I/O for one-token steps */
         bool no_fused_epilogues;    /* one-token steps: Q/K/V post-processing and the gated
                                      * activation as kernels of their own (the same tokens;
                                      * for tests and measurements) */

@@ -751,11 +751,18 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
         sa.hist = c->d_hist;
         sa.bt = c->d_bt;
         sa.params = c->d_params;
-        /* Which kernels go with programmatic dependent launch (ecu_ctx_opts.pdl): none for a
-         * one-token step, where it measured 0 to 7% slower on an H200 (docs/performance.md);
-         * from two tokens on it gains up to 7%. */
-        const int pdl_bits = ntok > 1 ? c->pdl : 0;
-        const bool pdl = pdl_bits & ECU_PDL_LAYER, pdl_att = pdl_bits & ECU_PDL_ATTN, pdl_io = pdl_bits & ECU_PDL_IO;
+        /* Which kernels go with programmatic dependent launch (ecu_ctx_opts.pdl). From two
+         * tokens on (bits 1, 2, 4) it gains up to 7% on an H200; at one token the products
+         * went 0 to 7% slower with it, so there only the one-block RMSNorms (bit 8: +1% at
+         * the 1B shape, even at 8B), and attention and I/O on request (16, 32: within 0.4%
+         * either way); docs/performance.md. */
+        const int pdl_bits = ntok > 1 ? c->pdl : 0, pdl1 = ntok == 1 ? c->pdl : 0;
+        const bool pdl = pdl_bits & ECU_PDL_LAYER;
+        const bool pdl_att = (pdl_bits & ECU_PDL_ATTN) || (pdl1 & ECU_PDL_ATTN1);
+        const bool pdl_io = (pdl_bits & ECU_PDL_IO) || (pdl1 & ECU_PDL_IO1);
+        /* one token: a one-block RMSNorm may still be launched early (it waits for the
+         * product before it at its start), its launch hidden behind that product's end */
+        const bool pdl_n1 = pdl || (pdl1 & ECU_PDL_NORM1);
         /* One token: Q/K/V post-processing and the gated activation as epilogues of the
          * products before them (gemv.cuh's cuda_gemv_qkv, cuda_gemv_glu; bitwise the separate
          * kernels): two launches fewer a layer. Not in batch-invariant mode, where every
@@ -801,7 +808,7 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 qa.map = map;
                 qa.pdl = pdl_att;
                 if (fuse1 && !W->q_norm && !W->k_norm) {
-                        LAUNCH(c, cuda_rmsnorm(c->x, W->attn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
+                        LAUNCH(c, cuda_rmsnorm(c->x, W->attn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl_n1));
                         LAUNCH(c, cuda_gemv_qkv(W->tqkv, W->wqkv, c->xn, E, &qa, c->st));
                 } else {
                         if ((r = matmul_norm(c, pdl, W->tqkv, W->wqkv, c->x, W->attn_norm, hp->norm_eps, c->qkv,
@@ -845,7 +852,7 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                 float *dy = gemma ? c->tmp : c->x;
                 const float dbeta = gemma ? 0.0f : 1.0f;
                 if (fuse1) { /* gate/up and the activation in one kernel, straight into act */
-                        LAUNCH(c, cuda_rmsnorm(c->x, W->ffn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl));
+                        LAUNCH(c, cuda_rmsnorm(c->x, W->ffn_norm, c->xn, E, ntok, hp->norm_eps, c->st, pdl_n1));
                         LAUNCH(c, cuda_gemv_glu(W->tgu, act, W->wgu, c->xn, c->act, F, E, c->st));
                         r = matmul(c, pdl, W->tdown, W->wdown, c->act, dy, E, F, ntok, dbeta, (int)c->T);
                 } else if ((r = matmul_norm(c, pdl, W->tgu, W->wgu, c->x, W->ffn_norm, hp->norm_eps, c->gu, 2 * F, E,
@@ -1081,7 +1088,8 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
                 return sl_errorf(err, -EINVAL, "the model is not on a GPU");
         if (!o->max_seqs || !o->max_tokens || !o->block_size || !o->max_blocks_per_seq)
                 return sl_errorf(err, -EINVAL, "cuda context: limits must be > 0");
-        if (o->pdl < 0 || o->pdl > (ECU_PDL_LAYER | ECU_PDL_ATTN | ECU_PDL_IO))
+        if (o->pdl < 0 ||
+            o->pdl > (ECU_PDL_LAYER | ECU_PDL_ATTN | ECU_PDL_IO | ECU_PDL_NORM1 | ECU_PDL_ATTN1 | ECU_PDL_IO1))
                 return sl_errorf(err, -EINVAL, "cuda context: pdl %d is not a mask of ECU_PDL_* bits", o->pdl);
         c = (struct ecu_ctx *)calloc(1, sizeof(*c));
         if (!c)

@@ -51,6 +51,10 @@ const char *ecu_model_last_error(const struct ecu_model *em);
 #define ECU_PDL_LAYER 1 /* a layer's GEMVs, norms and activation (the output GEMV too) */
 #define ECU_PDL_ATTN 2  /* Q/K/V post-processing and attention */
 #define ECU_PDL_IO 4    /* input staging, embedding, row gather, final norm, soft-cap, sampling */
+/* one-token steps use none of the above, only these: */
+#define ECU_PDL_NORM1 8  /* the layers' RMSNorms */
+#define ECU_PDL_ATTN1 16 /* attention */
+#define ECU_PDL_IO1 32   /* as ECU_PDL_IO */
 
 struct ecu_ctx_opts {
         uint32_t max_seqs;        /* sequences in the KV cache at once */

@@ -497,6 +497,7 @@ gemv_pair_kernel(const uint16_t *__restrict__ w, const float *__restrict__ x, in
         }
         const uint16_t *const wr[R] = {w + (size_t)r0 * k, w + (size_t)r1 * k};
         float acc[1][R] = {{0.0f, 0.0f}};
+        pdl_trigger(); /* a kernel after this one may be launched early (it waits for this one) */
         gemv_rows<WTYPE, 1, R, U>(acc, wr, x, k, (warp * 32 + lane) * GEMV_VEC);
         /* block_sum_store's sums, both rows in thread 0 */
         __shared__ float part[GEMV_WARPS][R];

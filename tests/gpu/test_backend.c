@@ -542,8 +542,8 @@ static int test_model(const char *path)
          * changes when work runs, never what it computes: off, on, and on with L2 prefetch
          * give the same tokens as the default, for seeded sampling with penalties */
         if (run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &c, NULL, NULL) == 0) {
-                const int modes[3] = {-1, 1, 7};
-                for (int i = 0; i < 3; i++) {
+                const int modes[4] = {-1, 1, 7, 63};
+                for (int i = 0; i < 4; i++) {
                         g_pdl = modes[i];
                         r = run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &d, NULL, NULL);
                         g_pdl = 0;
@@ -568,6 +568,13 @@ static int test_model(const char *path)
                 snprintf(what, sizeof(what), "one-token fused epilogues == separate kernels: %d/8 requests identical", ok);
                 check(ok == 8, what, path);
                 jrec("{\"model\": \"%s\", \"test\": \"fused_vs_separate\", \"identical\": %d, \"of\": 8}", path, ok);
+                /* one-token steps with their RMSNorms launched early (ECU_PDL_NORM1) */
+                g_pdl = 63;
+                r = run_sched(gpu, false, 8, (const int32_t(*)[16])p2, many, true, &d, NULL, NULL);
+                g_pdl = 0;
+                ok = r == 0 ? same(&c, &d, 8) : 0;
+                snprintf(what, sizeof(what), "one-token steps, pdl 63 (norms, attention, I/O early) == default: %d/8 requests identical", ok);
+                check(ok == 8, what, path);
         } else {
                 check(0, "fused runs", path);
         }
