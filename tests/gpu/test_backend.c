@@ -100,22 +100,30 @@ static int cpu_logits(struct engine_model *m, const int32_t *toks, float *out, s
         return r < 0 ? r : 0;
 }
 
+/* A row of V logits against its reference: the largest |x - ref| into *md (INFINITY when x
+ * has a NaN); returns that over the range of ref's row. */
+static double row_diff(const float *ref, const float *x, uint32_t V, double *md)
+{
+        float lo = ref[0], hi = ref[0];
+        double m = 0.0;
+        for (uint32_t j = 0; j < V; j++) {
+                lo = fminf(lo, ref[j]);
+                hi = fmaxf(hi, ref[j]);
+                m = isnan(x[j]) ? INFINITY : fmax(m, fabs((double)x[j] - ref[j]));
+        }
+        *md = m;
+        return m / fmax(hi - lo, 1e-6);
+}
+
 /* Against --truth (the same weights in F32 on the CPU, where no activation is rounded to 16
  * bits): the largest |x - truth| over a row's logit range, over all rows, and top-1 matches. */
 static double truth_err(const float *x, const float *t, uint32_t V, int *top1)
 {
-        double worst = 0.0;
+        double worst = 0.0, md;
         *top1 = 0;
         for (int i = 0; i < N_TF; i++) {
                 const float *a = x + (size_t)i * V, *b = t + (size_t)i * V;
-                float lo = b[0], hi = b[0];
-                double md = 0.0;
-                for (uint32_t j = 0; j < V; j++) {
-                        lo = fminf(lo, b[j]);
-                        hi = fmaxf(hi, b[j]);
-                        md = isnan(a[j]) ? INFINITY : fmax(md, fabs((double)a[j] - b[j]));
-                }
-                worst = fmax(worst, md / fmax(hi - lo, 1e-6));
+                worst = fmax(worst, row_diff(b, a, V, &md));
                 *top1 += argmax(a, V) == argmax(b, V);
         }
         return worst;
@@ -174,16 +182,8 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
         double worst = 0.0;
         for (int i = 0; i < N_TF; i++) {
                 const float *a = lc + (size_t)i * V, *g = lg + (size_t)i * V;
-                float lo = a[0], hi = a[0];
-                double md = 0.0;
-                for (uint32_t j = 0; j < V; j++) {
-                        lo = fminf(lo, a[j]);
-                        hi = fmaxf(hi, a[j]);
-                        md = fmax(md, fabs((double)a[j] - g[j]));
-                        if (isnan(g[j]))
-                                md = INFINITY;
-                }
-                worst = fmax(worst, md / fmax(hi - lo, 1e-6));
+                double md;
+                worst = fmax(worst, row_diff(a, g, V, &md));
                 const uint32_t ta = argmax(a, V), tg = argmax(g, V);
                 if (ta == tg) {
                         agree++;
