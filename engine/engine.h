@@ -284,6 +284,11 @@ struct engine_sched_opts {
                                      * tests and measurements) */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
+        uint32_t gemv_max_tokens;   /* CUDA: steps of up to this many tokens (at most 16) go
+                                     * through the GEMV, larger ones through cuBLASLt. 0: the
+                                     * largest count at which the GEMV measured faster at
+                                     * start, so two engines may choose differently (and
+                                     * round differently); tests comparing engines fix it */
 };
 
 struct engine_request {

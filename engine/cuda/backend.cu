@@ -1232,6 +1232,8 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         }
         if (o->batch_invariant)
                 c->gemv_max = 0; /* one product kernel for every batch size */
+        else if (o->gemv_max_tokens)
+                c->gemv_max = (int)SL_MIN(SL_MIN(o->gemv_max_tokens, (uint32_t)CUDA_GEMV_MAX_TOKENS), c->T);
         else
                 tune_gemv(c);
         if ((r = prepare_gemms(c)) < 0) {

@@ -77,6 +77,9 @@ struct ecu_ctx_opts {
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */
+        uint32_t gemv_max_tokens; /* the GEMV for steps of up to this many tokens (capped at
+                                   * CUDA_GEMV_MAX_TOKENS and max_tokens), cuBLASLt above;
+                                   * 0: chosen by timing both at start (tune_gemv) */
 };
 
 struct ecu_ctx_info {
