@@ -51,18 +51,16 @@ def convert(src, dst, ty):
             x = x.reshape(tuple(int(d) for d in reversed(t.shape)))
             if not np.isfinite(x).all():
                 raise ValueError(f"{t.name}: not finite after dequantization")
-            if len(t.shape) >= 2 and int(np.prod(t.shape[1:])) > 1:
-                n_mat += 1
-                if ty == "F32":
-                    w.add_tensor(t.name, x, raw_dtype=T.F32)
-                elif ty == "F16":
-                    if np.abs(x).max() > 65504:
-                        raise ValueError(f"{t.name}: values beyond F16's range")
-                    w.add_tensor(t.name, x.astype(np.float16), raw_dtype=T.F16)
-                else:
-                    w.add_tensor(t.name, gguf.quants.quantize(x, T.BF16), raw_dtype=T.BF16)
-            else:
+            is_matrix = len(t.shape) >= 2 and int(np.prod(t.shape[1:])) > 1
+            n_mat += is_matrix
+            if not is_matrix or ty == "F32":
                 w.add_tensor(t.name, x, raw_dtype=T.F32)
+            elif ty == "F16":
+                if np.abs(x).max() > 65504:
+                    raise ValueError(f"{t.name}: values beyond F16's range")
+                w.add_tensor(t.name, x.astype(np.float16), raw_dtype=T.F16)
+            else:
+                w.add_tensor(t.name, gguf.quants.quantize(x, T.BF16), raw_dtype=T.BF16)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
