@@ -544,8 +544,9 @@ static int test_model(const char *path)
         }
         g_vary = false;
         /* programmatic dependent launch (kernels starting while the one before them finishes)
-         * changes when work runs, never what it computes: off, on, and on with L2 prefetch
-         * give the same tokens as the default, for seeded sampling with penalties */
+         * changes when work runs, never what it computes: off (-1), the layer kernels only (1),
+         * every kernel of multi-token steps (7) and every bit (63) give the same tokens as the
+         * default, for seeded sampling with penalties */
         if (run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &c, NULL, NULL) == 0) {
                 const int modes[4] = {-1, 1, 7, 63};
                 for (int i = 0; i < 4; i++) {
