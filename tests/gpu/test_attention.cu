@@ -2,15 +2,16 @@
  * double reference on a paged cache with shuffled block tables and a batch that mixes decode
  * tokens of several sequences with prefill chunks (qkv_post writes the batch's own K/V, then
  * attention reads them, as the engine runs them), in both modes (deterministic off and on),
- * and cuda_attention_tc (tensor cores, d 64 and 128) on the same batches and on prefill
- * chunks in batch order (tiles of 64 tokens across sequences, padding tokens, a missing
- * block); checks batch invariance in deterministic mode (a token's output bitwise the same
- * alone, in 8 and in 200; cuda_attention_tc always); then times cuda_attention at
- * llama-3.2-1B (d 64) and llama-8B (d 128) decode and prefill shapes, both modes, and
- * cuda_attention_tc against it at the prefill shapes. Exit 0 all checks pass, 1 any failed,
- * 77 no GPU.
+ * and the two tensor-core kernels (d 64 and 128), cuda_attention_tc and cuda_attention_dec,
+ * on the same batches, the first also on prefill chunks in batch order (tiles of 64 tokens
+ * across sequences, padding tokens, a missing block); checks batch invariance in
+ * deterministic mode (a token's output bitwise the same alone, in 8 and in 200; both
+ * tensor-core kernels always); then times cuda_attention at llama-3.2-1B (d 64) and llama-8B
+ * (d 128) decode and prefill shapes, both modes, and the tensor-core kernel of each shape
+ * against it. Exit 0 all checks pass, 1 any failed, 77 no GPU.
  *   nvcc -O3 -std=c++17 -arch=sm_90 -Iengine/cuda -o build-gpu/test_attention \
- *        tests/gpu/test_attention.cu engine/cuda/attention.cu engine/cuda/attention_tc.cu
+ *        tests/gpu/test_attention.cu engine/cuda/attention.cu engine/cuda/attention_tc.cu \
+ *        engine/cuda/attention_dec.cu
  * Options: --json PATH, --check-only (no timing; for compute-sanitizer). */
 #include <math.h>
 #include <stdio.h>
@@ -136,7 +137,8 @@ struct bench {
         double us, kv_gbs, gflops, err;
 };
 
-/* a prefill shape timed with cuda_attention (deterministic off) and cuda_attention_tc */
+/* a shape timed with cuda_attention (deterministic off) and the tensor-core kernel for it:
+ * cuda_attention_tc (prefill) or cuda_attention_dec (decode) */
 struct bench_tc {
         std::string name;
         int d, ntok, reps;
@@ -375,14 +377,20 @@ static std::vector<double> attention_cpu(const cfg &c, const scenario &sc,
         return out;
 }
 
-/* The attention implementations under test: the plain one, the fast one and the one on
- * tensor cores (f16 Q and probabilities: TC_TOL). */
-enum att_kind { ATT_REF, ATT_FAST, ATT_TC };
+/* The attention implementations under test: the plain one, the fast one and the two on
+ * tensor cores, prefill and decode (f16 Q and probabilities: TC_TOL). */
+enum att_kind { ATT_REF, ATT_FAST, ATT_TC, ATT_DEC };
 
 static int attention_call(enum att_kind k, const struct cuda_attn_args *a, cudaStream_t st)
 {
         return k == ATT_TC ? cuda_attention_tc(a, st)
+               : k == ATT_DEC ? cuda_attention_dec(a, st)
                : k == ATT_FAST ? cuda_attention(a, st) : cuda_attention_ref(a, st);
+}
+
+static double kind_tol(enum att_kind k)
+{
+        return k == ATT_TC || k == ATT_DEC ? TC_TOL : ATT_TOL;
 }
 
 /* Runs one attention variant into a poisoned out (ldo > its row: the padding must stay
@@ -418,7 +426,7 @@ static void run_attention_check(const std::string &name, enum att_kind kind,
                 snprintf(note, sizeof(note), "maxabs %.2e, padding not 0: %zu", e.maxabs, nonzero);
         else
                 snprintf(note, sizeof(note), "maxabs %.2e", e.maxabs);
-        add_check(name, e.err(), kind == ATT_TC ? TC_TOL : ATT_TOL, e.nan + nonzero, guard, note);
+        add_check(name, e.err(), kind_tol(kind), e.nan + nonzero, guard, note);
         /* the same launch writing 16-bit values (out16): bitwise h converted, the rest of
          * each row and the tail untouched */
         for (int wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16}) {
@@ -639,6 +647,18 @@ static void check_case(const cfg &c, const scenario &sc)
                 b.out = d_qkv; /* an output, so only the dims are wrong (refused before any launch) */
                 add_flag(name, cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
         }
+        /* the decode kernel takes any tokens: the prefill chunks' too (each its own block) */
+        const bool dec = cuda_attention_dec_ok(c.dk, c.dv, c.n_head, c.n_head_kv);
+        if (dec) {
+                snprintf(name, sizeof(name), "attention_dec %s t=%d", label.c_str(), ntok);
+                run_attention_check(name, ATT_DEC, aa, ref, all, pad);
+        } else {
+                snprintf(name, sizeof(name), "attention_dec %s: dk %d dv %d group %d -EOPNOTSUPP", label.c_str(),
+                         c.dk, c.dv, c.n_head / c.n_head_kv);
+                struct cuda_attn_args b = aa;
+                b.out = d_qkv;
+                add_flag(name, cuda_attention_dec(&b, 0) == -EOPNOTSUPP);
+        }
 
         /* the decode tokens alone: a small grid (the other launch shape), Q rows packed */
         const int nd = (int)sc.decode.size();
@@ -669,6 +689,10 @@ static void check_case(const cfg &c, const scenario &sc)
                 if (tc) { /* one sequence per token: every tile runs once per sequence */
                         snprintf(name, sizeof(name), "attention_tc %s decode t=%d", label.c_str(), nd);
                         run_attention_check(name, ATT_TC, ad, ref, sc.decode, pad);
+                }
+                if (dec) {
+                        snprintf(name, sizeof(name), "attention_dec %s decode t=%d", label.c_str(), nd);
+                        run_attention_check(name, ATT_DEC, ad, ref, sc.decode, pad);
                 }
         }
 
@@ -755,6 +779,25 @@ static void check_args(void)
         b = a, b.dv = 128, b.ldo = 128;
         add_flag("args: attention_tc dk 64 dv 128 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
         check_rejects("attention_tc", ATT_TC, a, d_h);
+
+        /* cuda_attention_dec: cuda_attention's checks, dk == dv of 64 or 128, ≤ 16 query heads
+         * per K/V head */
+        add_flag("args: attention_dec_ok 64/64 32:8, 128/128 16:1 yes; 96/96, 64/128, 17:1, 8:3 no",
+                 cuda_attention_dec_ok(64, 64, 32, 8) && cuda_attention_dec_ok(128, 128, 16, 1) &&
+                         !cuda_attention_dec_ok(96, 96, 8, 8) && !cuda_attention_dec_ok(64, 128, 8, 8) &&
+                         !cuda_attention_dec_ok(64, 64, 17, 1) && !cuda_attention_dec_ok(64, 64, 8, 3) &&
+                         !cuda_attention_dec_ok(64, 64, 8, 0));
+        add_flag("args: attention_dec valid call returns 0", cuda_attention_dec(&a, 0) == 0);
+        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+        add_flag("args: attention_dec NULL args", cuda_attention_dec(NULL, 0) == -EINVAL);
+        b = a, b.ntok = 0, b.q = NULL;
+        add_flag("args: attention_dec ntok 0 is a no-op", cuda_attention_dec(&b, 0) == 0);
+        b = a, b.dk = 96, b.dv = 96, b.ldq = 96, b.ldo = 96;
+        add_flag("args: attention_dec dk = dv = 96 -EOPNOTSUPP", cuda_attention_dec(&b, 0) == -EOPNOTSUPP);
+        b = a, b.n_head = 17, b.ldq = 17 * 64, b.ldo = 17 * 64;
+        add_flag("args: attention_dec 17 query heads per K/V head -EOPNOTSUPP",
+                 cuda_attention_dec(&b, 0) == -EOPNOTSUPP);
+        check_rejects("attention_dec", ATT_DEC, a, d_h);
 
         struct cuda_qkv_args q = {};
         q.qkv = d_f, q.ld = 192, q.ntok = 1, q.n_head = 1, q.n_head_kv = 1, q.dk = 64, q.dv = 64;
@@ -916,6 +959,21 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
                 snprintf(name, sizeof(name), "batch invariance tc vs no-det alone %s", tag);
                 add_check(name, e4.err(), TC_TOL, e4.nan, 0, "");
         }
+        const bool dec = cuda_attention_dec_ok(dk, dv, nh, nkv);
+        if (dec) {
+                const std::vector<float> t1 = run(0, 1, ATT_DEC), t8 = run(0, nprobe, ATT_DEC),
+                                         t200 = run(1, nseq, ATT_DEC);
+                const size_t m8 = bits_differ(t1, t8), m200 = bits_differ(t1, t200);
+                snprintf(name, sizeof(name), "batch invariance dec %s: alone = in 8 = in 200", tag);
+                snprintf(note, sizeof(note), "%zu elements, differing bits: 8 %zu, 200 %zu", t1.size(), m8,
+                         m200);
+                add_check(name, (double)(m8 + m200), 0.0, m8 + m200, 0, note);
+                relerr e4;
+                for (size_t i = 0; i < t1.size(); i++)
+                        e4.add(t1[i], n1[i]);
+                snprintf(name, sizeof(name), "batch invariance dec vs no-det alone %s", tag);
+                add_check(name, e4.err(), TC_TOL, e4.nan, 0, "");
+        }
 
         /* the 200-token batch, both modes, against the plain kernel */
         struct cuda_attn_args r = a;
@@ -940,6 +998,16 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
                 for (size_t i = 0; i < o.size(); i++)
                         e3.add(o[i], ref[i]);
                 snprintf(name, sizeof(name), "attention_tc %s t=%d vs ref", tag, nseq);
+                add_check(name, e3.err(), TC_TOL, e3.nan, 0, "");
+        }
+        if (dec) {
+                r.out = d_o;
+                CUDA_OK_OR_ABORT(cuda_attention_dec(&r, 0));
+                const std::vector<float> o = to_host(d_o, (size_t)nseq * OD);
+                relerr e3;
+                for (size_t i = 0; i < o.size(); i++)
+                        e3.add(o[i], ref[i]);
+                snprintf(name, sizeof(name), "attention_dec %s t=%d vs ref", tag, nseq);
                 add_check(name, e3.err(), TC_TOL, e3.nan, 0, "");
         }
         for (void *p : {(void *)d_k, (void *)d_v, (void *)d_qs, (void *)d_qb, (void *)d_bt,
@@ -1023,7 +1091,7 @@ static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
                         e.add(o[i], o2[i]);
                 char cname[128];
                 snprintf(cname, sizeof(cname), "%s vs ref at bench %s", what, name);
-                add_check(cname, e.err(), kind == ATT_TC ? TC_TOL : ATT_TOL, e.nan, 0, "");
+                add_check(cname, e.err(), kind_tol(kind), e.nan, 0, "");
                 return e.err();
         };
         /* seconds per call of `kind`: every set in one graph, the median replay */
@@ -1058,11 +1126,13 @@ static void bench_attention(int d, int batch, int ctx, bool prefill, size_t l2)
                         us_nodet = b.us;
         }
         a.deterministic = 0;
-        if (prefill && cuda_attention_tc_ok(d, d)) {
-                const double err = check_vs_ref(ATT_TC, "attention_tc");
-                const double sec = time_call(ATT_TC);
+        const enum att_kind tck = prefill ? ATT_TC : ATT_DEC;
+        if (prefill ? cuda_attention_tc_ok(d, d) : cuda_attention_dec_ok(d, d, nh, nkv)) {
+                const char *kname = prefill ? "attention_tc" : "attention_dec";
+                const double err = check_vs_ref(tck, kname);
+                const double sec = time_call(tck);
                 bench_tc b{name, d, ntok, reps, us_nodet, sec * 1e6, flops / sec / 1e9, err};
-                printf("bench attention_tc %-19s t=%-5d  %10.2f us  (attention %.2f us: %.2fx)  %8.1f GFLOP/s\n",
+                printf("bench %-13s %-22s t=%-5d  %10.2f us  (attention %.2f us: %.2fx)  %8.1f GFLOP/s\n", kname,
                        name, ntok, b.us_tc, b.us, b.us / b.us_tc, b.gflops_tc);
                 benches_tc.push_back(b);
         }
@@ -1172,7 +1242,7 @@ int main(int argc, char **argv)
         if (!check_only) {
                 for (int d : {64, 128}) {
                         for (int ctx : {384, 4096})
-                                for (int batch : {1, 8, 64, 256})
+                                for (int batch : {1, 8, 32, 64, 256})
                                         bench_attention(d, batch, ctx, false, prop.l2CacheSize);
                         for (int ctx : {512, 2048})
                                 bench_attention(d, 1, ctx, true, prop.l2CacheSize);
@@ -1239,8 +1309,8 @@ int main(int argc, char **argv)
                 }
         }
         if (!benches_tc.empty()) {
-                printf("\nprefill on tensor cores: cuda_attention_tc vs cuda_attention (det off), one"
-                       " sequence, positions 0..t-1; speedup = us / us tc\n");
+                printf("\non tensor cores: cuda_attention_tc (prefill: one sequence, positions 0..t-1) or"
+                       " cuda_attention_dec (decode) vs cuda_attention (det off); speedup = us / us tc\n");
                 printf("%-22s %5s %10s %10s %8s %10s %9s\n", "shape", "t", "us", "us tc", "speedup",
                        "GFLOP/s tc", "vs_ref tc");
                 for (const bench_tc &b : benches_tc)
