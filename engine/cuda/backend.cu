@@ -667,8 +667,13 @@ static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uin
 }
 
 /* Runs of at least this many consecutive tokens of one sequence (prefill chunks) get their
- * attention from the tensor-core kernel; the rest of the batch from cuda_attention. */
+ * attention from the tensor-core kernel; the rest of the batch from attention_rest. */
 #define TC_MIN_RUN 32
+/* Tokens × K/V heads from which the rest goes to cuda_attention_dec (one block each) rather
+ * than cuda_attention: about one block per SM. Measured on an H200 (docs/performance.md):
+ * from 16 tokens at 8 K/V heads the tensor-core kernel is faster at every context; below,
+ * cuda_attention's split of long contexts over a cluster wins. */
+#define DEC_MIN_BLOCKS 128
 
 /* aa's tokens [t, t + n) only: the same call on a slice of the batch (every per-token
  * array advanced by t). */
@@ -686,20 +691,33 @@ static struct cuda_attn_args attn_slice(const struct cuda_attn_args *aa, int t, 
         return s;
 }
 
+/* Tokens that are not part of a prefill run: cuda_attention_dec for many (tensor cores),
+ * cuda_attention for a few, in batch-invariant mode (its configuration is fixed whatever
+ * the batch) and with no_tc_decode. The choice depends on the count only, so a captured
+ * decode graph always replays the kernel it was captured with. */
+static int attention_rest(struct ecu_ctx *c, const struct cuda_attn_args *s)
+{
+        const long long min = c->o.tc_decode_min ? c->o.tc_decode_min : DEC_MIN_BLOCKS;
+        if (!c->o.no_tc_decode && !c->o.batch_invariant && (long long)s->ntok * s->n_head_kv >= min &&
+            cuda_attention_dec_ok(s->dk, s->dv, s->n_head, s->n_head_kv))
+                LAUNCH(c, cuda_attention_dec(s, c->st));
+        else
+                LAUNCH(c, cuda_attention(s, c->st));
+        return 0;
+}
+
 /* Attention for a step. hrow: the step's block-table rows on the host (NULL while capturing
  * a graph: the capture's inputs are placeholders), from which the runs of TC_MIN_RUN or more
  * tokens of one sequence go to cuda_attention_tc and the tokens between them to
- * cuda_attention, one launch per slice; without hrow, in batch-invariant mode (the slices
+ * attention_rest, one launch per slice; without hrow, in batch-invariant mode (the slices
  * would depend on the batch), with no_tc_attention or for head sizes the tensor-core kernel
- * lacks, all of it to cuda_attention. */
+ * lacks, all of it to attention_rest. */
 static int attention(struct ecu_ctx *c, const struct cuda_attn_args *aa, const int32_t *hrow)
 {
         const int n = aa->ntok;
         if (!hrow || n < TC_MIN_RUN || c->o.no_tc_attention || c->o.batch_invariant ||
-            !cuda_attention_tc_ok(aa->dk, aa->dv)) {
-                LAUNCH(c, cuda_attention(aa, c->st));
-                return 0;
-        }
+            !cuda_attention_tc_ok(aa->dk, aa->dv))
+                return attention_rest(c, aa);
         int plain = 0; /* first token not yet given to a kernel */
         for (int t = 0; t < n;) {
                 int e = t + 1;
@@ -708,7 +726,9 @@ static int attention(struct ecu_ctx *c, const struct cuda_attn_args *aa, const i
                 if (e - t >= TC_MIN_RUN && hrow[t] >= 0) {
                         if (plain < t) {
                                 const struct cuda_attn_args s = attn_slice(aa, plain, t - plain);
-                                LAUNCH(c, cuda_attention(&s, c->st));
+                                const int r = attention_rest(c, &s);
+                                if (r < 0)
+                                        return r;
                         }
                         const struct cuda_attn_args s = attn_slice(aa, t, e - t);
                         LAUNCH(c, cuda_attention_tc(&s, c->st));
@@ -718,7 +738,7 @@ static int attention(struct ecu_ctx *c, const struct cuda_attn_args *aa, const i
         }
         if (plain < n) {
                 const struct cuda_attn_args s = attn_slice(aa, plain, n - plain);
-                LAUNCH(c, cuda_attention(&s, c->st));
+                return attention_rest(c, &s);
         }
         return 0;
 }
