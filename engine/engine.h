@@ -282,13 +282,9 @@ struct engine_sched_opts {
         bool no_tc_attention;       /* prefill attention on the CUDA cores, not the tensor
                                      * cores (results within f16 rounding of each other; for
                                      * tests and measurements) */
-        bool no_tc_decode;          /* decode attention of large batches (16 tokens or more at
-                                     * 8 K/V heads) on the CUDA cores, not the tensor cores
-                                     * (the same: within f16 rounding; for tests and
-                                     * measurements) */
-        uint32_t tc_decode_min;     /* CUDA: tokens × K/V heads from which decode attention
-                                     * runs on the tensor cores (0: 128; 1: every step, for
-                                     * tests) */
+        bool no_tc_decode;          /* decode attention on the CUDA cores, not the tensor
+                                     * cores (results within f16 rounding of each other; for
+                                     * tests and measurements) */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
         uint32_t gemv_max_tokens;   /* CUDA: steps of up to this many tokens (at most 16) go

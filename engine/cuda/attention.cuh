@@ -117,12 +117,15 @@ int cuda_attention_tc(const struct cuda_attn_args *a, cudaStream_t stream);
 int cuda_attention_tc_ok(int dk, int dv);
 
 /* Decode attention on the tensor cores: cuda_attention's function, same arguments and
- * meaning (any tokens, windows, missing cache blocks, out16), for batches of many sequences.
- * One block per (token, K/V head): the query heads sharing that head are the rows of an
- * mma.sync m16n8k16, four warps split the token's positions in tiles of 16. As in
- * cuda_attention_tc, Q (scaled by scale·log2 e) and the probabilities are rounded to f16 for
- * the products (within f16 rounding of cuda_attention, not bitwise); a token's result does
- * not depend on the other tokens of the launch. dk == dv, 64 or 128, at most 16 query heads
- * per K/V head (cuda_attention_dec_ok); otherwise -EOPNOTSUPP. Ignores `deterministic`. */
+ * meaning (any tokens, windows, missing cache blocks, out16), for decode steps. One block
+ * per (token, K/V head): the query heads sharing that head are the rows of an mma.sync
+ * m16n8k16, four warps split the token's positions in tiles of 16, and for a few tokens a
+ * cluster of up to 8 blocks splits them further. As in cuda_attention_tc, Q (scaled by
+ * scale·log2 e) and the probabilities are rounded to f16 for the products (within f16
+ * rounding of cuda_attention, not bitwise). The cluster size follows ntok, so like
+ * cuda_attention outside deterministic mode a token's result may differ in the last bits
+ * between batch sizes; for a given ntok it is fixed. dk == dv, 64 or 128, at most 16 query
+ * heads per K/V head (cuda_attention_dec_ok); otherwise -EOPNOTSUPP. Ignores
+ * `deterministic` (callers use cuda_attention for that). */
 int cuda_attention_dec(const struct cuda_attn_args *a, cudaStream_t stream);
 int cuda_attention_dec_ok(int dk, int dv, int n_head, int n_head_kv);

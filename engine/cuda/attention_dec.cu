@@ -15,11 +15,16 @@
  * scale·log2 e), and adds P·V with P taken straight from the score accumulators and V
  * through ldmatrix.trans. The warps' states are merged in shared memory at the end.
  *
- * A token's result depends only on its own span (fixed warps and tiles), never on the other
- * tokens of the launch. Q (scaled) and the probabilities are rounded to f16 for the products,
- * as in cuda_attention_tc: within f16 rounding of cuda_attention, not bitwise. */
+ * A few tokens would leave most SMs idle: then the blocks of a thread block cluster (up to
+ * 8) split each token's positions, warp w of rank r taking tiles r·W + w, + cl·W, ..., and
+ * merge their partial results through distributed shared memory. The cluster size follows
+ * the token count (dec_cluster), so a token's result may differ in the last bits between
+ * batch sizes, as cuda_attention's does outside deterministic mode. Q (scaled) and the
+ * probabilities are rounded to f16 for the products, as in cuda_attention_tc: within f16
+ * rounding of cuda_attention, not bitwise. */
 #include <math.h>
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include "attention.cuh"
@@ -27,6 +32,8 @@
 #include "common.cuh"
 #include "mma_dev.cuh"
 #include "qkv_dev.cuh" /* cache_row */
+
+namespace cg = cooperative_groups;
 
 /* Warps per block, stages per warp and the blocks an SM should hold, per head size. Chosen
  * on an H200 (docs/performance.md) among 2 or 4 warps and 2 to 4 stages: at d 64, 2 stages
@@ -55,6 +62,7 @@
 #define DT_ROWS 16         /* query heads a block can take: the mma's M */
 #define DT_PAD 8           /* halves after each shared row: conflict-free ldmatrix */
 #define DT_MAX_GRID_Y 65535 /* tokens per launch */
+#define DT_MAX_CLUSTER 8    /* the portable cluster size limit */
 
 template <int D> struct dt_shape {
         static constexpr int W = D == 64 ? DT_W64 : DT_W128;      /* warps per block */
@@ -71,11 +79,11 @@ template <int D> struct dt_shape {
         static constexpr size_t SMEM = (size_t)W * RING + sizeof(__half) * DT_ROWS * LD; /* + Q */
         static_assert(STAGE % 16 == 0 && (LD * 2) % 16 == 0, "16-byte aligned rows and stages");
         static_assert(DT_BK * CH % 32 == 0, "whole copies per lane");
-        static_assert(sizeof(float) * W * DT_ROWS * (LDO + 2) <= (size_t)W * RING,
-                      "the merge fits in the rings");
+        static_assert(sizeof(float) * (W + 1) * DT_ROWS * (LDO + 2) <= (size_t)W * RING,
+                      "the merges (warps, then the block's for its cluster) fit in the rings");
 };
 
-template <int D>
+template <int D, bool CLUSTER>
 static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB) attn_dec_kernel(const struct cuda_attn_args a, int t0)
 {
         using S = dt_shape<D>;
@@ -85,7 +93,12 @@ static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB
 
         pdl_start(); /* q and the cache rows of this step come from the kernels before */
         const int group = a.n_head / a.n_head_kv;
-        const int hk = (int)blockIdx.x, t = t0 + (int)blockIdx.y, h0 = hk * group;
+        int rank = 0, cl = 1; /* this block's share of the positions in its cluster */
+        if (CLUSTER) {
+                rank = (int)cg::this_cluster().block_rank();
+                cl = (int)cg::this_cluster().num_blocks();
+        }
+        const int hk = (int)blockIdx.x / cl, t = t0 + (int)blockIdx.y, h0 = hk * group;
         const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
         const int KD = a.n_head_kv * D;
         const struct attn_span sp = attn_span_of(a, t);
@@ -119,7 +132,9 @@ static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB
 
         const int kbeg = sp.n > 0 ? sp.lo / DT_BK * DT_BK : 0;
         const int ntile = sp.n > 0 ? (sp.hi - kbeg) / DT_BK + 1 : 0;
-        const int nk = warp < ntile ? (ntile - warp + S::W - 1) / S::W : 0; /* this warp's tiles */
+        /* warp w of cluster rank r takes tiles r·W + w, + cl·W, ... */
+        const int first = rank * S::W + warp, tstride = cl * S::W;
+        const int nk = first < ntile ? (ntile - first + tstride - 1) / tstride : 0; /* this warp's tiles */
         char *ring = smem + warp * S::RING;
         const uint32_t rbase = (uint32_t)__cvta_generic_to_shared(ring);
         const __half *kbase = a.k_cache + (long long)hk * D, *vbase = a.v_cache + (long long)hk * D;
@@ -127,7 +142,7 @@ static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB
         /* cache row of position (this warp's tile k) + lane for lanes < 16 (-1: outside the
          * span, or no block), read one tile ahead of its copies */
         auto tile_row = [&](int k) -> long long {
-                const int p = kbeg + (warp + k * S::W) * DT_BK + lane;
+                const int p = kbeg + (first + k * tstride) * DT_BK + lane;
                 if (k >= nk || lane >= DT_BK || p < sp.lo || p > sp.hi)
                         return -1;
                 return cache_row(a.map, sp.row, p);
@@ -256,6 +271,10 @@ static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB
                 sl[rb] = l_b;
         }
         __syncthreads();
+        /* the block's rows: alone, the output; in a cluster, the block's partial (unscaled
+         * sums against its own maxima) for the cluster merge below */
+        float *bo = sl + S::W * DT_ROWS;          /* [DT_ROWS][LDO] */
+        float *bm = bo + DT_ROWS * S::LDO, *bl = bm + DT_ROWS; /* [DT_ROWS] each */
         for (int i = tid; i < group * D; i += S::THREADS) {
                 const int row = i / D, d = i % D;
                 float mx = -INFINITY;
@@ -272,8 +291,41 @@ static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB
                                 acc += so[(w * DT_ROWS + row) * S::LDO + d] * f;
                         }
                 }
+                if (!CLUSTER) {
+                        att_store(a, (long long)t * a.ldo + (long long)(h0 + row) * D + d, L > 0.0f ? acc / L : 0.0f);
+                } else {
+                        bo[row * S::LDO + d] = acc;
+                        if (d == 0)
+                                bm[row] = mx, bl[row] = L;
+                }
+        }
+        if (!CLUSTER)
+                return;
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync(); /* every block's partial written and visible */
+        /* block `rank` writes every cl-th output element, from all the blocks' partials */
+        for (int i = rank * S::THREADS + tid; i < group * D; i += cl * S::THREADS) {
+                const int row = i / D, d = i % D;
+                float mk[DT_MAX_CLUSTER], mx = -INFINITY;
+#pragma unroll
+                for (int k = 0; k < DT_MAX_CLUSTER; k++) {
+                        mk[k] = k < cl ? cluster.map_shared_rank(bm, k)[row] : -INFINITY;
+                        mx = fmaxf(mx, mk[k]);
+                }
+                float L = 0.0f, acc = 0.0f;
+                if (mx != -INFINITY) {
+#pragma unroll
+                        for (int k = 0; k < DT_MAX_CLUSTER; k++) {
+                                if (k < cl && mk[k] != -INFINITY) {
+                                        const float f = exp2f(mk[k] - mx);
+                                        L += cluster.map_shared_rank(bl, k)[row] * f;
+                                        acc += cluster.map_shared_rank(bo, k)[row * S::LDO + d] * f;
+                                }
+                        }
+                }
                 att_store(a, (long long)t * a.ldo + (long long)(h0 + row) * D + d, L > 0.0f ? acc / L : 0.0f);
         }
+        cluster.sync(); /* keep this block's shared memory until every block has read it */
 }
 
 int cuda_attention_dec_ok(int dk, int dv, int n_head, int n_head_kv)
@@ -282,16 +334,57 @@ int cuda_attention_dec_ok(int dk, int dv, int n_head, int n_head_kv)
                n_head / n_head_kv <= DT_ROWS;
 }
 
-template <int D> static cudaError_t dec_launch(const struct cuda_attn_args *a, cudaStream_t stream)
+/* Blocks of a cluster splitting each (token, K/V head)'s positions: doubled (up to 8) while
+ * the launch stays within DT_CL_BLOCKS blocks, so a few tokens spread over the GPU. On an
+ * H200 (docs/performance.md), 128 was as fast as the best of 64, 128 and 256 within 10% at
+ * 2-16 tokens and 256-4096 positions, and faster than cuda_attention at every point. */
+#ifndef DT_CL_BLOCKS
+#define DT_CL_BLOCKS 128
+#endif
+static int dec_cluster(const struct cuda_attn_args *a)
+{
+        const long long blocks = (long long)a->ntok * a->n_head_kv;
+        int cl = 1;
+        while (cl < DT_MAX_CLUSTER && blocks * cl * 2 <= DT_CL_BLOCKS)
+                cl *= 2;
+        return cl;
+}
+
+template <int D, bool CLUSTER> static cudaError_t dec_launch(const struct cuda_attn_args *a, int cl, cudaStream_t stream)
 {
         static unsigned long long allowed;
-        cudaError_t e = smem_allow(attn_dec_kernel<D>, (int)dt_shape<D>::SMEM, &allowed);
+        const auto kernel = attn_dec_kernel<D, CLUSTER>;
+        cudaError_t e = smem_allow(kernel, (int)dt_shape<D>::SMEM, &allowed);
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[2];
+        cfg.blockDim = dim3(dt_shape<D>::THREADS);
+        cfg.dynamicSmemBytes = dt_shape<D>::SMEM;
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        if (CLUSTER) {
+                attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+                attr[cfg.numAttrs].val.clusterDim.x = (unsigned)cl;
+                attr[cfg.numAttrs].val.clusterDim.y = 1;
+                attr[cfg.numAttrs].val.clusterDim.z = 1;
+                cfg.numAttrs++;
+        }
+        if (a->pdl) {
+                attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+                cfg.numAttrs++;
+        }
         for (int t0 = 0; e == cudaSuccess && t0 < a->ntok; t0 += DT_MAX_GRID_Y) {
                 const int n = a->ntok - t0 < DT_MAX_GRID_Y ? a->ntok - t0 : DT_MAX_GRID_Y;
-                e = cuda_launch(a->pdl != 0, attn_dec_kernel<D>, dim3((unsigned)a->n_head_kv, (unsigned)n),
-                                dim3(dt_shape<D>::THREADS), dt_shape<D>::SMEM, stream, *a, t0);
+                cfg.gridDim = dim3((unsigned)(a->n_head_kv * cl), (unsigned)n);
+                e = cudaLaunchKernelEx(&cfg, kernel, *a, t0);
         }
         return e;
+}
+
+template <int D> static cudaError_t dec_launch_d(const struct cuda_attn_args *a, cudaStream_t stream)
+{
+        const int cl = dec_cluster(a);
+        return cl > 1 ? dec_launch<D, true>(a, cl, stream) : dec_launch<D, false>(a, 1, stream);
 }
 
 int cuda_attention_dec(const struct cuda_attn_args *a, cudaStream_t stream)
@@ -301,7 +394,7 @@ int cuda_attention_dec(const struct cuda_attn_args *a, cudaStream_t stream)
                 return r;
         if (!cuda_attention_dec_ok(a->dk, a->dv, a->n_head, a->n_head_kv))
                 return -EOPNOTSUPP;
-        const cudaError_t e = a->dk == 64 ? dec_launch<64>(a, stream) : dec_launch<128>(a, stream);
+        const cudaError_t e = a->dk == 64 ? dec_launch_d<64>(a, stream) : dec_launch_d<128>(a, stream);
         if (e != cudaSuccess) {
                 (void)cudaGetLastError();
                 return CUDA_CHECK(e);

@@ -669,11 +669,6 @@ static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uin
 /* Runs of at least this many consecutive tokens of one sequence (prefill chunks) get their
  * attention from the tensor-core kernel; the rest of the batch from attention_rest. */
 #define TC_MIN_RUN 32
-/* Tokens × K/V heads from which the rest goes to cuda_attention_dec (one block each) rather
- * than cuda_attention: about one block per SM. Measured on an H200 (docs/performance.md):
- * from 16 tokens at 8 K/V heads the tensor-core kernel is faster at every context; below,
- * cuda_attention's split of long contexts over a cluster wins. */
-#define DEC_MIN_BLOCKS 128
 
 /* aa's tokens [t, t + n) only: the same call on a slice of the batch (every per-token
  * array advanced by t). */
@@ -691,15 +686,14 @@ static struct cuda_attn_args attn_slice(const struct cuda_attn_args *aa, int t, 
         return s;
 }
 
-/* Tokens that are not part of a prefill run: cuda_attention_dec for many (tensor cores),
- * cuda_attention for a few, in batch-invariant mode (its configuration is fixed whatever
- * the batch) and with no_tc_decode. The choice depends on the count only, so a captured
- * decode graph always replays the kernel it was captured with. */
+/* Tokens that are not part of a prefill run: cuda_attention_dec (tensor cores; on an H200
+ * faster than cuda_attention at 1 to 256 tokens and 256 to 4096 positions,
+ * docs/performance.md), or cuda_attention in batch-invariant mode (its configuration is
+ * fixed whatever the batch), with no_tc_decode and for the head sizes the tensor-core kernel
+ * lacks. */
 static int attention_rest(struct ecu_ctx *c, const struct cuda_attn_args *s)
 {
-        const long long min = c->o.tc_decode_min ? c->o.tc_decode_min : DEC_MIN_BLOCKS;
-        if (!c->o.no_tc_decode && !c->o.batch_invariant && (long long)s->ntok * s->n_head_kv >= min &&
-            cuda_attention_dec_ok(s->dk, s->dv, s->n_head, s->n_head_kv))
+        if (!c->o.no_tc_decode && !c->o.batch_invariant && cuda_attention_dec_ok(s->dk, s->dv, s->n_head, s->n_head_kv))
                 LAUNCH(c, cuda_attention_dec(s, c->st));
         else
                 LAUNCH(c, cuda_attention(s, c->st));

@@ -74,12 +74,9 @@ struct ecu_ctx_opts {
         bool no_tc_attention;     /* prefill chunks' attention on the CUDA cores
                                    * (cuda_attention), not the tensor cores
                                    * (cuda_attention_tc): for tests and measurements */
-        bool no_tc_decode;        /* decode attention of large batches on the CUDA cores
-                                   * (cuda_attention), not the tensor cores
+        bool no_tc_decode;        /* decode attention (the tokens outside prefill runs) on
+                                   * the CUDA cores (cuda_attention), not the tensor cores
                                    * (cuda_attention_dec): for tests and measurements */
-        uint32_t tc_decode_min;   /* tokens × K/V heads from which the tokens outside prefill
-                                   * runs go to cuda_attention_dec (0: 128, about one block an
-                                   * SM; 1: always, for tests) */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */
