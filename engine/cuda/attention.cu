@@ -747,28 +747,11 @@ static cudaError_t attention_launch_nc(const struct cuda_attn_args *a, int cl, c
         cudaError_t e = smem_allow(kernel, ATT_SMEM_MAX, &allowed);
         if (e != cudaSuccess)
                 return e;
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[2];
         const unsigned hz = (unsigned)(a->n_head / GC * cl); /* heads chunks × cluster ranks */
-        cfg.blockDim = dim3(ATT_NW * 32);
-        cfg.dynamicSmemBytes = p.smem;
-        cfg.stream = stream;
-        cfg.attrs = attr;
-        if (CLUSTER) {
-                attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
-                attr[cfg.numAttrs].val.clusterDim.x = (unsigned)cl;
-                attr[cfg.numAttrs].val.clusterDim.y = 1;
-                attr[cfg.numAttrs].val.clusterDim.z = 1;
-                cfg.numAttrs++;
-        }
-        if (a->pdl) {
-                attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
-                cfg.numAttrs++;
-        }
         for (int t0 = 0; t0 < a->ntok; t0 += ATT_MAX_GRID_Y) {
-                cfg.gridDim = dim3(hz, (unsigned)std::min(a->ntok - t0, ATT_MAX_GRID_Y));
-                e = cudaLaunchKernelEx(&cfg, kernel, *a, p.lpr, p.nslot, t0);
+                e = cuda_launch_cl(a->pdl != 0, CLUSTER ? cl : 1, kernel,
+                                   dim3(hz, (unsigned)std::min(a->ntok - t0, ATT_MAX_GRID_Y)), dim3(ATT_NW * 32),
+                                   p.smem, stream, *a, p.lpr, p.nslot, t0);
                 if (e != cudaSuccess)
                         return e;
         }

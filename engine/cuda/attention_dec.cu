@@ -194,49 +194,18 @@ static __global__ void __launch_bounds__(dt_shape<D>::THREADS, dt_shape<D>::MINB
                 for (int c = 0; c < D / 16; c++)
                         mma_x2<false>(s[0], s[1], qf[c], kaddr + 2u * (c * 16));
 
-                float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
-                for (int j = 0; j < 2; j++)
+                for (int j = 0; j < 2; j++) /* positions outside the span or without a block */
 #pragma unroll
-                        for (int e = 0; e < 2; e++) {
+                        for (int e = 0; e < 2; e++)
                                 if (!fl[8 * j + 2 * q + e]) {
                                         s[j][e] = -INFINITY;
                                         s[j][2 + e] = -INFINITY;
                                 }
-                                mx_a = fmaxf(mx_a, s[j][e]);
-                                mx_b = fmaxf(mx_b, s[j][2 + e]);
-                        }
-                mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-                mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-                mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-                mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-                const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-                /* 0 while a row has seen nothing, so exp2(-inf - ref) is 0, never NaN */
-                const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a, ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
-                const float f_a = exp2f(m_a - ref_a), f_b = exp2f(m_b - ref_b);
-                m_a = mn_a;
-                m_b = mn_b;
-                float ps_a = 0.0f, ps_b = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 2; j++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                                s[j][e] = exp2f(s[j][e] - ref_a);
-                                s[j][2 + e] = exp2f(s[j][2 + e] - ref_b);
-                                ps_a += s[j][e];
-                                ps_b += s[j][2 + e];
-                        }
-                l_a = l_a * f_a + ps_a;
-                l_b = l_b * f_b + ps_b;
-                if (__any_sync(0xffffffffu, f_a != 1.0f || f_b != 1.0f)) { /* the max grew somewhere */
-#pragma unroll
-                        for (int j = 0; j < D / 8; j++) {
-                                o[j][0] *= f_a;
-                                o[j][1] *= f_a;
-                                o[j][2] *= f_b;
-                                o[j][3] *= f_b;
-                        }
-                }
+                const float2 f = online_softmax2(s, m_a, m_b, l_a, l_b);
+                const float f_a = f.x, f_b = f.y;
+                if (__any_sync(0xffffffffu, f_a != 1.0f || f_b != 1.0f)) /* the max grew somewhere */
+                        scale_rows2(o, f_a, f_b);
 
                 /* O += P·V: the two n-tiles of scores are the A fragment of one k16 step */
                 const uint32_t pa[4] = {pack_half2(s[0][0], s[0][1]), pack_half2(s[0][2], s[0][3]),
@@ -355,28 +324,10 @@ template <int D, bool CLUSTER> static cudaError_t dec_launch(const struct cuda_a
         static unsigned long long allowed;
         const auto kernel = attn_dec_kernel<D, CLUSTER>;
         cudaError_t e = smem_allow(kernel, (int)dt_shape<D>::SMEM, &allowed);
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[2];
-        cfg.blockDim = dim3(dt_shape<D>::THREADS);
-        cfg.dynamicSmemBytes = dt_shape<D>::SMEM;
-        cfg.stream = stream;
-        cfg.attrs = attr;
-        if (CLUSTER) {
-                attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
-                attr[cfg.numAttrs].val.clusterDim.x = (unsigned)cl;
-                attr[cfg.numAttrs].val.clusterDim.y = 1;
-                attr[cfg.numAttrs].val.clusterDim.z = 1;
-                cfg.numAttrs++;
-        }
-        if (a->pdl) {
-                attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
-                cfg.numAttrs++;
-        }
         for (int t0 = 0; e == cudaSuccess && t0 < a->ntok; t0 += DT_MAX_GRID_Y) {
                 const int n = a->ntok - t0 < DT_MAX_GRID_Y ? a->ntok - t0 : DT_MAX_GRID_Y;
-                cfg.gridDim = dim3((unsigned)(a->n_head_kv * cl), (unsigned)n);
-                e = cudaLaunchKernelEx(&cfg, kernel, *a, t0);
+                e = cuda_launch_cl(a->pdl != 0, cl, kernel, dim3((unsigned)(a->n_head_kv * cl), (unsigned)n),
+                                   dim3(dt_shape<D>::THREADS), dt_shape<D>::SMEM, stream, *a, t0);
         }
         return e;
 }

@@ -199,9 +199,8 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                                         mma_x2<false>(s[2 * nn], s[2 * nn + 1], qf, kaddr + 2u * (nn * 16 * S::LD + c * 16));
                         }
 
-                        float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
-                        for (int j = 0; j < S::BK / 8; j++)
+                        for (int j = 0; j < S::BK / 8; j++) /* outside each row's span or without a block */
 #pragma unroll
                                 for (int e = 0; e < 2; e++) {
                                         const int jj = 8 * j + 2 * q + e, p = p0 + jj;
@@ -210,39 +209,9 @@ static __global__ void __launch_bounds__(TC_THREADS, D == 64 ? 3 : 2) attn_tc_ke
                                                 s[j][e] = -INFINITY;
                                         if (!(ok && p >= lo_b && p <= hi_b))
                                                 s[j][2 + e] = -INFINITY;
-                                        mx_a = fmaxf(mx_a, s[j][e]);
-                                        mx_b = fmaxf(mx_b, s[j][2 + e]);
                                 }
-                        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-                        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-                        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-                        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-                        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-                        /* reference for the exponentials: 0 while a row has seen nothing, so
-                         * exp2(-inf - ref) is 0, never NaN */
-                        const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a, ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
-                        const float f_a = exp2f(m_a - ref_a), f_b = exp2f(m_b - ref_b);
-                        m_a = mn_a;
-                        m_b = mn_b;
-                        float ps_a = 0.0f, ps_b = 0.0f;
-#pragma unroll
-                        for (int j = 0; j < S::BK / 8; j++)
-#pragma unroll
-                                for (int e = 0; e < 2; e++) {
-                                        s[j][e] = exp2f(s[j][e] - ref_a);
-                                        s[j][2 + e] = exp2f(s[j][2 + e] - ref_b);
-                                        ps_a += s[j][e];
-                                        ps_b += s[j][2 + e];
-                                }
-                        l_a = l_a * f_a + ps_a;
-                        l_b = l_b * f_b + ps_b;
-#pragma unroll
-                        for (int j = 0; j < D / 8; j++) {
-                                o[j][0] *= f_a;
-                                o[j][1] *= f_a;
-                                o[j][2] *= f_b;
-                                o[j][3] *= f_b;
-                        }
+                        const float2 f = online_softmax2(s, m_a, m_b, l_a, l_b);
+                        scale_rows2(o, f.x, f.y);
 
                         /* O += P·V: k16 step kk is n-tiles 2kk, 2kk + 1 of the scores */
 #pragma unroll

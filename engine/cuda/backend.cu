@@ -774,9 +774,10 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
         const bool pdl = pdl_bits & ECU_PDL_LAYER;
         const bool pdl_att = (pdl_bits & ECU_PDL_ATTN) || (pdl1 & ECU_PDL_ATTN1);
         const bool pdl_io = (pdl_bits & ECU_PDL_IO) || (pdl1 & ECU_PDL_IO1);
-        /* one token: a one-block RMSNorm may still be launched early (it waits for the
-         * product before it at its start), its launch hidden behind that product's end */
-        const bool pdl_n1 = pdl || (pdl1 & ECU_PDL_NORM1);
+        /* one token (the only steps that use it): a one-block RMSNorm may still be launched
+         * early (it waits for the product before it at its start), its launch hidden behind
+         * that product's end */
+        const bool pdl_n1 = pdl1 & ECU_PDL_NORM1;
         /* One token: Q/K/V post-processing and the gated activation as epilogues of the
          * products before them (gemv.cuh's cuda_gemv_qkv, cuda_gemv_glu; bitwise the separate
          * kernels): two launches fewer a layer. Not in batch-invariant mode, where every

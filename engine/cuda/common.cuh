@@ -167,24 +167,40 @@ template <typename K> static inline cudaError_t smem_allow(K kernel, int bytes, 
         return e;
 }
 
-/* kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization
- * when pdl (the kernel must follow the rules above). Returns the launch's error. */
+/* kernel<<<grid, block, smem, stream>>>(args...) in thread block clusters of cl × 1 × 1
+ * blocks (cl > 1; grid.x a multiple of cl), with programmatic stream serialization when pdl
+ * (the kernel must follow the rules above). Returns the launch's error. */
 template <typename... P, typename... A>
-static inline cudaError_t cuda_launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
-                                      cudaStream_t stream, A &&...args)
+static inline cudaError_t cuda_launch_cl(bool pdl, int cl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                                         cudaStream_t stream, A &&...args)
 {
         cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[1];
+        cudaLaunchAttribute attr[2];
         cfg.gridDim = grid;
         cfg.blockDim = block;
         cfg.dynamicSmemBytes = smem;
         cfg.stream = stream;
+        cfg.attrs = attr;
+        if (cl > 1) {
+                attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+                attr[cfg.numAttrs].val.clusterDim.x = (unsigned)cl;
+                attr[cfg.numAttrs].val.clusterDim.y = 1;
+                attr[cfg.numAttrs].val.clusterDim.z = 1;
+                cfg.numAttrs++;
+        }
         if (pdl) {
-                attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                attr[0].val.programmaticStreamSerializationAllowed = 1;
-                cfg.attrs = attr;
-                cfg.numAttrs = 1;
+                attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+                cfg.numAttrs++;
         }
         return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+
+/* The same without clusters. */
+template <typename... P, typename... A>
+static inline cudaError_t cuda_launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                                      cudaStream_t stream, A &&...args)
+{
+        return cuda_launch_cl(pdl, 1, kernel, grid, block, smem, stream, std::forward<A>(args)...);
 }
 #endif

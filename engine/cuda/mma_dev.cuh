@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <math.h>
+
 #include <cuda_fp16.h>
 
 template <int N> static __device__ __forceinline__ void zero4(float (&x)[N][4])
@@ -61,4 +63,59 @@ static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
         uint32_t u;
         memcpy(&u, &h, sizeof(u));
         return u;
+}
+
+/* FA2's online-softmax step (base 2) for the two rows a lane's m16n8 accumulators hold, g
+ * and g + 8 (g = lane / 4): s is NT n-tiles of scores, -inf where masked; m_a, m_b the rows'
+ * running maxima (the same in the 4 lanes of a row), l_a, l_b this lane's share of their
+ * sums. Updates them, turns s into exp2(s − max) and returns the factors the rows' earlier
+ * output accumulators must be scaled by (1 where the max did not grow). */
+template <int NT>
+static __device__ __forceinline__ float2 online_softmax2(float (&s)[NT][4], float &m_a, float &m_b, float &l_a,
+                                                         float &l_b)
+{
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                        mx_a = fmaxf(mx_a, s[j][e]);
+                        mx_b = fmaxf(mx_b, s[j][2 + e]);
+                }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        /* reference for the exponentials: 0 while a row has seen nothing, so exp2(-inf - ref)
+         * is 0, never NaN */
+        const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a, ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
+        const float f_a = exp2f(m_a - ref_a), f_b = exp2f(m_b - ref_b);
+        m_a = mn_a;
+        m_b = mn_b;
+        float ps_a = 0.0f, ps_b = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                        s[j][e] = exp2f(s[j][e] - ref_a);
+                        s[j][2 + e] = exp2f(s[j][2 + e] - ref_b);
+                        ps_a += s[j][e];
+                        ps_b += s[j][2 + e];
+                }
+        l_a = l_a * f_a + ps_a;
+        l_b = l_b * f_b + ps_b;
+        return make_float2(f_a, f_b);
+}
+
+/* The rows g and g + 8 of a lane's m16n8 accumulators scaled by f_a and f_b. */
+template <int N> static __device__ __forceinline__ void scale_rows2(float (&o)[N][4], float f_a, float f_b)
+{
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+                o[j][0] *= f_a;
+                o[j][1] *= f_a;
+                o[j][2] *= f_b;
+                o[j][3] *= f_b;
+        }
 }

@@ -770,13 +770,18 @@ static void check_args(void)
                          !cuda_attention_tc_ok(96, 96) && !cuda_attention_tc_ok(256, 256) &&
                          !cuda_attention_tc_ok(64, 128) && !cuda_attention_tc_ok(128, 64) &&
                          !cuda_attention_tc_ok(32, 32));
-        add_flag("args: attention_tc valid call returns 0", cuda_attention_tc(&a, 0) == 0);
-        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
-        add_flag("args: attention_tc NULL args", cuda_attention_tc(NULL, 0) == -EINVAL);
-        b = a, b.ntok = 0, b.q = NULL;
-        add_flag("args: attention_tc ntok 0 is a no-op", cuda_attention_tc(&b, 0) == 0);
-        b = a, b.dk = 96, b.dv = 96, b.ldq = 96, b.ldo = 96;
-        add_flag("args: attention_tc dk = dv = 96 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
+        /* what both tensor-core kernels accept and refuse beyond cuda_attention's checks */
+        auto tc_args = [&](enum att_kind kind, const std::string &who) {
+                add_flag("args: " + who + " valid call returns 0", attention_call(kind, &a, 0) == 0);
+                CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+                add_flag("args: " + who + " NULL args", attention_call(kind, NULL, 0) == -EINVAL);
+                struct cuda_attn_args c = a;
+                c.ntok = 0, c.q = NULL;
+                add_flag("args: " + who + " ntok 0 is a no-op", attention_call(kind, &c, 0) == 0);
+                c = a, c.dk = 96, c.dv = 96, c.ldq = 96, c.ldo = 96;
+                add_flag("args: " + who + " dk = dv = 96 -EOPNOTSUPP", attention_call(kind, &c, 0) == -EOPNOTSUPP);
+        };
+        tc_args(ATT_TC, "attention_tc");
         b = a, b.dv = 128, b.ldo = 128;
         add_flag("args: attention_tc dk 64 dv 128 -EOPNOTSUPP", cuda_attention_tc(&b, 0) == -EOPNOTSUPP);
         check_rejects("attention_tc", ATT_TC, a, d_h);
@@ -788,13 +793,7 @@ static void check_args(void)
                          !cuda_attention_dec_ok(96, 96, 8, 8) && !cuda_attention_dec_ok(64, 128, 8, 8) &&
                          !cuda_attention_dec_ok(64, 64, 17, 1) && !cuda_attention_dec_ok(64, 64, 8, 3) &&
                          !cuda_attention_dec_ok(64, 64, 8, 0));
-        add_flag("args: attention_dec valid call returns 0", cuda_attention_dec(&a, 0) == 0);
-        CUDA_CHECK_ABORT(cudaDeviceSynchronize());
-        add_flag("args: attention_dec NULL args", cuda_attention_dec(NULL, 0) == -EINVAL);
-        b = a, b.ntok = 0, b.q = NULL;
-        add_flag("args: attention_dec ntok 0 is a no-op", cuda_attention_dec(&b, 0) == 0);
-        b = a, b.dk = 96, b.dv = 96, b.ldq = 96, b.ldo = 96;
-        add_flag("args: attention_dec dk = dv = 96 -EOPNOTSUPP", cuda_attention_dec(&b, 0) == -EOPNOTSUPP);
+        tc_args(ATT_DEC, "attention_dec");
         b = a, b.n_head = 17, b.ldq = 17 * 64, b.ldo = 17 * 64;
         add_flag("args: attention_dec 17 query heads per K/V head -EOPNOTSUPP",
                  cuda_attention_dec(&b, 0) == -EOPNOTSUPP);
@@ -1003,26 +1002,22 @@ static void check_batch_invariance(const char *tag, int nh, int nkv, int dk, int
                 snprintf(name, sizeof(name), "attention%s %s t=%d vs ref", det ? " det" : "", tag, nseq);
                 add_check(name, e3.err(), ATT_TOL, e3.nan, 0, "");
         }
-        if (tc) { /* 200 sequences: each tile of 64 tokens runs 64 times, one per sequence */
-                r.out = d_o;
-                CUDA_OK_OR_ABORT(cuda_attention_tc(&r, 0));
+        /* the tensor-core kernels on the 200-token batch (prefill: each tile of 64 tokens runs
+         * 64 times, one per sequence) */
+        auto tc_vs_ref = [&](enum att_kind kind, const char *what) {
+                r.out = d_o, r.deterministic = 0;
+                CUDA_OK_OR_ABORT(attention_call(kind, &r, 0));
                 const std::vector<float> o = to_host(d_o, (size_t)nseq * OD);
                 relerr e3;
                 for (size_t i = 0; i < o.size(); i++)
                         e3.add(o[i], ref[i]);
-                snprintf(name, sizeof(name), "attention_tc %s t=%d vs ref", tag, nseq);
+                snprintf(name, sizeof(name), "%s %s t=%d vs ref", what, tag, nseq);
                 add_check(name, e3.err(), TC_TOL, e3.nan, 0, "");
-        }
-        if (dec) {
-                r.out = d_o;
-                CUDA_OK_OR_ABORT(cuda_attention_dec(&r, 0));
-                const std::vector<float> o = to_host(d_o, (size_t)nseq * OD);
-                relerr e3;
-                for (size_t i = 0; i < o.size(); i++)
-                        e3.add(o[i], ref[i]);
-                snprintf(name, sizeof(name), "attention_dec %s t=%d vs ref", tag, nseq);
-                add_check(name, e3.err(), TC_TOL, e3.nan, 0, "");
-        }
+        };
+        if (tc)
+                tc_vs_ref(ATT_TC, "attention_tc");
+        if (dec)
+                tc_vs_ref(ATT_DEC, "attention_dec");
         for (void *p : {(void *)d_k, (void *)d_v, (void *)d_qs, (void *)d_qb, (void *)d_bt,
                         (void *)d_pos, (void *)d_row, (void *)d_ppos, (void *)d_prow, (void *)d_o,
                         (void *)d_r})
