@@ -1169,6 +1169,9 @@ static const cfg cases[] = {
         {"16/8 d128 norm group2",      16, 8,  128, 128, 128, 0, 0,  false, false, false, false, 10000.f, 1.f,  1.f,    2.f},
         {"32/4 d256 neox group8",      32, 4,  256, 256, 256, 1, 0,  false, true,  true,  false, 10000.f, 1.f,  1.f,    1.f},
         {"32/4 d32 norm group8 win40", 32, 4,   32,  32, 32, 0, 40,  false, false, false, false, 10000.f, 1.f,  1.f,    1.f},
+        /* cuda_attention_dec with more than 8 query heads per K/V head (the mma's rows 8-15) */
+        {"16/1 d64 neox group16 win50", 16, 1,  64,  64, 64, 1, 50,  false, false, false, false, 10000.f, 1.f,  1.f,    2.f},
+        {"24/2 d128 norm group12 bias", 24, 2, 128, 128, 128, 0, 0,  true,  false, false, false, 10000.f, 1.f,  1.f,    1.f},
         {"2/1 dk8 dv16 norm",           2, 1,    8,  16, 8, 0, 0,    true,  false, false, false, 10000.f, 1.f,  1.f,    1.f},
 };
 
@@ -1246,6 +1249,7 @@ int main(int argc, char **argv)
         check_batch_invariance("32/8 d128", 32, 8, 128, 128);
         check_batch_invariance("32/8 d64", 32, 8, 64, 64);
         check_batch_invariance("6/2 d96", 6, 2, 96, 96);
+        check_batch_invariance("16/1 d64", 16, 1, 64, 64);
 
         if (!check_only) {
                 for (int d : {64, 128}) {
