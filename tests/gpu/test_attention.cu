@@ -9,7 +9,8 @@
  * tensor-core prefill kernel always; the decode kernel, whose cluster split follows the
  * token count, within f16 rounding, and bitwise for the same count); then times
  * cuda_attention at llama-3.2-1B (d 64) and llama-8B (d 128) decode and prefill shapes, both
- * modes, and the tensor-core kernel of each shape against it. Exit 0 all checks pass, 1 any failed, 77 no GPU.
+ * modes, and the tensor-core kernel of each shape against it. Exit 0 all checks pass, 1 any
+ * failed, 77 no GPU.
  *   nvcc -O3 -std=c++17 -arch=sm_90 -Iengine/cuda -o build-gpu/test_attention \
  *        tests/gpu/test_attention.cu engine/cuda/attention.cu engine/cuda/attention_tc.cu \
  *        engine/cuda/attention_dec.cu

@@ -84,19 +84,32 @@ static uint32_t argmax(const float *x, uint32_t n)
 
 /* ---- 1. teacher-forced logits ---- */
 
-/* The CPU backend's logits of every position of toks[0, N_TF) (one sequence, one pass). */
-static int cpu_logits(struct engine_model *m, const int32_t *toks, float *out, struct sl_error *err)
-{
+/* The teacher-forced sequence as a batch: positions 0 .. N_TF - 1 of sequence 0, logits of
+ * every row (the CPU takes it in one pass, the GPU in chunks), and the KV cache both sides
+ * build for it (the GPU's with tables_only). */
+struct tf_batch {
         int32_t pos[N_TF], seq[N_TF];
         uint8_t flag[N_TF];
+};
+
+static void tf_batch_init(struct tf_batch *tb)
+{
         for (int i = 0; i < N_TF; i++)
-                pos[i] = i, seq[i] = 0, flag[i] = 1;
-        struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 64, .max_seqs = 2, .max_seq_len = 512};
+                tb->pos[i] = i, tb->seq[i] = 0, tb->flag[i] = 1;
+}
+
+static const struct engine_kv_opts tf_kv = {.block_size = 16, .n_blocks = 64, .max_seqs = 2, .max_seq_len = 512};
+
+/* The CPU backend's logits of every position of toks[0, N_TF) (one sequence, one pass). */
+static int cpu_logits(struct engine_model *m, const int32_t *toks, const struct tf_batch *tb, float *out,
+                      struct sl_error *err)
+{
         struct engine_kv *kv = NULL;
         struct engine_ctx *ctx = NULL;
         int r;
-        if ((r = engine_kv_create(m, &ko, &kv, err)) >= 0 && (r = engine_ctx_create(m, 0, N_TF, &ctx, err)) >= 0) {
-                struct engine_batch b = {.n_tokens = N_TF, .token = toks, .pos = pos, .seq = seq, .logits = flag};
+        if ((r = engine_kv_create(m, &tf_kv, &kv, err)) >= 0 && (r = engine_ctx_create(m, 0, N_TF, &ctx, err)) >= 0) {
+                struct engine_batch b = {.n_tokens = N_TF, .token = toks, .pos = tb->pos, .seq = tb->seq,
+                                         .logits = tb->flag};
                 engine_kv_seq_open(kv);
                 r = engine_forward(ctx, kv, &b, out, err);
         }
@@ -136,7 +149,8 @@ static double truth_err(const float *x, const float *t, uint32_t V, int *top1)
 
 /* chunk: tokens per GPU step. The 7-token pass is the one counted in the totals and whose
  * largest logit difference sets the near-tie tolerance of the greedy comparisons (their
- * prompts are 16 tokens: CUDA-core attention); the whole-sequence pass only reports. */
+ * prompts are 16 tokens: no prefill run, so the attention kernel of the 7-token chunks); the
+ * whole-sequence pass (the tensor-core prefill kernel) only reports. */
 static int teacher_forced(const char *path, struct engine_model *cpu, struct engine_model *gpu,
                           const int32_t *toks, int chunk, double *top1_out, double *err_out)
 {
@@ -144,8 +158,8 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
         const uint32_t V = hp->n_vocab;
         struct sl_error err = {0};
         float *lc = malloc((size_t)N_TF * V * sizeof(float)), *lg = malloc((size_t)N_TF * V * sizeof(float));
-        int32_t pos[N_TF], seq[N_TF], ids[N_TF];
-        uint8_t flag[N_TF];
+        int32_t ids[N_TF];
+        struct tf_batch tb;
         float *lt = g_truth ? malloc((size_t)N_TF * V * sizeof(float)) : NULL;
         struct engine_kv *kg = NULL;
         struct ecu_ctx *cc = NULL;
@@ -153,15 +167,12 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
         int r = -ENOMEM;
         if (!lc || !lg || (g_truth && !lt))
                 goto out;
-        for (int i = 0; i < N_TF; i++) {
-                pos[i] = i;
-                seq[i] = 0;
-                flag[i] = 1;
-        }
-        struct engine_kv_opts ko = {.block_size = 16, .n_blocks = 64, .max_seqs = 2, .max_seq_len = 512};
-        if ((r = cpu_logits(cpu, toks, lc, &err)) < 0 || (g_truth && (r = cpu_logits(g_truth, toks, lt, &err)) < 0))
+        tf_batch_init(&tb);
+        if ((r = cpu_logits(cpu, toks, &tb, lc, &err)) < 0 ||
+            (g_truth && (r = cpu_logits(g_truth, toks, &tb, lt, &err)) < 0))
                 goto out;
 
+        struct engine_kv_opts ko = tf_kv;
         ko.tables_only = true;
         struct ecu_ctx_opts co = {.max_seqs = 2, .max_tokens = N_TF, .max_rows = N_TF, .block_size = 16, .max_blocks_per_seq = 32,
                                   .n_blocks = 64, .no_graphs = true, .gemv_max_tokens = GEMV_MAX};
@@ -176,8 +187,8 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
                 rows[i] = (struct ecu_sample_row){.s = &greedy};
         for (int p0 = 0; p0 < N_TF; p0 += chunk) {
                 const int n = p0 + chunk <= N_TF ? chunk : N_TF - p0;
-                struct engine_batch gb = {.n_tokens = (uint32_t)n, .token = toks + p0, .pos = pos + p0,
-                                          .seq = seq + p0, .logits = flag + p0};
+                struct engine_batch gb = {.n_tokens = (uint32_t)n, .token = toks + p0, .pos = tb.pos + p0,
+                                          .seq = tb.seq + p0, .logits = tb.flag + p0};
                 if ((r = engine_batch_prepare(hp, N_TF, 512, kg, &gb, &err)) < 0 ||
                     (r = ecu_step(cc, kg, &gb, rows, (uint32_t)n, ids + p0, lg + (size_t)p0 * V, NULL, &err)) < 0)
                         goto out;
