@@ -61,7 +61,7 @@ struct run_result {
 };
 
 /* n requests of P prompt tokens and G generated, submitted together. */
-static bool g_invariant, g_no_overlap, g_no_fuse, g_no_tc, g_no_tc_decode;
+static bool g_invariant, g_no_overlap, g_no_fuse, g_no_tc, g_no_tc_decode, g_no_mma;
 static int g_pdl; /* engine_sched_opts.pdl */
 
 /* One request of P random prompt ids, greedy, EOS ignored. */
@@ -90,7 +90,7 @@ static int run(struct engine_model *m, uint32_t n, uint32_t P, uint32_t G, uint3
                                       .max_ctx = P + G + 16, .batch_invariant = g_invariant,
                                       .pdl = g_pdl, .no_overlap = g_no_overlap,
                                       .no_fused_epilogues = g_no_fuse, .no_tc_attention = g_no_tc,
-                                      .no_tc_decode = g_no_tc_decode};
+                                      .no_tc_decode = g_no_tc_decode, .no_mma_products = g_no_mma};
         struct engine_sched *s;
         int r = engine_sched_create(m, &o, &s, &err);
         if (r < 0) {
@@ -172,7 +172,7 @@ static void usage(const char *argv0)
 {
         fprintf(stderr, "usage: %s -m MODEL.gguf [--batches 1,8,32,64,128,256] [--prompt 128] [--gen 256]\n"
                         "          [--prefill 512,2048] [--json PATH] [--label NAME] [--invariant] [--pdl off|MASK] [--no-overlap] [--no-fused-epilogues]\n"
-                        "          [--no-tc-attention] [--no-tc-decode]\n", argv0);
+                        "          [--no-tc-attention] [--no-tc-decode] [--no-mma-products]\n", argv0);
 }
 
 static int parse_list(const char *s, uint32_t *v, int max)
@@ -201,7 +201,7 @@ int main(int argc, char **argv)
                                            {"gen", 1, 0, 'g'},   {"prefill", 1, 0, 'f'}, {"json", 1, 0, 'j'},
                                            {"label", 1, 0, 'l'}, {"invariant", 0, 0, 'i'}, {"pdl", 1, 0, 'P'}, {"no-overlap", 0, 0, 'O'},
                                            {"no-fused-epilogues", 0, 0, 'F'}, {"no-tc-attention", 0, 0, 'T'},
-                                           {"no-tc-decode", 0, 0, 'D'},
+                                           {"no-tc-decode", 0, 0, 'D'}, {"no-mma-products", 0, 0, 'M'},
                                            {0, 0, 0, 0}};
         int c;
         while ((c = getopt_long(argc, argv, "m:", lo, NULL)) != -1) {
@@ -225,6 +225,7 @@ int main(int argc, char **argv)
                 case 'F': g_no_fuse = true; break;
                 case 'T': g_no_tc = true; break;
                 case 'D': g_no_tc_decode = true; break;
+                case 'M': g_no_mma = true; break;
                 default: usage(argv[0]); return 2;
                 }
         }
@@ -272,10 +273,10 @@ int main(int argc, char **argv)
 
         FILE *jf = json ? fopen(json, "w") : NULL;
         if (jf)
-                fprintf(jf, "{\"model\": \"%s\", \"label\": \"%s\", \"pdl\": %d, \"batch_invariant\": %s, \"overlap\": %s, \"fused_epilogues\": %s, \"tc_attention\": %s, \"tc_decode\": %s, \"gpu\": \"%s\", \"read_gbs\": %.1f, "
+                fprintf(jf, "{\"model\": \"%s\", \"label\": \"%s\", \"pdl\": %d, \"batch_invariant\": %s, \"overlap\": %s, \"fused_epilogues\": %s, \"tc_attention\": %s, \"tc_decode\": %s, \"mma_products\": %s, \"gpu\": \"%s\", \"read_gbs\": %.1f, "
                             "\"weight_bytes_per_step\": %.0f, \"load_s\": %.3f, \"load_data_gbs\": %.3f, "
                             "\"direct_io\": %s, \"decode\": [",
-                        model, label, g_pdl ? g_pdl : ENGINE_PDL_DEFAULT, g_invariant ? "true" : "false", g_no_overlap ? "false" : "true", g_no_fuse ? "false" : "true", g_no_tc ? "false" : "true", g_no_tc_decode ? "false" : "true", gi.name, bw, wbytes, load_s, ls->bytes / (ls->ns / 1e9) / 1e9,
+                        model, label, g_pdl ? g_pdl : ENGINE_PDL_DEFAULT, g_invariant ? "true" : "false", g_no_overlap ? "false" : "true", g_no_fuse ? "false" : "true", g_no_tc ? "false" : "true", g_no_tc_decode ? "false" : "true", g_no_mma ? "false" : "true", gi.name, bw, wbytes, load_s, ls->bytes / (ls->ns / 1e9) / 1e9,
                         ls->direct_io ? "true" : "false");
         printf("\n%-8s %12s %10s %10s %10s %10s %8s\n", "batch", "decode tok/s", "step ms", "GPU ms", "roofline", "TTFT ms",
                "graphs");

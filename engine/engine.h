@@ -285,6 +285,9 @@ struct engine_sched_opts {
         bool no_tc_decode;          /* decode attention on the CUDA cores, not the tensor
                                      * cores (results within f16 rounding of each other; for
                                      * tests and measurements) */
+        bool no_mma_products;       /* CUDA: products of 2-16 tokens through cuBLASLt, not
+                                     * cuda_mma_gemv (results within f32 rounding of each
+                                     * other; for tests and measurements) */
         bool no_overlap;            /* wait for each step before building the next (default:
                                      * step n+1 is launched while step n runs) */
         uint32_t gemv_max_tokens;   /* CUDA: steps of up to this many tokens (at most 16) go

@@ -170,7 +170,8 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
                                           .kv_fraction = o.kv_gpu_fraction, .no_graphs = o.no_graphs,
                                           .batch_invariant = o.batch_invariant,
                                           .no_fused_epilogues = o.no_fused_epilogues,
-                                          .no_tc_attention = o.no_tc_attention, .no_tc_decode = o.no_tc_decode, .pdl = o.pdl < 0 ? 0 : o.pdl ? o.pdl : ENGINE_PDL_DEFAULT,
+                                          .no_tc_attention = o.no_tc_attention, .no_tc_decode = o.no_tc_decode,
+                                          .no_mma_products = o.no_mma_products, .pdl = o.pdl < 0 ? 0 : o.pdl ? o.pdl : ENGINE_PDL_DEFAULT,
                                           .gemv_max_tokens = o.gemv_max_tokens};
                 if ((r = ecu_ctx_create(m, &co, &s->cuda, err)) < 0)
                         goto fail;

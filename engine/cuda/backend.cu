@@ -33,6 +33,7 @@ extern "C" {
 #include "common.cuh"
 #include "gemm.cuh"
 #include "gemv.cuh"
+#include "mma_gemv.cuh"
 #include "ops.cuh"
 #include "rmsnorm.cuh"
 #include "sample.cuh"
@@ -586,6 +587,7 @@ struct ecu_ctx {
         uint8_t *seen;                /* [max_seqs] scratch: sequence already in this batch */
         struct cuda_gemm *gemm;
         int gemv_max;
+        bool mma;                     /* products of 2..MMA_MAX_TOKENS tokens: cuda_mma_gemv */
         cudaGraphExec_t gexec[2][MAX_BUCKETS];
         uint32_t bucket[MAX_BUCKETS];
         uint32_t n_graphs;
@@ -614,13 +616,35 @@ static int gemm_bucket(int n, int cap)
         return b < cap ? b : cap;
 }
 
-/* y = beta·y + W·x16 through cuBLASLt, x16 already written (n > gemv_max) by the kernel
- * before: the conversion (matmul), the norm (matmul_norm), the gated activation
- * (matmul_glu), attention. */
+/* Products of up to this many tokens go to cuda_mma_gemv (where the GPU has it). On an H200
+ * decode steps of 4 to 16 tokens ran 4-7% faster with it than with cuBLASLt (whose kernel
+ * for the padded bucket of 32 tokens did the work), the 8B shape at 16 even; from 32 tokens
+ * cuBLASLt's products are faster (docs/performance.md). */
+#define MMA_MAX_TOKENS 16
+
+static bool mma_takes(const struct ecu_ctx *c, uint32_t wtype, int k, int n)
+{
+        return c->mma && n <= MMA_MAX_TOKENS && k % CUDA_MMA_GEMV_K_MULTIPLE == 0 &&
+               (wtype == CUDA_WTYPE_F16 || wtype == CUDA_WTYPE_BF16);
+}
+
+/* y = beta·y + W·x16 on the tensor cores: cuda_mma_gemv for a few tokens, else cuBLASLt.
+ * Neither goes with programmatic dependent launch: cuBLASLt cannot, and with it
+ * cuda_mma_gemv made 8-token steps of the 8B shape 14% slower on an H200 (not found why). */
+static int product_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
+                       float beta, int cap)
+{
+        if (mma_takes(c, wtype, k, n))
+                return cuda_mma_gemv(wtype, w, (const uint16_t *)c->x16, y, rows, k, n, beta, c->st, false);
+        return cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st);
+}
+
+/* The same, x16 already written (n > gemv_max) by the kernel before: the conversion
+ * (matmul), the norm (matmul_norm), the gated activation (matmul_glu), attention. */
 static int matmul_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
                       float beta, int cap)
 {
-        LAUNCH(c, cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st));
+        LAUNCH(c, product_x16(c, wtype, w, y, rows, k, n, beta, cap));
         return 0;
 }
 
@@ -954,14 +978,14 @@ static int tune_fn(struct ecu_ctx *c, void *p)
          * (test-cuda-backend's overlapped-vs-serial check failed on llama2-BF16, H200). */
         if (a->gemm) {
                 int r = cuda_f32_to_w16(a->wtype, c->xn, c->x16, (size_t)a->n * a->k, c->st);
-                return r < 0 ? r : cuda_gemm(c->gemm, a->wtype, a->w, c->x16, c->gu, a->rows, a->k, a->n, 0.0f, c->st);
+                return r < 0 ? r : product_x16(c, a->wtype, a->w, c->gu, a->rows, a->k, a->n, 0.0f, (int)c->T);
         }
         return cuda_gemv_beta(a->wtype, a->w, c->xn, c->gu, a->rows, a->k, a->n, 0.0f, c->st);
 }
 
-/* The GEMV reads each weight once per call but its float FMAs grow with the batch; cuBLASLt
- * uses tensor cores but wants bigger batches. Measure where they cross on this GPU, on the
- * largest matrix of a layer (gate+up). */
+/* The GEMV reads each weight once per call but its float FMAs grow with the batch; the
+ * tensor-core products (cuda_mma_gemv, or cuBLASLt) do not. Measure where they cross on this
+ * GPU, on the largest matrix of a layer (gate+up). */
 static void tune_gemv(struct ecu_ctx *c)
 {
         const struct ecu_layer *W = &c->em->layers[0];
@@ -996,17 +1020,19 @@ static int prepare_gemms(struct ecu_ctx *c)
                       {c->em->out_type, c->em->output, V, E, (int)c->R, c->logits}};
         for (const auto &sh : shapes)
                 for (int n = c->gemv_max + 1, last = 0; n <= sh.cap; n++) {
-                        const int b = gemm_bucket(n, sh.cap);
-                        if (b == last)
+                        /* cuda_mma_gemv's kernel follows n rounded up to 8, 16 */
+                        const bool mma = mma_takes(c, sh.t, sh.k, n);
+                        const int key = mma ? -(n <= 8 ? 8 : 16) : gemm_bucket(n, sh.cap);
+                        if (key == last)
                                 continue;
-                        last = b;
-                        int r = cuda_gemm_prepare(c->gemm, sh.t, sh.rows, sh.k, b);
+                        last = key;
+                        int r = mma ? 0 : cuda_gemm_prepare(c->gemm, sh.t, sh.rows, sh.k, key);
                         /* and run it once: CUDA loads a kernel's module at its first launch
                          * (lazy loading), which otherwise lands in the first request of each
                          * new prompt length (5-11 ms of its time to first token on an H200,
                          * docs/performance.md); the buffers hold nothing yet */
                         if (r == 0)
-                                r = cuda_gemm(c->gemm, sh.t, sh.w, c->x16, sh.y, sh.rows, sh.k, b, 0.0f, c->st);
+                                r = product_x16(c, sh.t, sh.w, sh.y, sh.rows, sh.k, mma ? n : key, 0.0f, sh.cap);
                         if (r < 0)
                                 return r;
                 }
@@ -1245,6 +1271,9 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
                         goto fail;
                 }
         }
+        /* wgmma products for a few tokens where the GPU has them (compute capability 9.0),
+         * except in batch-invariant mode (one cuBLASLt algorithm for every batch) */
+        c->mma = !o->no_mma_products && !o->batch_invariant && cuda_mma_gemv_ok();
         if (o->batch_invariant)
                 c->gemv_max = 0; /* one product kernel for every batch size */
         else if (o->gemv_max_tokens)
@@ -1266,6 +1295,7 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         c->info.n_graphs = c->n_graphs;
         memcpy(c->info.buckets, c->bucket, sizeof(c->bucket));
         c->info.gemv_max_tokens = (uint32_t)c->gemv_max;
+        c->info.mma_products = c->mma;
         *out = c;
         return 0;
 oom: {

@@ -77,6 +77,8 @@ struct ecu_ctx_opts {
         bool no_tc_decode;        /* decode attention (the tokens outside prefill runs) on
                                    * the CUDA cores (cuda_attention), not the tensor cores
                                    * (cuda_attention_dec): for tests and measurements */
+        bool no_mma_products;     /* products of 2..16 tokens through cuBLASLt (cuda_gemm),
+                                   * not cuda_mma_gemv: for tests and measurements */
         bool batch_invariant;     /* a token's result never depends on the rest of its batch:
                                    * every matrix product through one fixed cuBLASLt
                                    * algorithm, attention in one fixed configuration */
@@ -92,6 +94,8 @@ struct ecu_ctx_info {
         uint32_t n_graphs;        /* decode buckets captured */
         uint32_t buckets[16];
         uint32_t gemv_max_tokens; /* largest batch that uses the GEMV (above: cuBLASLt) */
+        bool mma_products;        /* products of gemv_max_tokens + 1 .. 16 tokens through
+                                   * cuda_mma_gemv (wgmma), not cuBLASLt */
         uint64_t capture_ns;
 };
 

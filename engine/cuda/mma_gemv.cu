@@ -1,289 +1,356 @@
-/* mma_gemv.cu — decode products for 1..64 tokens on the tensor cores (mma_gemv.cuh).
- * Memory-bound by design: weights stream once through registers (16-byte non-allocating
- * loads, two k-steps in flight per lane), activations come through L1, and no operand goes
- * through shared memory. A block of 8 warps owns 128·MT rows, each warp MT 16-row tiles; the
- * blocks of a thread-block cluster (SPLIT ≤ 8) split k and their partial sums meet in
- * distributed shared memory in rank order, so small matrices still fill the GPU and no
- * atomics or scratch buffers are needed.
+/* mma_gemv.cu — products for 1..64 tokens on Hopper's tensor cores (mma_gemv.cuh), built
+ * for the memory-bound case: the weights stream once from HBM through the bulk tensor copy
+ * engine (TMA, cp.async.bulk.tensor) into a ring of shared-memory stages, and wgmma reads
+ * them from there with no register staging.
  *
- * Operand layout. mma.sync m16n8k16 gives lane (g = lane/4, q = lane%4) the A elements
- * A[g][2q..2q+1], A[g+8][2q..2q+1], A[g][2q+8..2q+9], A[g+8][2q+8..2q+9] and the B elements
- * B[2q..2q+1][g], B[2q+8..2q+9][g] (lower k in the lower half of each .b32). A sum over k does
- * not care which k sits in which slot as long as A and B agree, so for a 32-wide k chunk c the
- * lane loads 16 bytes W[row][c+8q .. c+8q+7] of rows g and g+8 and x16[tok g][c+8q .. +7], and
- * uses elements 0..3 as its slots {2q, 2q+1, 2q+8, 2q+9} of the chunk's first mma and 4..7 as
- * those of the second: slot 2q+i ↔ k = c+8q+i, slot 2q+8+i ↔ k = c+8q+2+i (first mma; +4 for
- * the second). Accumulator lane (g, q) holds C[g][2q..2q+1] and C[g+8][2q..2q+1]: rows g, g+8,
- * tokens 2q, 2q+1 of the n-tile.
+ * The product is turned around: the weight rows are wgmma's M (64 rows a warpgroup), the
+ * tokens its N (8, 16, 32 or 64: the token count rounded up; the copy engine fills the
+ * missing tokens with zeros) and k its K. A and B are both "K-major" tiles of 64 k elements
+ * (128 bytes a row, the 128-byte swizzle the copy engine writes and wgmma reads), so W and x16
+ * are copied as they lie in memory, k contiguous.
  *
- * Summation order (fixed, so results are bitwise reproducible): a warp visits its k chunks in
- * ascending order; each chunk's two mmas start from zero and the chunk's sum is added to the
- * f32 accumulator with an ordinary (round-to-nearest) add, keeping the tensor core's
- * truncating accumulation to 32 products; then the warp's partials of the SPLIT blocks are
- * added in rank order. Nothing depends on MT, U or pdl; only SPLIT changes the order. */
+ * A block is MT consumer warpgroups (64·MT rows) and one producer warp whose lane 0 issues
+ * the copies: per stage the block's 64·MT × 64 weight tile and the NT × 64 activation tile,
+ * completing on the stage's "full" mbarrier; the consumers release a stage on its "empty"
+ * mbarrier once their wgmmas have read it. With programmatic dependent launch the producer
+ * issues the weight copies of the first stages before griddepcontrol.wait (weights are never
+ * written) and the activation copies after it.
+ *
+ * Small matrices would leave most SMs idle, so the blocks of a thread-block cluster (SPLIT ≤ 8)
+ * split k; each block leaves its partial sums in shared memory and, after a cluster barrier,
+ * every block adds its share of the outputs over the cluster's blocks in rank order through
+ * distributed shared memory. No atomics, no scratch memory.
+ *
+ * Summation order (fixed, so the result is bitwise reproducible and does not depend on NT,
+ * MT, the token count or pdl): per 64-element k chunk, four wgmma k16 steps start from zero
+ * and accumulate on the tensor core (truncating, as it does), the chunk's sums are added to
+ * f32 registers with ordinary rounding in ascending chunk order, and the SPLIT partials are
+ * added in rank order. Only SPLIT changes the bits.
+ *
+ * Needs sm_90a (wgmma): this file is compiled for that target alone (meson.build). */
 #include <algorithm>
-#include <atomic>
+#include <mutex>
 
 #include <cooperative_groups.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 
 #include "common.cuh"
 #include "mma_gemv.cuh"
 
 namespace cg = cooperative_groups;
 
-#define MMA_WARPS     8
-#define MMA_THREADS   (MMA_WARPS * 32)
-#define MMA_CHUNK     32 /* k elements per chunk: two m16n8k16 */
-#define MMA_MAX_SPLIT 8  /* portable cluster size */
+#define MG_KC        64 /* k elements per chunk: one 128-byte swizzled row */
+#define MG_MAX_SPLIT 8  /* the portable cluster size */
+#define MG_RING      (72 * 1024) /* shared-memory bytes of a block's stages (three blocks an SM) */
 
-/* ---- the tensor-core step ---- */
-
-/* d += A·B for one m16n8k16, f32 accumulate. */
-template <int WTYPE>
-static __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1,
-                                                uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
-{
-        if constexpr (WTYPE == CUDA_WTYPE_BF16)
-                asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-        else
-                asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* Per kernel shape: MT 16-row tiles per warp, U chunks per k-step (weight loads in flight per
- * lane: 2·MT·U, twice that while the next step is loading), MINB blocks per SM asked of ptxas. */
-template <int NT, int MT> struct mma_shape {
-        static constexpr int U = MT == 1 && NT < 8 ? 4 : 2;
-        static constexpr int BM = MMA_WARPS * MT * 16; /* rows per block */
-        static constexpr int LDR = BM + 4;             /* red[] row stride: conflict-free stores */
-        static constexpr int MINB = MT == 2 ? 1 : 2;
-        static constexpr size_t SMEM = sizeof(float) * NT * 8 * LDR;
+/* Per kernel shape: BM rows a block, bytes of a stage's weight / activation tile, S stages. */
+template <int NT, int MT> struct mg_shape {
+        static constexpr int BM = 64 * MT;
+        static constexpr int WB = BM * 128;
+        static constexpr int XB = NT * 128;
+        static constexpr int SB = WB + XB;
+        static constexpr int S = MG_RING / SB < 2 ? 2 : MG_RING / SB > 8 ? 8 : MG_RING / SB;
+        static constexpr int THREADS = 128 * MT + 32;
+        static constexpr size_t SMEM = 1024 + (size_t)S * SB + 2 * S * sizeof(uint64_t);
+        static_assert((size_t)(BM + 8) * NT * sizeof(float) <= (size_t)S * SB, "partials fit the ring");
 };
 
-/* a[u] ← the weights of chunk c + u (u < U, c + u < c_end) of this lane's 2·MT rows. */
-template <int MT, int U>
-static __device__ __forceinline__ void load_w(uint4 (&a)[U][MT][2],
-                                              const uint16_t *const (&wp)[MT][2], int c, int c_end)
+/* ---- PTX wrappers ---- */
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
 {
-#pragma unroll
-        for (int u = 0; u < U; u++)
-                if (c + u < c_end)
-#pragma unroll
-                        for (int i = 0; i < MT; i++)
-#pragma unroll
-                                for (int h = 0; h < 2; h++)
-                                        a[u][i][h] =
-                                            ld_stream_u4(wp[i][h] + (size_t)(c + u) * MMA_CHUNK);
+        return (uint32_t)__cvta_generic_to_shared(p);
 }
 
-/* acc[i][j] += the products of chunks c .. c+U-1 (those < c_end) for m-tile i, n-tile j. */
-template <int WTYPE, int NT, int MT, int U>
-static __device__ __forceinline__ void mma_step(float (&acc)[MT][NT][4], const uint4 (&a)[U][MT][2],
-                                                const uint16_t *__restrict__ x, size_t xoff, int k,
-                                                int g, int c, int c_end, int ntok)
+static __device__ __forceinline__ void mbar_init(uint32_t bar, int count)
 {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+static __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes)
+{
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                     : "memory");
+}
+
+static __device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
+{
+        asm volatile("{\n"
+                     ".reg .pred P1;\n"
+                     "MG_WAIT:\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                     "@!P1 bra MG_WAIT;\n"
+                     "}\n" ::"r"(bar),
+                     "r"(parity)
+                     : "memory");
+}
+
+/* the copy engine: box (c0 = k, c1 = row) of map into shared memory at dst, on bar */
+static __device__ __forceinline__ void tma_load(const CUtensorMap *map, uint32_t dst, uint32_t bar, int c0,
+                                                int c1)
+{
+        asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                     " [%0], [%1, {%3, %4}], [%2];" ::"r"(dst),
+                     "l"((uint64_t)map), "r"(bar), "r"(c0), "r"(c1)
+                     : "memory");
+}
+
+/* wgmma's shared-memory matrix descriptor for a K-major tile with the 128-byte swizzle: rows
+ * of 128 bytes, 8-row groups 1024 bytes apart (the stride field), tile base 1024-aligned;
+ * the k16 steps inside a 64-element row advance the start address by 32 bytes. */
+static __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr)
+{
+        return (uint64_t)((addr >> 4) & 0x3fff) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 |
+               (uint64_t)1 << 62;
+}
+
+static __device__ __forceinline__ void wg_fence(void)
+{
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+
+static __device__ __forceinline__ void wg_commit(void)
+{
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+
+/* until at most N committed groups of this warp are still running */
+template <int N> static __device__ __forceinline__ void wg_wait(void)
+{
+        asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+/* d (+)= A·B, m64 nN k16, f32 accumulators; acc 0 starts from zero. */
+template <int N> struct wg_mma;
+
+template <> struct wg_mma<8> {
+        template <bool BF16>
+        static __device__ __forceinline__ void run(float (&d)[4], uint64_t a, uint64_t b, int acc)
+        {
+                if constexpr (BF16)
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                                     : "l"(a), "l"(b), "r"(acc));
+                else
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                                     : "l"(a), "l"(b), "r"(acc));
+        }
+};
+
+template <> struct wg_mma<16> {
+        template <bool BF16>
+        static __device__ __forceinline__ void run(float (&d)[8], uint64_t a, uint64_t b, int acc)
+        {
+                if constexpr (BF16)
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                                     : "l"(a), "l"(b), "r"(acc));
+                else
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                                     : "l"(a), "l"(b), "r"(acc));
+        }
+};
+
+template <> struct wg_mma<32> {
+        template <bool BF16>
+        static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int acc)
+        {
+                if constexpr (BF16)
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                                     : "l"(a), "l"(b), "r"(acc));
+                else
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                                     : "l"(a), "l"(b), "r"(acc));
+        }
+};
+
+template <> struct wg_mma<64> {
+        template <bool BF16>
+        static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int acc)
+        {
+                if constexpr (BF16)
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                                     : "l"(a), "l"(b), "r"(acc));
+                else
+                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                                     : "l"(a), "l"(b), "r"(acc));
+        }
+};
+
+/* ---- the kernel ---- */
+
+template <int NT, int MT, bool BF16>
+__global__ void __launch_bounds__(mg_shape<NT, MT>::THREADS)
+    mg_kernel(const __grid_constant__ CUtensorMap mw, const __grid_constant__ CUtensorMap mx,
+              float *__restrict__ y, int rows, int k, int ntok, int accumulate)
+{
+        using S = mg_shape<NT, MT>;
+        extern __shared__ uint8_t mg_smem[];
+        uint8_t *ring = (uint8_t *)(((uintptr_t)mg_smem + 1023) & ~(uintptr_t)1023);
+        const uint32_t ring_a = smem_u32(ring);
+        const uint32_t full = ring_a + S::S * S::SB, empty = full + 8 * S::S;
+        const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+        const int split = gridDim.x, rank = blockIdx.x; /* the cluster is the grid's x */
+        const int row0 = blockIdx.y * S::BM;
+        const int nck = (k + MG_KC - 1) / MG_KC;
+        const int c0 = rank * nck / split, n = (rank + 1) * nck / split - c0;
+
+        pdl_trigger();
+        if (tid == 0) {
+                for (int s = 0; s < S::S; s++) {
+                        mbar_init(full + 8 * s, 1);
+                        mbar_init(empty + 8 * s, 4 * MT);
+                }
+                asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        }
+        __syncthreads();
+
+        float acc[NT / 2];
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-                if (j * 8 >= ntok) /* warp-uniform: a tile of padding tokens only */
-                        continue;
-                /* token j·8 + g of this lane, none past ntok (those B columns are zero) */
-                const bool tok_ok = j * 8 + g < ntok;
-                uint4 b[U];
+        for (int j = 0; j < NT / 2; j++)
+                acc[j] = 0.0f;
+
+        if (warp == 4 * MT) {
+                if (lane == 0) {
+                        asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&mw) : "memory");
+                        asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&mx) : "memory");
+                        /* the first stages' weights before the wait, their activations after */
+                        const int pre = n < S::S ? n : S::S;
+                        for (int i = 0; i < pre; i++) {
+                                mbar_expect_tx(full + 8 * i, S::SB);
+                                tma_load(&mw, ring_a + i * S::SB, full + 8 * i, (c0 + i) * MG_KC, row0);
+                        }
+                        pdl_wait();
+                        for (int i = 0; i < pre; i++)
+                                tma_load(&mx, ring_a + i * S::SB + S::WB, full + 8 * i, (c0 + i) * MG_KC, 0);
+                        for (int i = pre; i < n; i++) {
+                                const int s = i % S::S;
+                                mbar_wait(empty + 8 * s, (uint32_t)(i / S::S - 1) & 1);
+                                mbar_expect_tx(full + 8 * s, S::SB);
+                                tma_load(&mw, ring_a + s * S::SB, full + 8 * s, (c0 + i) * MG_KC, row0);
+                                tma_load(&mx, ring_a + s * S::SB + S::WB, full + 8 * s, (c0 + i) * MG_KC, 0);
+                        }
+                }
+        } else {
+                /* two chunks' wgmma groups in flight: chunk i into one register set while chunk
+                 * i - 1's set is added to acc (in chunk order) and its stage released */
+                const int wg = warp / 4;
+                float ta[NT / 2], tb[NT / 2];
+                auto issue = [&](int i, float(&t)[NT / 2]) {
+                        const int s = i % S::S;
+                        mbar_wait(full + 8 * s, (uint32_t)(i / S::S) & 1);
+                        const uint32_t a = ring_a + s * S::SB + wg * 8192, b = ring_a + s * S::SB + S::WB;
+                        wg_fence();
 #pragma unroll
-                for (int u = 0; u < U; u++)
-                        b[u] = c + u < c_end && tok_ok
-                                   ? __ldg((const uint4 *)(x + xoff + (size_t)j * 8 * k +
-                                                           (size_t)(c + u) * MMA_CHUNK))
-                                   : make_uint4(0u, 0u, 0u, 0u);
+                        for (int kk = 0; kk < 4; kk++)
+                                wg_mma<NT>::template run<BF16>(t, sw128_desc(a + 32 * kk), sw128_desc(b + 32 * kk), kk);
+                        wg_commit();
+                };
+                auto retire = [&](int i, const float(&t)[NT / 2]) {
+                        __syncwarp();
+                        if (lane == 0)
+                                mbar_arrive(empty + 8 * (i % S::S));
 #pragma unroll
-                for (int u = 0; u < U; u++) {
-                        if (c + u >= c_end)
-                                continue;
-#pragma unroll
-                        for (int i = 0; i < MT; i++) {
-                                const uint4 lo = a[u][i][0], hi = a[u][i][1]; /* rows g, g + 8 */
-                                float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                                mma16816<WTYPE>(t, lo.x, hi.x, lo.y, hi.y, b[u].x, b[u].y);
-                                mma16816<WTYPE>(t, lo.z, hi.z, lo.w, hi.w, b[u].z, b[u].w);
-#pragma unroll
-                                for (int r = 0; r < 4; r++)
-                                        acc[i][j][r] += t[r];
+                        for (int j = 0; j < NT / 2; j++)
+                                acc[j] += t[j];
+                };
+                if (n > 0) {
+                        issue(0, ta);
+                        int i = 1;
+                        for (; i + 1 < n; i += 2) {
+                                issue(i, tb);
+                                wg_wait<1>();
+                                retire(i - 1, ta);
+                                issue(i + 1, ta);
+                                wg_wait<1>();
+                                retire(i, tb);
+                        }
+                        if (i < n) {
+                                issue(i, tb);
+                                wg_wait<1>();
+                                retire(i - 1, ta);
+                                wg_wait<0>();
+                                retire(i, tb);
+                        } else {
+                                wg_wait<0>();
+                                retire(i - 1, ta);
                         }
                 }
         }
-}
+        pdl_wait(); /* y is read and written below */
 
-/* Grid: (rows / BM) · split blocks, clusters of split consecutive blocks when split > 1.
- * Block b: rows [(b / split)·BM, +BM), k chunks [s·nch/split, (s+1)·nch/split) for rank
- * s = b % split. Dynamic shared memory: red[NT·8][LDR], the block's partial sums by token. */
-template <int WTYPE, int NT, int MT>
-static __global__ void __launch_bounds__(MMA_THREADS, (mma_shape<NT, MT>::MINB))
-    mma_gemv_kernel(const uint16_t *__restrict__ w, const uint16_t *__restrict__ x,
-                    float *__restrict__ y, int rows, int k, int ntok, int accumulate, int split)
-{
-        constexpr int U = mma_shape<NT, MT>::U, BM = mma_shape<NT, MT>::BM,
-                      LDR = mma_shape<NT, MT>::LDR;
-        extern __shared__ float red[];
-        pdl_trigger(); /* the next kernel may launch now: it waits for this one in turn */
-        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-        const int rank = (int)(blockIdx.x % (unsigned)split);
-        const int row0 = (int)(blockIdx.x / (unsigned)split) * BM;
-        const int nch = k / MMA_CHUNK;
-        const int c_begin = (int)((long long)rank * nch / split);
-        const int c_end = (int)((long long)(rank + 1) * nch / split);
-
-        const uint16_t *wp[MT][2];
+        /* accumulator layout of m64nN: lane holds rows r, r + 8 and tokens 8j + c, 8j + c + 1 */
+        const bool consumer = warp < 4 * MT;
+        const int r = (warp / 4) * 64 + (warp % 4) * 16 + lane / 4, c = 2 * (lane % 4);
+        if (split == 1) {
+                if (consumer)
 #pragma unroll
-        for (int i = 0; i < MT; i++)
+                        for (int j = 0; j < NT / 8; j++)
 #pragma unroll
-                for (int h = 0; h < 2;
-                     h++) { /* rows past the end re-read the last row, never past */
-                        const int r = min(row0 + warp * MT * 16 + i * 16 + h * 8 + g, rows - 1);
-                        wp[i][h] = w + (size_t)r * k + q * 8;
-                }
-
-        uint4 a0[U][MT][2], a1[U][MT][2]; /* ping-pong: one step computing, the next loading */
-        load_w<MT, U>(a0, wp, c_begin, c_end);
-        pdl_wait(); /* x16 and y belong to earlier kernels from here on */
-
-        const size_t xoff = (size_t)g * k + q * 8; /* this lane's token g, its 8 k of a chunk */
-        float acc[MT][NT][4];
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-#pragma unroll
-                        for (int r = 0; r < 4; r++)
-                                acc[i][j][r] = 0.0f;
-
-        for (int c = c_begin;;) { /* c_end - c_begin ≥ 1 (split ≤ nch) */
-                if (c + U < c_end)
-                        load_w<MT, U>(a1, wp, c + U, c_end);
-                mma_step<WTYPE, NT, MT, U>(acc, a0, x, xoff, k, g, c, c_end, ntok);
-                c += U;
-                if (c >= c_end)
-                        break;
-                if (c + U < c_end)
-                        load_w<MT, U>(a0, wp, c + U, c_end);
-                mma_step<WTYPE, NT, MT, U>(acc, a1, x, xoff, k, g, c, c_end, ntok);
-                c += U;
-                if (c >= c_end)
-                        break;
+                                for (int e = 0; e < 4; e++) {
+                                        const int row = row0 + r + (e & 2) * 4, t = 8 * j + c + (e & 1);
+                                        if (row < rows && t < ntok) {
+                                                float *o = y + (size_t)t * rows + row;
+                                                *o = accumulate ? *o + acc[4 * j + e] : acc[4 * j + e];
+                                        }
+                                }
+                return;
         }
 
-        /* partials by token: red[t][local row], conflict-free (LDR ≡ 4 mod 32) */
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NT; j++) {
-                        const int lr = warp * MT * 16 + i * 16 + g, t = j * 8 + 2 * q;
-                        red[t * LDR + lr] = acc[i][j][0];
-                        red[(t + 1) * LDR + lr] = acc[i][j][1];
-                        red[t * LDR + lr + 8] = acc[i][j][2];
-                        red[(t + 1) * LDR + lr + 8] = acc[i][j][3];
-                }
-
-        /* the cluster's partials meet: rank s sums its share of the outputs over ranks 0..split-1
-         */
+        /* k split over the cluster: block q owns rows [lo(q), lo(q + 1)) of the tile, lo(q) =
+         * q·BM/split. Every block stores its partials of those rows into q's receive buffer
+         * (over q's ring: hence the first barrier), then q adds them in rank order. */
+        const int RS = (S::BM + split - 1) / split; /* the largest share */
+        float *recv = (float *)ring;                /* [split][NT][RS] */
         cg::cluster_group cluster = cg::this_cluster();
-        if (split > 1)
-                cluster.sync(); /* every rank's red[] written (release/acquire) */
-        else
-                __syncthreads();
-        const float *part[MMA_MAX_SPLIT];
+        cluster.sync(); /* every block is done with its ring */
+        if (consumer)
 #pragma unroll
-        for (int s = 0; s < MMA_MAX_SPLIT; s++)
-                part[s] = split > 1 && s < split
-                              ? cluster.map_shared_rank((const float *)red, (unsigned)s)
-                              : red;
-        const int bm = min(BM, rows - row0);
-        const int n_out = ntok * bm;
-        const int e_end = (int)((long long)(rank + 1) * n_out / split);
-        for (int e = (int)((long long)rank * n_out / split) + (int)threadIdx.x; e < e_end;
-             e += MMA_THREADS) {
-                const int t = e / bm, r = e % bm, off = t * LDR + r;
-                float v[MMA_MAX_SPLIT];
+                for (int h = 0; h < 2; h++) {
+                        const int rr = r + 8 * h, q = (rr * split + split - 1) / S::BM, rl = rr - q * S::BM / split;
+                        float *dst = cluster.map_shared_rank(recv, q) + (size_t)rank * NT * RS + rl;
 #pragma unroll
-                for (int s = 0; s < MMA_MAX_SPLIT; s++) /* all loads first, then the ordered sum */
-                        v[s] = s < split ? part[s][off] : 0.0f;
-                float sum = v[0];
-#pragma unroll
-                for (int s = 1; s < MMA_MAX_SPLIT; s++)
-                        if (s < split)
-                                sum += v[s];
-                float *yp = y + (size_t)t * rows + row0 + r;
-                *yp = accumulate ? *yp + sum : sum;
-        }
-        if (split > 1)
-                cluster.sync(); /* no block leaves while another still reads its red[] */
-}
-
-/* ---- launch ---- */
-
-/* What a kernel's launch needs to know of the device, asked once per kernel (plain queries,
- * no stream work, so fine inside graph capture): blocks per SM, and per cluster size how many
- * clusters fit at once. 0 where a query failed (the plan then assumes 1 block per SM). */
-struct mma_occupancy {
-        std::atomic<int> ready{0};
-        std::atomic<int> per_sm{0};
-        std::atomic<int> clusters[MMA_MAX_SPLIT + 1];
-};
-
-/* The 64-token, 256-row kernel's partial sums need more than 48 KiB of shared memory:
- * allow it once per device (common.cuh smem_allow). */
-template <int WTYPE, int NT, int MT> static cudaError_t smem_optin(void)
-{
-        constexpr size_t smem = mma_shape<NT, MT>::SMEM;
-        if constexpr (smem <= 48 * 1024)
-                return cudaSuccess;
-        static unsigned long long allowed;
-        return smem_allow(mma_gemv_kernel<WTYPE, NT, MT>, (int)smem, &allowed);
-}
-
-template <int WTYPE, int NT, int MT> static mma_occupancy &occupancy(void)
-{
-        static mma_occupancy occ;
-        if (occ.ready.load(std::memory_order_acquire))
-                return occ;
-        auto kern = mma_gemv_kernel<WTYPE, NT, MT>;
-        constexpr size_t smem = mma_shape<NT, MT>::SMEM;
-        int n = 0;
-        if (smem_optin<WTYPE, NT, MT>() != cudaSuccess)
-                (void)cudaGetLastError();
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, MMA_THREADS, smem) !=
-                cudaSuccess ||
-            n < 0) {
-                (void)cudaGetLastError();
-                n = 0;
-        }
-        occ.per_sm.store(n, std::memory_order_relaxed);
-        for (int s = 2; s <= MMA_MAX_SPLIT; s++) {
-                cudaLaunchConfig_t cfg = {};
-                cudaLaunchAttribute attr[1];
-                cfg.gridDim = dim3((unsigned)s * 64u);
-                cfg.blockDim = dim3(MMA_THREADS);
-                cfg.dynamicSmemBytes = smem;
-                attr[0].id = cudaLaunchAttributeClusterDimension;
-                attr[0].val.clusterDim.x = (unsigned)s;
-                attr[0].val.clusterDim.y = 1;
-                attr[0].val.clusterDim.z = 1;
-                cfg.attrs = attr;
-                cfg.numAttrs = 1;
-                int c = 0;
-                if (cudaOccupancyMaxActiveClusters(&c, kern, &cfg) != cudaSuccess || c < 0) {
-                        (void)cudaGetLastError();
-                        c = 0;
+                        for (int j = 0; j < NT / 8; j++) {
+                                dst[(8 * j + c) * RS] = acc[4 * j + 2 * h];
+                                dst[(8 * j + c + 1) * RS] = acc[4 * j + 2 * h + 1];
+                        }
                 }
-                occ.clusters[s].store(c, std::memory_order_relaxed);
+        cluster.sync(); /* every partial is in its owner's buffer */
+        const int lo = rank * S::BM / split, share = (rank + 1) * S::BM / split - lo;
+        for (int idx = tid; idx < ntok * share; idx += S::THREADS) {
+                const int t = idx / share, rl = idx % share, row = row0 + lo + rl;
+                if (row >= rows)
+                        continue;
+                float sum = recv[t * RS + rl];
+                for (int q = 1; q < split; q++)
+                        sum += recv[((size_t)q * NT + t) * RS + rl];
+                float *o = y + (size_t)t * rows + row;
+                *o = accumulate ? *o + sum : sum;
         }
-        occ.ready.store(1, std::memory_order_release);
-        return occ;
 }
+
+/* ---- host side ---- */
 
 struct mma_plan {
         int nt, mt, split, blocks;
@@ -293,135 +360,109 @@ static int sm_count(void)
 {
         int dev = 0, sms = 0;
         if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            sms <= 0) {
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
                 (void)cudaGetLastError();
                 return 1;
         }
         return sms;
 }
 
-/* The largest cluster size (≤ 8, ≤ chunks / U so every warp gets a full step) whose grid
- * still fits on the device at once: one wave in which every block streams at the same time,
- * as many blocks as fit, so small matrices keep every SM loading. Past one wave (huge row
- * counts) no split. */
-template <int WTYPE, int NT, int MT> static int plan_split(int rows, int k, int sms, int force)
+/* The launch shape, from a sweep of every mt and split on an H200 (test_mma --sweep,
+ * docs/performance.md): a product is fastest with about one block an SM for up to 16 tokens
+ * and about 1.4 for more (the activation tile then doubles a stage), so split is the
+ * smallest cluster size that gives that many blocks; two warpgroups a block (half the
+ * blocks, the activation tile shared) won only on large matrices at few tokens. */
+static mma_plan plan(int rows, int k, int ntok, int force_mt, int force_split)
 {
-        constexpr int BM = mma_shape<NT, MT>::BM, U = mma_shape<NT, MT>::U;
-        const int nch = k / MMA_CHUNK;
-        if (force > 0)
-                return std::min(force, std::min(nch, MMA_MAX_SPLIT));
-        const mma_occupancy &occ = occupancy<WTYPE, NT, MT>();
-        const long long rb = (rows + BM - 1) / BM;
-        const int per_sm = std::max(1, occ.per_sm.load(std::memory_order_relaxed));
-        const int smax = std::max(1, std::min(MMA_MAX_SPLIT, nch / U));
-        for (int s = smax; s >= 2; s--) {
-                int c = occ.clusters[s].load(std::memory_order_relaxed);
-                const long long slots = c > 0 ? (long long)c * s : (long long)sms * per_sm / s * s;
-                if (rb * s <= slots)
-                        return s;
-        }
-        return 1;
-}
-
-/* MT = 2 (256 rows per block: half the activation loads per weight byte, which at 64 tokens
- * would otherwise take most of L1's bandwidth) when its grid still gives three quarters of
- * the SMs a block; otherwise 1. Only for ntok > 16: below that the activation traffic is
- * small and 128-row blocks give more parallelism. (Untuned: tests/gpu/test_mma --sweep.) */
-template <int WTYPE, int NT> static mma_plan plan_nt(int rows, int k, int force_mt, int force_split)
-{
-        const int sms = sm_count();
-        mma_plan p = {NT, 1, 1, 0};
-        if constexpr (NT >= 4) {
-                int mt = force_mt;
-                if (mt != 1 && mt != 2) {
-                        const int s2 = plan_split<WTYPE, NT, 2>(rows, k, sms, force_split);
-                        const long long b2 = (long long)((rows + 255) / 256) * s2;
-                        mt = 4 * b2 >= 3LL * sms ? 2 : 1;
-                }
-                p.mt = mt;
-        }
-        if constexpr (NT >= 4)
-                if (p.mt == 2) {
-                        p.split = plan_split<WTYPE, NT, 2>(rows, k, sms, force_split);
-                        p.blocks = (rows + 255) / 256 * p.split;
-                        return p;
-                }
-        p.split = plan_split<WTYPE, NT, 1>(rows, k, sms, force_split);
-        const int bm = MMA_WARPS * p.mt * 16;
-        p.blocks = (rows + bm - 1) / bm * p.split;
+        const int sms = sm_count(), nck = (k + MG_KC - 1) / MG_KC;
+        mma_plan p;
+        p.nt = ntok <= 8 ? 8 : ntok <= 16 ? 16 : ntok <= 32 ? 32 : 64;
+        p.mt = force_mt > 0 ? force_mt : ntok <= 16 && (rows + 63) / 64 > 2 * sms ? 2 : 1;
+        const int tiles = (rows + 64 * p.mt - 1) / (64 * p.mt);
+        const long long want = ntok <= 16 ? (long long)sms * 9 / 10 : (long long)sms * 14 / 10;
+        p.split = force_split;
+        if (p.split <= 0)
+                for (p.split = 1; p.split < MG_MAX_SPLIT && p.split < nck && tiles * (long long)p.split < want;)
+                        p.split++;
+        p.blocks = tiles * p.split;
         return p;
 }
 
-template <int WTYPE>
-static mma_plan plan_w(int rows, int k, int ntok, int force_mt, int force_split)
+/* cuTensorMapEncodeTiled through the runtime, so nothing links libcuda (CI has no driver). */
+static PFN_cuTensorMapEncodeTiled_v12000 encode_fn(void)
 {
-        if (ntok <= 8)
-                return plan_nt<WTYPE, 1>(rows, k, force_mt, force_split);
-        if (ntok <= 16)
-                return plan_nt<WTYPE, 2>(rows, k, force_mt, force_split);
-        if (ntok <= 32)
-                return plan_nt<WTYPE, 4>(rows, k, force_mt, force_split);
-        return plan_nt<WTYPE, 8>(rows, k, force_mt, force_split);
+        static PFN_cuTensorMapEncodeTiled_v12000 fn; /* the driver's entry point: set once, never changes */
+        static std::once_flag once;
+        std::call_once(once, [] {
+                void *p = NULL;
+                cudaDriverEntryPointQueryResult q;
+                if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+                        cudaSuccess &&
+                    q == cudaDriverEntryPointSuccess)
+                        fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+                else
+                        (void)cudaGetLastError();
+        });
+        return fn;
 }
 
-static mma_plan plan(uint32_t wtype, int rows, int k, int ntok, int force_mt, int force_split)
+/* A map of a rows × k matrix of 16-bit elements (k contiguous), boxes of 64 k × box_rows rows
+ * with the 128-byte swizzle; reads past either edge give zeros. */
+static cudaError_t encode(CUtensorMap *m, bool bf16, const void *base, int rows, int k, int box_rows)
 {
-        return wtype == CUDA_WTYPE_BF16
-                   ? plan_w<CUDA_WTYPE_BF16>(rows, k, ntok, force_mt, force_split)
-                   : plan_w<CUDA_WTYPE_F16>(rows, k, ntok, force_mt, force_split);
+        PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
+        if (!fn)
+                return cudaErrorNotSupported;
+        const cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)rows};
+        const cuuint64_t strides[1] = {(cuuint64_t)k * 2};
+        const cuuint32_t box[2] = {MG_KC, (cuuint32_t)box_rows};
+        const cuuint32_t estr[2] = {1, 1};
+        const CUresult r = fn(m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                              (void *)base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <int WTYPE, int NT, int MT>
-static cudaError_t launch(const mma_plan &p, const void *w, const uint16_t *x, float *y, int rows,
-                          int k, int ntok, int accumulate, cudaStream_t stream, bool pdl)
+template <int NT, int MT, bool BF16>
+static cudaError_t launch(const mma_plan &p, const void *w, const uint16_t *x, float *y, int rows, int k,
+                          int ntok, int accumulate, cudaStream_t stream, bool pdl)
 {
-        auto kern = mma_gemv_kernel<WTYPE, NT, MT>;
-        const cudaError_t e = smem_optin<WTYPE, NT, MT>();
+        using S = mg_shape<NT, MT>;
+        static unsigned long long allowed;
+        cudaError_t e = smem_allow(mg_kernel<NT, MT, BF16>, (int)S::SMEM, &allowed);
+        CUtensorMap mw, mx;
+        if (e == cudaSuccess)
+                e = encode(&mw, BF16, w, rows, k, S::BM);
+        if (e == cudaSuccess)
+                e = encode(&mx, BF16, x, ntok, k, NT);
         if (e != cudaSuccess)
                 return e;
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[2];
-        unsigned n = 0;
-        cfg.gridDim = dim3((unsigned)p.blocks);
-        cfg.blockDim = dim3(MMA_THREADS);
-        cfg.dynamicSmemBytes = mma_shape<NT, MT>::SMEM;
-        cfg.stream = stream;
-        if (p.split > 1) {
-                attr[n].id = cudaLaunchAttributeClusterDimension;
-                attr[n].val.clusterDim.x = (unsigned)p.split;
-                attr[n].val.clusterDim.y = 1;
-                attr[n].val.clusterDim.z = 1;
-                n++;
-        }
-        if (pdl) {
-                attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                attr[n].val.programmaticStreamSerializationAllowed = 1;
-                n++;
-        }
-        cfg.attrs = n ? attr : NULL;
-        cfg.numAttrs = n;
-        return cudaLaunchKernelEx(&cfg, kern, (const uint16_t *)w, x, y, rows, k, ntok, accumulate,
-                                  p.split);
+        return cuda_launch_cl(pdl, p.split, mg_kernel<NT, MT, BF16>, dim3((unsigned)p.split, (unsigned)(p.blocks / p.split)),
+                              dim3(S::THREADS), S::SMEM, stream, mw, mx, y, rows, k, ntok, accumulate);
 }
 
-template <int WTYPE>
-static cudaError_t launch_w(const mma_plan &p, const void *w, const uint16_t *x, float *y, int rows,
-                            int k, int ntok, int acc, cudaStream_t s, bool pdl)
+template <bool BF16>
+static cudaError_t launch_w(const mma_plan &p, const void *w, const uint16_t *x, float *y, int rows, int k,
+                            int ntok, int acc, cudaStream_t s, bool pdl)
 {
         switch (p.nt * 4 + p.mt) {
-        case 1 * 4 + 1:
-                return launch<WTYPE, 1, 1>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 2 * 4 + 1:
-                return launch<WTYPE, 2, 1>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 4 * 4 + 1:
-                return launch<WTYPE, 4, 1>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 4 * 4 + 2:
-                return launch<WTYPE, 4, 2>(p, w, x, y, rows, k, ntok, acc, s, pdl);
         case 8 * 4 + 1:
-                return launch<WTYPE, 8, 1>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+                return launch<8, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
         case 8 * 4 + 2:
-                return launch<WTYPE, 8, 2>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+                return launch<8, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+        case 16 * 4 + 1:
+                return launch<16, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+        case 16 * 4 + 2:
+                return launch<16, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+        case 32 * 4 + 1:
+                return launch<32, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+        case 32 * 4 + 2:
+                return launch<32, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+        case 64 * 4 + 1:
+                return launch<64, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+        case 64 * 4 + 2:
+                return launch<64, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
         }
         return cudaErrorInvalidValue;
 }
@@ -429,14 +470,26 @@ static cudaError_t launch_w(const mma_plan &p, const void *w, const uint16_t *x,
 static bool args_ok(uint32_t wtype, int rows, int k, int ntok)
 {
         return (wtype == CUDA_WTYPE_F16 || wtype == CUDA_WTYPE_BF16) && rows > 0 && k > 0 &&
-               k % MMA_CHUNK == 0 && ntok >= 1 && ntok <= CUDA_MMA_GEMV_MAX_TOKENS;
+               k % CUDA_MMA_GEMV_K_MULTIPLE == 0 && ntok >= 1 && ntok <= CUDA_MMA_GEMV_MAX_TOKENS;
+}
+
+bool cuda_mma_gemv_ok(void)
+{
+        int dev = 0, major = 0, minor = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+                (void)cudaGetLastError();
+                return false;
+        }
+        return major == 9 && minor == 0 && encode_fn() != NULL;
 }
 
 int cuda_mma_gemv_plan(uint32_t wtype, int rows, int k, int ntok, int *mt, int *split, int *blocks)
 {
         if (!args_ok(wtype, rows, k, ntok))
                 return -EINVAL;
-        const mma_plan p = plan(wtype, rows, k, ntok, 0, 0);
+        const mma_plan p = plan(rows, k, ntok, 0, 0);
         if (mt)
                 *mt = p.mt;
         if (split)
@@ -446,27 +499,24 @@ int cuda_mma_gemv_plan(uint32_t wtype, int rows, int k, int ntok, int *mt, int *
         return 0;
 }
 
-int cuda_mma_gemv_tuned(uint32_t wtype, const void *w, const uint16_t *x16, float *y, int rows,
-                        int k, int ntok, float beta, cudaStream_t stream, bool pdl, int mt,
-                        int split)
+int cuda_mma_gemv_tuned(uint32_t wtype, const void *w, const uint16_t *x16, float *y, int rows, int k, int ntok,
+                        float beta, cudaStream_t stream, bool pdl, int mt, int split)
 {
         if (!args_ok(wtype, rows, k, ntok) || !w || !x16 || !y || (beta != 0.0f && beta != 1.0f))
                 return -EINVAL;
         if (((uintptr_t)w | (uintptr_t)x16) % 16 || (uintptr_t)y % sizeof(float))
                 return -EINVAL;
-        if (mt < 0 || mt > 2 || split < 0 || split > MMA_MAX_SPLIT)
+        if (mt < 0 || mt > 2 || split < 0 || split > MG_MAX_SPLIT)
                 return -EINVAL;
-        const mma_plan p = plan(wtype, rows, k, ntok, mt, split);
+        const mma_plan p = plan(rows, k, ntok, mt, split);
         const int acc = beta != 0.0f;
-        const cudaError_t e =
-            wtype == CUDA_WTYPE_BF16
-                ? launch_w<CUDA_WTYPE_BF16>(p, w, x16, y, rows, k, ntok, acc, stream, pdl)
-                : launch_w<CUDA_WTYPE_F16>(p, w, x16, y, rows, k, ntok, acc, stream, pdl);
+        const cudaError_t e = wtype == CUDA_WTYPE_BF16 ? launch_w<true>(p, w, x16, y, rows, k, ntok, acc, stream, pdl)
+                                                       : launch_w<false>(p, w, x16, y, rows, k, ntok, acc, stream, pdl);
         return CUDA_CHECK(e);
 }
 
-int cuda_mma_gemv(uint32_t wtype, const void *w, const uint16_t *x16, float *y, int rows, int k,
-                  int ntok, float beta, cudaStream_t stream, bool pdl)
+int cuda_mma_gemv(uint32_t wtype, const void *w, const uint16_t *x16, float *y, int rows, int k, int ntok,
+                  float beta, cudaStream_t stream, bool pdl)
 {
         return cuda_mma_gemv_tuned(wtype, w, x16, y, rows, k, ntok, beta, stream, pdl, 0, 0);
 }

@@ -295,6 +295,7 @@ static bool g_vary;       /* request i stops after N_GEN - i % 9 tokens */
 static int g_pdl;         /* engine_sched_opts.pdl (0: the default) */
 static bool g_no_fuse;    /* engine_sched_opts.no_fused_epilogues */
 static bool g_no_tc_decode; /* engine_sched_opts.no_tc_decode */
+static bool g_no_mma;       /* engine_sched_opts.no_mma_products */
 
 static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_t (*prompts)[16],
                      const struct engine_sampling *s, bool serial, struct collect *c, double *launches,
@@ -305,7 +306,7 @@ static int run_sched(struct engine_model *m, bool no_graphs, int n, const int32_
                                       .kv_blocks = 1024, .no_graphs = no_graphs,
                                       .batch_invariant = g_invariant, .no_overlap = g_no_overlap,
                                       .pdl = g_pdl, .no_fused_epilogues = g_no_fuse, .gemv_max_tokens = GEMV_MAX,
-                                      .no_tc_decode = g_no_tc_decode};
+                                      .no_tc_decode = g_no_tc_decode, .no_mma_products = g_no_mma};
         struct engine_sched *sch;
         int r = engine_sched_create(m, &o, &sch, &err);
         if (r < 0) {
@@ -597,21 +598,29 @@ static int test_model(const char *path)
         } else {
                 check(0, "fused runs", path);
         }
-        /* greedy with decode attention on the CUDA cores (cuda_attention; by default the
-         * tokens outside prefill runs go to cuda_attention_dec, on the tensor cores): the
-         * CPU-vs-GPU comparison again */
-        g_no_tc_decode = true;
-        if (run_sched(gpu, false, N_PROMPTS, prompts, s, false, &c, NULL, NULL) == 0) {
-                ok = same(&a, &c, N_PROMPTS);
-                const int nx = unexplained(cpu, prompts, &a, &c, N_PROMPTS, path);
-                snprintf(what, sizeof(what), "greedy %d tokens, CPU vs GPU with decode attention on CUDA cores: %d/%d "
-                         "prompts identical, %d differ after a near-tie, %d otherwise", N_GEN, ok, N_PROMPTS,
-                         N_PROMPTS - ok - nx, nx);
-                check(nx == 0, what, path);
-        } else {
-                check(0, "no_tc_decode runs", path);
+        /* greedy with one other path at a time: decode attention on the CUDA cores
+         * (cuda_attention; by default the tokens outside prefill runs go to
+         * cuda_attention_dec, on the tensor cores), products of 9-16 tokens through cuBLASLt
+         * (by default cuda_mma_gemv on Hopper): the CPU-vs-GPU comparison again */
+        static const struct {
+                bool *flag;
+                const char *what;
+        } alts[] = {{&g_no_tc_decode, "decode attention on CUDA cores"}, {&g_no_mma, "products through cuBLASLt"}};
+        for (size_t i = 0; i < sizeof(alts) / sizeof(alts[0]); i++) {
+                *alts[i].flag = true;
+                if (run_sched(gpu, false, N_PROMPTS, prompts, s, false, &c, NULL, NULL) == 0) {
+                        ok = same(&a, &c, N_PROMPTS);
+                        const int nx = unexplained(cpu, prompts, &a, &c, N_PROMPTS, path);
+                        snprintf(what, sizeof(what), "greedy %d tokens, CPU vs GPU with %s: %d/%d prompts identical, "
+                                 "%d differ after a near-tie, %d otherwise", N_GEN, alts[i].what, ok, N_PROMPTS,
+                                 N_PROMPTS - ok - nx, nx);
+                        check(nx == 0, what, path);
+                } else {
+                        snprintf(what, sizeof(what), "runs with %s", alts[i].what);
+                        check(0, what, path);
+                }
+                *alts[i].flag = false;
         }
-        g_no_tc_decode = false;
         /* greedy, batch-invariant: the CPU-vs-GPU comparison again, on the invariant path */
         g_invariant = true;
         if (run_sched(gpu, false, N_PROMPTS, prompts, s, false, &c, NULL, NULL) == 0) {

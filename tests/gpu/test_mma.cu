@@ -221,6 +221,17 @@ static void check_problem(const problem &p, const char *tag)
                 snprintf(name, sizeof(name), "mma %s pdl = no pdl bitwise", what);
                 check_flag(name, bitwise_equal(out[0], out[2], n, &nd), "%.0f elements differ",
                            (double)nd);
+                /* the same launch shape for all 64 tokens: a token's result must not depend on
+                 * how many come with it (only the split, which the plan picks per token count,
+                 * changes the bits) */
+                poison(y, yn);
+                CUDA_OK_OR_ABORT(cuda_mma_gemv_tuned(p.wtype, p.w, p.x16, y, p.rows, p.k,
+                                                     CUDA_MMA_GEMV_MAX_TOKENS, 0.0f, 0, false, mt,
+                                                     split));
+                CUDA_CHECK_ABORT(cudaDeviceSynchronize());
+                const bool same64 = bitwise_equal(out[0], to_host(y, yn), n, &nd);
+                snprintf(name, sizeof(name), "mma %s = its tokens of t=64 bitwise", what);
+                check_flag(name, same64, "%.0f elements differ", (double)nd);
 
                 poison(y, n); /* the guard; the outputs get a random base below */
                 rand_f32(b, n, 2.0f);
@@ -463,9 +474,9 @@ static void check_args(void)
         expect("rows -1", cuda_mma_gemv(B, w, x, y, -1, 64, 1, 0.0f, 0), -EINVAL);
         expect("k 0", cuda_mma_gemv(B, w, x, y, 64, 0, 1, 0.0f, 0), -EINVAL);
         expect("k -32", cuda_mma_gemv(B, w, x, y, 64, -32, 1, 0.0f, 0), -EINVAL);
-        expect("k 48 (not a multiple of 32)", cuda_mma_gemv(B, w, x, y, 64, 48, 1, 0.0f, 0),
+        expect("k 12 (not a multiple of 8)", cuda_mma_gemv(B, w, x, y, 64, 12, 1, 0.0f, 0),
                -EINVAL);
-        expect("k 8", cuda_mma_gemv(B, w, x, y, 64, 8, 1, 0.0f, 0), -EINVAL);
+        expect("k 4", cuda_mma_gemv(B, w, x, y, 64, 4, 1, 0.0f, 0), -EINVAL);
         expect("ntok 0", cuda_mma_gemv(B, w, x, y, 64, 64, 0, 0.0f, 0), -EINVAL);
         expect("ntok 65", cuda_mma_gemv(B, w, x, y, 64, 64, 65, 0.0f, 0), -EINVAL);
         expect("beta 0.5", cuda_mma_gemv(B, w, x, y, 64, 64, 1, 0.5f, 0), -EINVAL);
@@ -483,14 +494,16 @@ static void check_args(void)
                -EINVAL);
         expect("tuned split -1", cuda_mma_gemv_tuned(B, w, x, y, 64, 64, 1, 0.0f, 0, false, 0, -1),
                -EINVAL);
-        expect("plan k 40", cuda_mma_gemv_plan(B, 64, 40, 1, &mt, &split, &blocks), -EINVAL);
+        expect("plan k 44", cuda_mma_gemv_plan(B, 64, 44, 1, &mt, &split, &blocks), -EINVAL);
         expect("plan ntok 65", cuda_mma_gemv_plan(B, 64, 64, 65, &mt, &split, &blocks), -EINVAL);
-        /* valid: y only 4-byte aligned is fine; F16 too; a split above k/32 is clamped */
+        /* valid: y only 4-byte aligned is fine; F16 too; k 8 (one partial chunk); a split above
+         * the number of 64-element chunks leaves blocks with nothing to add */
         expect("valid (y + 1 float)", cuda_mma_gemv(B, w, x, y + 1, 64, 64, 1, 0.0f, 0), 0);
         expect("valid f16 beta 1 pdl",
                cuda_mma_gemv(CUDA_WTYPE_F16, w, x, y, 64, 64, 64, 1.0f, 0, true), 0);
         expect("valid tuned split 8 at k 64",
                cuda_mma_gemv_tuned(B, w, x, y, 64, 64, 3, 0.0f, 0, false, 2, 8), 0);
+        expect("valid k 8", cuda_mma_gemv(B, w, x, y, 64, 8, 5, 0.0f, 0), 0);
         expect("plan valid", cuda_mma_gemv_plan(B, 64, 64, 1, &mt, &split, &blocks), 0);
         CUDA_CHECK_ABORT(cudaDeviceSynchronize());
         CUDA_CHECK_ABORT(cudaFree(w));
@@ -601,7 +614,7 @@ static void bench_shape(const shape &s, uint32_t wtype, struct cuda_gemm *gemm, 
                        b.best.c_str());
                 benches.push_back(b);
                 if (sweep)
-                        for (int mt = 1; mt <= (ntok > 16 ? 2 : 1); mt++)
+                        for (int mt = 1; mt <= 2; mt++)
                                 for (int split : {1, 2, 3, 4, 6, 8}) {
                                         const double us = time_graph(nsets, st, [&](int i) {
                                                 return cuda_mma_gemv_tuned(
@@ -650,8 +663,9 @@ int main(int argc, char **argv)
         int drv = 0, rt = 0;
         if (!device_open(&prop, &drv, &rt))
                 return 77;
-        if (prop.major < 9) {
-                printf("SKIP: cuda_mma_gemv needs sm_90 (thread-block clusters), this is sm_%d%d\n",
+        if (!cuda_mma_gemv_ok()) {
+                printf("SKIP: cuda_mma_gemv needs sm_90 (wgmma, the bulk tensor copy engine), this is "
+                       "sm_%d%d\n",
                        prop.major, prop.minor);
                 return 77;
         }
@@ -662,7 +676,8 @@ int main(int argc, char **argv)
                 /* odd row counts (partial 16-row tiles and blocks), k from one chunk up, every
                  * token count class; all rows against the CPU */
                 const int small[][2] = {{1, 32},    {37, 96},   {130, 32},    {333, 2048},
-                                        {77, 8192}, {1029, 96}, {4099, 2048}, {520, 8192}};
+                                        {77, 8192}, {1029, 96}, {4099, 2048}, {520, 8192},
+                                        {65, 200}};
                 for (uint32_t wt : {CUDA_WTYPE_BF16, CUDA_WTYPE_F16})
                         for (auto &sh : small) {
                                 problem p;
