@@ -216,8 +216,8 @@ int main(int argc, char **argv)
                 case 'i': g_invariant = true; break;
                 case 'P':
                         g_pdl = !strcmp(optarg, "off") ? -1 : atoi(optarg);
-                        if (g_pdl == 0 || g_pdl > 63) {
-                                fprintf(stderr, "sluice-bench-gpu: --pdl takes off or a mask 1..63, not '%s'\n", optarg);
+                        if (g_pdl == 0 || g_pdl > 127) {
+                                fprintf(stderr, "sluice-bench-gpu: --pdl takes off or a mask 1..127, not '%s'\n", optarg);
                                 return 2;
                         }
                         break;

@@ -275,7 +275,8 @@ struct engine_sched_opts {
                                      * meanwhile). 0: ENGINE_PDL_DEFAULT; -1 none; else a mask
                                      * of cuda/ecu.h's ECU_PDL_*: 1 layer, 2 attention, 4 I/O
                                      * for steps of two tokens or more; 8 RMSNorms, 16
-                                     * attention, 32 I/O for one-token steps */
+                                     * attention, 32 I/O for one-token steps; 64 the wgmma
+                                     * products of 2-16-token steps too */
         bool no_fused_epilogues;    /* one-token steps: Q/K/V post-processing and the gated
                                      * activation as kernels of their own (the same tokens;
                                      * for tests and measurements) */

@@ -629,22 +629,24 @@ static bool mma_takes(const struct ecu_ctx *c, uint32_t wtype, int k, int n)
 }
 
 /* y = beta·y + W·x16 on the tensor cores: cuda_mma_gemv for a few tokens, else cuBLASLt.
- * Neither goes with programmatic dependent launch: cuBLASLt cannot, and with it
- * cuda_mma_gemv made 8-token steps of the 8B shape 14% slower on an H200 (not found why). */
-static int product_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
-                       float beta, int cap)
+ * cuBLASLt never goes with programmatic dependent launch; cuda_mma_gemv does when pdl and
+ * ECU_PDL_MMA, which is off by default: with it 8-token steps of the 8B shape ran 14% slower
+ * on an H200 (docs/performance.md). */
+static int product_x16(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, float *y, int rows, int k,
+                       int n, float beta, int cap)
 {
         if (mma_takes(c, wtype, k, n))
-                return cuda_mma_gemv(wtype, w, (const uint16_t *)c->x16, y, rows, k, n, beta, c->st, false);
+                return cuda_mma_gemv(wtype, w, (const uint16_t *)c->x16, y, rows, k, n, beta, c->st,
+                                     pdl && (c->pdl & ECU_PDL_MMA));
         return cuda_gemm(c->gemm, wtype, w, c->x16, y, rows, k, gemm_bucket(n, cap), beta, c->st);
 }
 
 /* The same, x16 already written (n > gemv_max) by the kernel before: the conversion
  * (matmul), the norm (matmul_norm), the gated activation (matmul_glu), attention. */
-static int matmul_x16(struct ecu_ctx *c, uint32_t wtype, const void *w, float *y, int rows, int k, int n,
-                      float beta, int cap)
+static int matmul_x16(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, float *y, int rows, int k,
+                      int n, float beta, int cap)
 {
-        LAUNCH(c, product_x16(c, wtype, w, y, rows, k, n, beta, cap));
+        LAUNCH(c, product_x16(c, pdl, wtype, w, y, rows, k, n, beta, cap));
         return 0;
 }
 
@@ -657,7 +659,7 @@ static int matmul(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *w, co
                 return 0;
         }
         LAUNCH(c, cuda_f32_to_w16(wtype, x, c->x16, (size_t)n * k, c->st));
-        return matmul_x16(c, wtype, w, y, rows, k, n, beta, cap);
+        return matmul_x16(c, pdl, wtype, w, y, rows, k, n, beta, cap);
 }
 
 
@@ -671,7 +673,7 @@ static int matmul_norm(struct ecu_ctx *c, bool pdl, uint32_t wtype, const void *
 {
         if (n > c->gemv_max) {
                 LAUNCH(c, cuda_rmsnorm_w16(x, norm_w, c->x16, wtype, k, n, eps, c->st, pdl));
-                return matmul_x16(c, wtype, w, y, rows, k, n, 0.0f, cap);
+                return matmul_x16(c, pdl, wtype, w, y, rows, k, n, 0.0f, cap);
         }
         LAUNCH(c, cuda_rmsnorm(x, norm_w, c->xn, k, n, eps, c->st, pdl));
         return matmul(c, pdl, wtype, w, c->xn, y, rows, k, n, 0.0f, cap);
@@ -684,7 +686,7 @@ static int matmul_glu(struct ecu_ctx *c, bool pdl, int act, const float *gu, uin
 {
         if (n > c->gemv_max) {
                 LAUNCH(c, cuda_glu_w16(act, gu, c->x16, wtype, k, n, c->st, pdl));
-                return matmul_x16(c, wtype, w, y, rows, k, n, beta, cap);
+                return matmul_x16(c, pdl, wtype, w, y, rows, k, n, beta, cap);
         }
         LAUNCH(c, cuda_glu(act, gu, c->act, k, n, c->st, pdl));
         return matmul(c, pdl, wtype, w, c->act, y, rows, k, n, beta, cap);
@@ -882,7 +884,7 @@ static int enqueue_step(struct ecu_ctx *c, int ntok, int nrows, float *logits_ho
                         return r;
                 float *oy = gemma ? c->tmp : c->x;
                 const float obeta = gemma ? 0.0f : 1.0f;
-                if ((r = o16 ? matmul_x16(c, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
+                if ((r = o16 ? matmul_x16(c, pdl, W->to, W->wo, oy, E, OD, ntok, obeta, (int)c->T)
                              : matmul(c, pdl, W->to, W->wo, c->att, oy, E, OD, ntok, obeta, (int)c->T)) < 0)
                         return r;
                 if (gemma)
@@ -978,7 +980,7 @@ static int tune_fn(struct ecu_ctx *c, void *p)
          * (test-cuda-backend's overlapped-vs-serial check failed on llama2-BF16, H200). */
         if (a->gemm) {
                 int r = cuda_f32_to_w16(a->wtype, c->xn, c->x16, (size_t)a->n * a->k, c->st);
-                return r < 0 ? r : product_x16(c, a->wtype, a->w, c->gu, a->rows, a->k, a->n, 0.0f, (int)c->T);
+                return r < 0 ? r : product_x16(c, false, a->wtype, a->w, c->gu, a->rows, a->k, a->n, 0.0f, (int)c->T);
         }
         return cuda_gemv_beta(a->wtype, a->w, c->xn, c->gu, a->rows, a->k, a->n, 0.0f, c->st);
 }
@@ -1032,7 +1034,7 @@ static int prepare_gemms(struct ecu_ctx *c)
                          * new prompt length (5-11 ms of its time to first token on an H200,
                          * docs/performance.md); the buffers hold nothing yet */
                         if (r == 0)
-                                r = product_x16(c, sh.t, sh.w, sh.y, sh.rows, sh.k, mma ? n : key, 0.0f, sh.cap);
+                                r = product_x16(c, false, sh.t, sh.w, sh.y, sh.rows, sh.k, mma ? n : key, 0.0f, sh.cap);
                         if (r < 0)
                                 return r;
                 }
@@ -1130,7 +1132,7 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         if (!o->max_seqs || !o->max_tokens || !o->block_size || !o->max_blocks_per_seq)
                 return sl_errorf(err, -EINVAL, "cuda context: limits must be > 0");
         if (o->pdl < 0 ||
-            o->pdl > (ECU_PDL_LAYER | ECU_PDL_ATTN | ECU_PDL_IO | ECU_PDL_NORM1 | ECU_PDL_ATTN1 | ECU_PDL_IO1))
+            o->pdl > (ECU_PDL_LAYER | ECU_PDL_ATTN | ECU_PDL_IO | ECU_PDL_NORM1 | ECU_PDL_ATTN1 | ECU_PDL_IO1 | ECU_PDL_MMA))
                 return sl_errorf(err, -EINVAL, "cuda context: pdl %d is not a mask of ECU_PDL_* bits", o->pdl);
         c = (struct ecu_ctx *)calloc(1, sizeof(*c));
         if (!c)

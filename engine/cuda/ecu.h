@@ -55,6 +55,8 @@ const char *ecu_model_last_error(const struct ecu_model *em);
 #define ECU_PDL_NORM1 8  /* the layers' RMSNorms */
 #define ECU_PDL_ATTN1 16 /* attention */
 #define ECU_PDL_IO1 32   /* as ECU_PDL_IO */
+/* steps of 2..16 tokens: cuda_mma_gemv's products too (with ECU_PDL_LAYER) */
+#define ECU_PDL_MMA 64
 
 struct ecu_ctx_opts {
         uint32_t max_seqs;        /* sequences in the KV cache at once */

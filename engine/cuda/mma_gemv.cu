@@ -257,6 +257,7 @@ __global__ void __launch_bounds__(mg_shape<NT, MT>::THREADS)
                  * i - 1's set is added to acc (in chunk order) and its stage released */
                 const int wg = warp / 4;
                 float ta[NT / 2], tb[NT / 2];
+                pdl_wait(); /* with pdl: sleep here, not polling the ring, while the kernel before runs */
                 auto issue = [&](int i, float(&t)[NT / 2]) {
                         const int s = i % S::S;
                         mbar_wait(full + 8 * s, (uint32_t)(i / S::S) & 1);

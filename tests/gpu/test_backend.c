@@ -2,7 +2,8 @@
  *   1. teacher-forced logits: a fixed random token sequence through both, logits of every
  *      position compared (top-1 agreement, max |Δ| relative to the row's logit range); the
  *      GPU run in prefill chunks of 7 tokens so chunked prefill is covered too, then in one
- *      chunk of 96, whose attention runs on the tensor cores (cuda_attention_tc);
+ *      chunk of 96, whose attention runs on the tensor cores (cuda_attention_tc), and in
+ *      chunks of 12 (the products of 9-16-token steps: cuda_mma_gemv on Hopper);
  *   2. greedy continuations of several prompts through the scheduler: the CPU one request at
  *      a time, the GPU all at once (continuous batching): identical tokens;
  *   3. CUDA Graph replay vs eager decoding (no_graphs): identical tokens, launches per step;
@@ -40,6 +41,7 @@
 
 static int failures;
 static long g_tf_agree, g_tf_total;
+static long g_tf12_agree, g_tf12_total; /* the chunks-of-12 pass: reported only */
 static double g_tf_maxabs; /* the current model's largest |CPU - GPU| logit difference */
 static FILE *json;
 static int json_first = 1;
@@ -222,6 +224,9 @@ static int teacher_forced(const char *path, struct engine_model *cpu, struct eng
                         g_tf_maxabs = fmax(g_tf_maxabs, fabs((double)lc[i] - lg[i]));
                 g_tf_agree += agree;
                 g_tf_total += N_TF;
+        } else if (chunk == 12) {
+                g_tf12_agree += agree;
+                g_tf12_total += N_TF;
         }
         snprintf(what, sizeof(what), "teacher-forced (GPU chunks of %d) top-1 agreement %d/%d, the %d others near-ties; "
                  "max |dlogit|/range %.2e (< 1e-2)", chunk, agree, N_TF, N_TF - agree, worst);
@@ -455,8 +460,11 @@ static int test_model(const char *path)
                         goto out;
                 memcpy(toks, ids, sizeof(toks));
         }
-        double top1 = 0, terr = 0, top1_tc = 0, terr_tc = 0;
+        double top1 = 0, terr = 0, top1_tc = 0, terr_tc = 0, top1_mma = 0, terr_mma = 0;
         teacher_forced(path, cpu, gpu, toks, N_TF, &top1_tc, &terr_tc);
+        /* 12 tokens a step: above GEMV_MAX, so the products go to cuda_mma_gemv on Hopper
+         * (cuBLASLt elsewhere) */
+        teacher_forced(path, cpu, gpu, toks, 12, &top1_mma, &terr_mma);
         teacher_forced(path, cpu, gpu, toks, 7, &top1, &terr);
 
         static int32_t prompts[64][16];
@@ -559,20 +567,25 @@ static int test_model(const char *path)
         g_vary = false;
         /* programmatic dependent launch (kernels starting while the one before them finishes)
          * changes when work runs, never what it computes: off (-1), the layer kernels only (1),
-         * every kernel of multi-token steps (7) and every bit (63) give the same tokens as the
-         * default, for seeded sampling with penalties */
-        if (run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &c, NULL, NULL) == 0) {
-                const int modes[4] = {-1, 1, 7, 63};
-                for (int i = 0; i < 4; i++) {
-                        g_pdl = modes[i];
-                        r = run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &d, NULL, NULL);
+         * every kernel of multi-token steps (7), every bit but the wgmma products' (63), and
+         * every bit on 12 requests (127: their 12-token steps' products are cuda_mma_gemv's
+         * on Hopper) give the same tokens as the default, for seeded sampling with penalties */
+        static const struct {
+                int pdl, n;
+        } modes[] = {{-1, 32}, {1, 32}, {7, 32}, {63, 32}, {127, 12}};
+        static struct collect base12;
+        if (run_sched(gpu, false, 32, (const int32_t(*)[16])p2, many, false, &c, NULL, NULL) == 0 &&
+            run_sched(gpu, false, 12, (const int32_t(*)[16])p2, many, false, &base12, NULL, NULL) == 0) {
+                for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                        g_pdl = modes[i].pdl;
+                        r = run_sched(gpu, false, modes[i].n, (const int32_t(*)[16])p2, many, false, &d, NULL, NULL);
                         g_pdl = 0;
-                        ok = r == 0 ? same(&c, &d, 32) : 0;
-                        snprintf(what, sizeof(what), "pdl %d == default (pdl %d): %d/32 requests identical", modes[i],
-                                 ENGINE_PDL_DEFAULT, ok);
-                        check(ok == 32, what, path);
+                        ok = r == 0 ? same(modes[i].n == 32 ? &c : &base12, &d, modes[i].n) : 0;
+                        snprintf(what, sizeof(what), "pdl %d == default (pdl %d): %d/%d requests identical", modes[i].pdl,
+                                 ENGINE_PDL_DEFAULT, ok, modes[i].n);
+                        check(ok == modes[i].n, what, path);
                         jrec("{\"model\": \"%s\", \"test\": \"pdl_vs_default\", \"pdl\": %d, \"identical\": %d, "
-                             "\"of\": 32}", path, modes[i], ok);
+                             "\"of\": %d}", path, modes[i].pdl, ok, modes[i].n);
                 }
         } else {
                 check(0, "pdl runs", path);
@@ -632,8 +645,9 @@ static int test_model(const char *path)
         }
         g_invariant = false;
         jrec("{\"model\": \"%s\", \"test\": \"teacher_forced\", \"top1\": %.4f, \"max_rel_err\": %.3e, \"positions\": %d, "
-             "\"top1_one_chunk\": %.4f, \"max_rel_err_one_chunk\": %.3e}",
-             path, top1, terr, N_TF, top1_tc, terr_tc);
+             "\"top1_one_chunk\": %.4f, \"max_rel_err_one_chunk\": %.3e, \"top1_chunk12\": %.4f, "
+             "\"max_rel_err_chunk12\": %.3e}",
+             path, top1, terr, N_TF, top1_tc, terr_tc, top1_mma, terr_mma);
 out:
         engine_model_free(cpu);
         engine_model_free(gpu);
@@ -742,8 +756,12 @@ int main(int argc, char **argv)
                         check(g_tf_agree >= TOP1_FLOOR * g_tf_total, what, "all");
                 else
                         printf("INFO   all: %s\n", what);
-                jrec("{\"test\": \"teacher_forced_all\", \"input\": \"%s\", \"agree\": %ld, \"total\": %ld}",
-                     g_text ? "text" : "random", g_tf_agree, g_tf_total);
+                jrec("{\"test\": \"teacher_forced_all\", \"input\": \"%s\", \"agree\": %ld, \"total\": %ld, "
+                     "\"agree_chunk12\": %ld, \"total_chunk12\": %ld}",
+                     g_text ? "text" : "random", g_tf_agree, g_tf_total, g_tf12_agree, g_tf12_total);
+                printf("INFO   all: teacher-forced top-1 agreement in GPU chunks of 12 (%s): %ld/%ld = %.2f%%\n",
+                       g_text ? "text" : "random ids", g_tf12_agree, g_tf12_total,
+                       g_tf12_total ? 100.0 * g_tf12_agree / g_tf12_total : 0.0);
         }
         if (json) {
                 fprintf(json, "\n]\n");
