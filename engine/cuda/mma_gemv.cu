@@ -126,7 +126,28 @@ template <int N> static __device__ __forceinline__ void wg_wait(void)
         asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 
-/* d (+)= A·B, m64 nN k16, f32 accumulators; acc 0 starts from zero. */
+/* d (+)= A·B, m64 nN k16, f32 accumulators; acc 0 starts from zero. One asm statement per
+ * shape and type: the N/2 accumulator registers, then the two descriptors and acc. */
+#define MG_WGMMA(SHAPE, TY, REGS, PA, PB, PACC, ...)                                          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " PACC ", 0;\n"                       \
+                     "wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " {" REGS "}, " PA \
+                     ", " PB ", p, 1, 1, 0, 0;\n}\n"                                            \
+                     : __VA_ARGS__                                                              \
+                     : "l"(a), "l"(b), "r"(acc))
+
+#define MG_R4 "%0, %1, %2, %3"
+#define MG_D4 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+
+#define MG_R8 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define MG_D8 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+
+#define MG_R16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define MG_D16 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+
+#define MG_R32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define MG_D32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+
 template <int N> struct wg_mma;
 
 template <> struct wg_mma<8> {
@@ -134,15 +155,9 @@ template <> struct wg_mma<8> {
         static __device__ __forceinline__ void run(float (&d)[4], uint64_t a, uint64_t b, int acc)
         {
                 if constexpr (BF16)
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n8k16", "bf16", MG_R4, "%4", "%5", "%6", MG_D4);
                 else
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n8k16", "f16", MG_R4, "%4", "%5", "%6", MG_D4);
         }
 };
 
@@ -151,15 +166,9 @@ template <> struct wg_mma<16> {
         static __device__ __forceinline__ void run(float (&d)[8], uint64_t a, uint64_t b, int acc)
         {
                 if constexpr (BF16)
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n16k16", "bf16", MG_R8, "%8", "%9", "%10", MG_D8);
                 else
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n16k16", "f16", MG_R8, "%8", "%9", "%10", MG_D8);
         }
 };
 
@@ -168,15 +177,9 @@ template <> struct wg_mma<32> {
         static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int acc)
         {
                 if constexpr (BF16)
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n32k16", "bf16", MG_R16, "%16", "%17", "%18", MG_D16);
                 else
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n32k16", "f16", MG_R16, "%16", "%17", "%18", MG_D16);
         }
 };
 
@@ -185,15 +188,9 @@ template <> struct wg_mma<64> {
         static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int acc)
         {
                 if constexpr (BF16)
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n64k16", "bf16", MG_R32, "%32", "%33", "%34", MG_D32);
                 else
-                        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                                     : "l"(a), "l"(b), "r"(acc));
+                        MG_WGMMA("m64n64k16", "f16", MG_R32, "%32", "%33", "%34", MG_D32);
         }
 };
 
