@@ -150,49 +150,21 @@ template <int N> static __device__ __forceinline__ void wg_wait(void)
 
 template <int N> struct wg_mma;
 
-template <> struct wg_mma<8> {
-        template <bool BF16>
-        static __device__ __forceinline__ void run(float (&d)[4], uint64_t a, uint64_t b, int acc)
-        {
-                if constexpr (BF16)
-                        MG_WGMMA("m64n8k16", "bf16", MG_R4, "%4", "%5", "%6", MG_D4);
-                else
-                        MG_WGMMA("m64n8k16", "f16", MG_R4, "%4", "%5", "%6", MG_D4);
-        }
-};
-
-template <> struct wg_mma<16> {
-        template <bool BF16>
-        static __device__ __forceinline__ void run(float (&d)[8], uint64_t a, uint64_t b, int acc)
-        {
-                if constexpr (BF16)
-                        MG_WGMMA("m64n16k16", "bf16", MG_R8, "%8", "%9", "%10", MG_D8);
-                else
-                        MG_WGMMA("m64n16k16", "f16", MG_R8, "%8", "%9", "%10", MG_D8);
-        }
-};
-
-template <> struct wg_mma<32> {
-        template <bool BF16>
-        static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int acc)
-        {
-                if constexpr (BF16)
-                        MG_WGMMA("m64n32k16", "bf16", MG_R16, "%16", "%17", "%18", MG_D16);
-                else
-                        MG_WGMMA("m64n32k16", "f16", MG_R16, "%16", "%17", "%18", MG_D16);
-        }
-};
-
-template <> struct wg_mma<64> {
-        template <bool BF16>
-        static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int acc)
-        {
-                if constexpr (BF16)
-                        MG_WGMMA("m64n64k16", "bf16", MG_R32, "%32", "%33", "%34", MG_D32);
-                else
-                        MG_WGMMA("m64n64k16", "f16", MG_R32, "%32", "%33", "%34", MG_D32);
-        }
-};
+#define MG_SPEC(N, R, D, PA, PB, PACC)                                                          \
+        template <> struct wg_mma<N> {                                                          \
+                template <bool BF16>                                                            \
+                static __device__ __forceinline__ void run(float(&d)[N / 2], uint64_t a, uint64_t b, int acc) \
+                {                                                                               \
+                        if constexpr (BF16)                                                     \
+                                MG_WGMMA("m64n" #N "k16", "bf16", R, PA, PB, PACC, D);          \
+                        else                                                                    \
+                                MG_WGMMA("m64n" #N "k16", "f16", R, PA, PB, PACC, D);           \
+                }                                                                               \
+        };
+MG_SPEC(8, MG_R4, MG_D4, "%4", "%5", "%6")
+MG_SPEC(16, MG_R8, MG_D8, "%8", "%9", "%10")
+MG_SPEC(32, MG_R16, MG_D16, "%16", "%17", "%18")
+MG_SPEC(64, MG_R32, MG_D32, "%32", "%33", "%34")
 
 /* ---- the kernel ---- */
 
@@ -444,24 +416,20 @@ template <bool BF16>
 static cudaError_t launch_w(const mma_plan &p, const void *w, const uint16_t *x, float *y, int rows, int k,
                             int ntok, int acc, cudaStream_t s, bool pdl)
 {
+#define MG_CASE(NT, MT)                                                                        \
+        case NT * 4 + MT:                                                                      \
+                return launch<NT, MT, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl)
         switch (p.nt * 4 + p.mt) {
-        case 8 * 4 + 1:
-                return launch<8, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 8 * 4 + 2:
-                return launch<8, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 16 * 4 + 1:
-                return launch<16, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 16 * 4 + 2:
-                return launch<16, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 32 * 4 + 1:
-                return launch<32, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 32 * 4 + 2:
-                return launch<32, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 64 * 4 + 1:
-                return launch<64, 1, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
-        case 64 * 4 + 2:
-                return launch<64, 2, BF16>(p, w, x, y, rows, k, ntok, acc, s, pdl);
+                MG_CASE(8, 1);
+                MG_CASE(8, 2);
+                MG_CASE(16, 1);
+                MG_CASE(16, 2);
+                MG_CASE(32, 1);
+                MG_CASE(32, 2);
+                MG_CASE(64, 1);
+                MG_CASE(64, 2);
         }
+#undef MG_CASE
         return cudaErrorInvalidValue;
 }
 
