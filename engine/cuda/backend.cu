@@ -1297,7 +1297,6 @@ extern "C" int ecu_ctx_create(const struct engine_model *m, const struct ecu_ctx
         c->info.n_graphs = c->n_graphs;
         memcpy(c->info.buckets, c->bucket, sizeof(c->bucket));
         c->info.gemv_max_tokens = (uint32_t)c->gemv_max;
-        c->info.mma_products = c->mma;
         *out = c;
         return 0;
 oom: {

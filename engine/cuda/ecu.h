@@ -96,8 +96,6 @@ struct ecu_ctx_info {
         uint32_t n_graphs;        /* decode buckets captured */
         uint32_t buckets[16];
         uint32_t gemv_max_tokens; /* largest batch that uses the GEMV (above: cuBLASLt) */
-        bool mma_products;        /* products of gemv_max_tokens + 1 .. 16 tokens through
-                                   * cuda_mma_gemv (wgmma), not cuBLASLt */
         uint64_t capture_ns;
 };
 
