@@ -525,9 +525,10 @@ struct dp_keys *dp_auth_swap(struct dp_auth_ctx *ctx, struct dp_keys *keys, unsi
 /* A single-producer/single-consumer ring of variable-length records in one allocation of
  * a power-of-two number of bytes. Records are 8-byte aligned, each behind an 8-byte
  * header; a record that would straddle the end is preceded by a pad record that the
- * consumer skips. The producer calls reserve + commit, the consumer peek + release; each
- * side touches only its own index and reads the other's with acquire ordering. A record
- * holds at most dp_ring_max_record() bytes (capacity / 2 - 8). */
+ * consumer skips. The producer calls reserve + commit, the consumer peek + release (or
+ * peek + hold, and put later); each side touches only its own index and reads the other's
+ * with acquire ordering. A record holds at most dp_ring_max_record() bytes (capacity / 2 - 8,
+ * at most 2^30 - 1). */
 struct dp_ring;
 
 int dp_ring_create(struct dp_ring **out, size_t capacity, struct sl_error *err);
@@ -543,8 +544,21 @@ void dp_ring_commit(struct dp_ring *r, size_t len);
 const void *dp_ring_peek(struct dp_ring *r, size_t *len);
 /* Consumer: frees the record that peek returned. */
 void dp_ring_release(struct dp_ring *r);
-/* Either side: whether a record is waiting (a hint: the other side may be adding one). */
+/* Consumer, instead of release: moves past the record that peek returned but keeps it
+ * allocated (its bytes stay valid and unchanged) until dp_ring_put(rec), which may come in
+ * any order among held records. The producer gets space back only up to the oldest record
+ * not yet put, so a consumer holds records briefly. Returns the record (peek's pointer). */
+const void *dp_ring_hold(struct dp_ring *r);
+void dp_ring_put(struct dp_ring *r, const void *rec);
+uint32_t dp_ring_held(const struct dp_ring *r); /* consumer: records held, not yet put */
+/* Either side: whether the ring holds nothing, neither waiting nor held records (a hint:
+ * the other side may be adding one). */
 bool dp_ring_empty(const struct dp_ring *r);
+/* Consumer: whether a record is waiting to be read (held ones do not count). */
+bool dp_ring_readable(const struct dp_ring *r);
+/* The ring's memory, [p, p + *len): for registering it with a device that reads records in
+ * place (the engine's GPU reads prompts in the request ring). */
+void *dp_ring_mem(const struct dp_ring *r, size_t *len);
 
 /* ---- records carried by the rings ----
  * Each transport has its own pair of rings: requests (transport -> engine) and responses

@@ -1,6 +1,10 @@
 /* ring.c — the single-producer/single-consumer record rings between transport threads and
  * the engine thread, and the request/response record helpers. One allocation at create;
- * afterwards no allocation, lock or syscall: two indices, acquire/release ordering. */
+ * afterwards no allocation, lock or syscall: two indices, acquire/release ordering.
+ *
+ * The consumer may keep records past its read position (dp_ring_hold) and free them in any
+ * order (dp_ring_put): a freed record is marked in its header, and the space the producer
+ * sees (tail) advances over the oldest records once they are all free. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -9,7 +13,9 @@
 #include "dataplane.h"
 
 #define REC_HDR 8u
-#define REC_PAD 0x80000000u /* header flag: skip to the start of the ring */
+#define REC_PAD 0x80000000u  /* header flag: skip to the start of the ring */
+#define REC_FREE 0x40000000u /* header flag (consumer's): a held record was given back */
+#define REC_LEN 0x3fffffffu
 
 struct dp_ring {
         /* producer's line */
@@ -18,9 +24,11 @@ struct dp_ring {
         uint64_t res_pos;                             /* where the reserved record starts */
         uint64_t res_pad;                             /* pad bytes before it (wrap) */
         /* consumer's line */
-        _Alignas(SL_CACHELINE) _Atomic uint64_t tail; /* bytes ever released */
+        _Alignas(SL_CACHELINE) _Atomic uint64_t tail; /* bytes ever freed (all records before) */
+        uint64_t rd;                                  /* bytes ever read: held records lie in [tail, rd) */
         uint64_t head_cache;                          /* consumer's view of head */
         uint64_t peek_size;                           /* bytes the peeked record occupies */
+        uint32_t held;                                /* records held and not yet put */
         /* shared, read-only */
         _Alignas(SL_CACHELINE) uint8_t *data;
         uint64_t cap, mask;
@@ -39,7 +47,8 @@ int dp_ring_create(struct dp_ring **out, size_t capacity, struct sl_error *err)
         if (!r)
                 goto fail;
         memset(r, 0, sizeof(*r));
-        r->data = aligned_alloc(SL_CACHELINE, capacity);
+        /* page-aligned, so that the whole ring can be page-locked for a device (dp_ring_mem) */
+        r->data = aligned_alloc(SL_MIN(capacity, (size_t)4096), capacity);
         if (!r->data)
                 goto fail;
         memset(r->data, 0, capacity); /* touch the pages now, not on the hot path */
@@ -63,7 +72,12 @@ void dp_ring_free(struct dp_ring *r)
 }
 
 size_t dp_ring_capacity(const struct dp_ring *r) { return r->cap; }
-size_t dp_ring_max_record(const struct dp_ring *r) { return r->cap / 2 - REC_HDR; }
+size_t dp_ring_max_record(const struct dp_ring *r) { return SL_MIN(r->cap / 2 - REC_HDR, (uint64_t)REC_LEN); }
+void *dp_ring_mem(const struct dp_ring *r, size_t *len)
+{
+        *len = r->cap;
+        return r->data;
+}
 
 static inline void put_hdr(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline uint32_t get_hdr(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -102,14 +116,14 @@ void dp_ring_commit(struct dp_ring *r, size_t len)
 
 const void *dp_ring_peek(struct dp_ring *r, size_t *len)
 {
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+        const uint64_t rd = r->rd;
 
-        if (tail == r->head_cache) {
+        if (rd == r->head_cache) {
                 r->head_cache = atomic_load_explicit(&r->head, memory_order_acquire);
-                if (tail == r->head_cache)
+                if (rd == r->head_cache)
                         return NULL;
         }
-        uint64_t pos = tail & r->mask;
+        uint64_t pos = rd & r->mask;
         uint32_t h = get_hdr(r->data + pos);
         uint64_t skip = 0;
         if (h & REC_PAD) {
@@ -123,18 +137,68 @@ const void *dp_ring_peek(struct dp_ring *r, size_t *len)
         return r->data + pos + REC_HDR;
 }
 
+/* Moves tail over the oldest records while they are free (the consumer's own scan: the
+ * headers in [tail, rd) are the consumer's until tail passes them). */
+static void reclaim(struct dp_ring *r)
+{
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed), t = tail;
+
+        while (t < r->rd) {
+                uint64_t pos = t & r->mask, skip = 0;
+                uint32_t h = get_hdr(r->data + pos);
+                if (h & REC_PAD) {
+                        skip = r->cap - pos;
+                        h = get_hdr(r->data);
+                }
+                if (!(h & REC_FREE))
+                        break;
+                t += skip + rec_size(h & REC_LEN);
+        }
+        if (t != tail)
+                atomic_store_explicit(&r->tail, t, memory_order_release);
+}
+
 void dp_ring_release(struct dp_ring *r)
 {
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-
-        atomic_store_explicit(&r->tail, tail + r->peek_size, memory_order_release);
-        r->peek_size = 0;
+        if (!r->held) { /* nothing held: the fast path of a plain FIFO */
+                r->rd += r->peek_size;
+                atomic_store_explicit(&r->tail, r->rd, memory_order_release);
+                r->peek_size = 0;
+                return;
+        }
+        dp_ring_put(r, dp_ring_hold(r));
 }
+
+const void *dp_ring_hold(struct dp_ring *r)
+{
+        uint64_t pos = r->rd & r->mask;
+        if (get_hdr(r->data + pos) & REC_PAD)
+                pos = 0;
+        r->rd += r->peek_size;
+        r->peek_size = 0;
+        r->held++;
+        return r->data + pos + REC_HDR;
+}
+
+void dp_ring_put(struct dp_ring *r, const void *rec)
+{
+        uint8_t *hp = (uint8_t *)(uintptr_t)rec - REC_HDR;
+        put_hdr(hp, get_hdr(hp) | REC_FREE);
+        r->held--;
+        reclaim(r);
+}
+
+uint32_t dp_ring_held(const struct dp_ring *r) { return r->held; }
 
 bool dp_ring_empty(const struct dp_ring *r)
 {
         return atomic_load_explicit(&r->head, memory_order_acquire) ==
                atomic_load_explicit(&r->tail, memory_order_acquire);
+}
+
+bool dp_ring_readable(const struct dp_ring *r)
+{
+        return atomic_load_explicit(&r->head, memory_order_acquire) != r->rd;
 }
 
 /* ---- records ---- */
