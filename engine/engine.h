@@ -302,6 +302,17 @@ struct engine_request {
         uint64_t tag;               /* caller's id, echoed in events; unique among live requests */
         const int32_t *prompt;      /* token ids, copied at submit */
         uint32_t n_prompt;
+        /* Optional. When set, prompt[0, n_prompt) stays valid and unchanged where it lies until
+         * the engine calls prompt_release(prompt_ctx): exactly once, on the thread that calls
+         * the engine_sched_* functions, never inside engine_sched_submit, and only when
+         * submit succeeded. Meanwhile the prefill steps read the ids there (the GPU too, when
+         * the memory is mapped for it: engine_host_register, ecu_host_alloc) rather than from
+         * the engine's copy. The hold ends when the prompt has been read, or at the end of an
+         * engine_sched_step call that leaves the request in the queue (or preempted), or when
+         * the request ends; the release comes once the steps that read it have completed, and
+         * engine_sched_free releases what is still held. */
+        void (*prompt_release)(void *ctx);
+        void *prompt_ctx;
         struct engine_sampling sampling;
         uint32_t max_tokens;        /* 0 = opts.max_new_tokens */
         uint32_t n_stop;            /* <= ENGINE_SCHED_MAX_STOP */
@@ -358,6 +369,9 @@ struct engine_sched_stats {
         uint32_t prefill_last;      /* prompt tokens in the last completed step (0: decode only) */
         uint64_t tokens_computed;   /* batch tokens (prefill + decode) */
         uint64_t prompt_tokens;     /* prefill tokens computed, recomputation included */
+        uint64_t prompt_tokens_in_place; /* of those, read where the caller's prompt lies
+                                          * (engine_request.prompt_release), not from the
+                                          * engine's copy */
         uint64_t generated_tokens;  /* tokens emitted */
         uint64_t submitted;
         uint64_t rejected_busy;

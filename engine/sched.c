@@ -10,7 +10,15 @@
  * request (end of generation, a stop string), its row of step n+1 is computed and dropped.
  * Requests that step n's token would end by length are left out of step n+1. Preemption
  * happens only with nothing in flight. Prompt chunks are read by the GPU straight from the
- * slots' token arrays, which live in mapped pinned memory (ecu_host_alloc). */
+ * slots' token arrays, which live in mapped pinned memory (ecu_host_alloc).
+ *
+ * A prompt submitted with prompt_release is also read where the caller's transport wrote it
+ * (the request ring, the DPDK receive buffer): the steps of its prefill take their ids
+ * there, the GPU's too when that memory is mapped for it. That hold lasts while consecutive
+ * steps read the prompt: a step call that does not read it (the request waits in the queue,
+ * its prompt is done, it was preempted or ended) ends it, and the caller's release runs once
+ * the last step that read it has completed. The slot's own copy, made at submit, serves the
+ * host (penalty windows, recomputation after preemption) and whatever comes after. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +61,20 @@ struct slot {
         uint64_t pend_step;             /* launch number of the step that samples this slot's
                                          * next token (0: none); in flight while > done_step */
         int32_t pend_row;               /* its row in that step */
+        /* the caller's prompt, read in place while held (engine_request.prompt_release) */
+        const int32_t *ext;             /* NULL: no hold */
+        void (*ext_rel)(void *ctx);
+        void *ext_ctx;
+        bool ext_gpu;                   /* the GPU can read ext (mapped at the same address) */
+        uint64_t ext_build;             /* build that last read ext */
+        uint64_t ext_step;              /* launch number of the last step that read ext (0: none) */
+};
+
+/* A hold that ended while a step reading it was still in flight. */
+struct ext_pend {
+        void (*rel)(void *ctx);
+        void *ctx;
+        uint64_t step;
 };
 
 /* A step launched and not yet completed: which slot each sampled row belongs to. */
@@ -79,6 +101,9 @@ struct engine_sched {
         struct flight fl[2];            /* in flight, oldest at fl_head */
         uint32_t fl_head, fl_n;
         uint64_t launch_step, done_step;
+        uint64_t build_no;              /* batches built */
+        struct ext_pend *pend;          /* [2 * n_slots] */
+        uint32_t n_pend;
         bool broken;
         struct engine_kv *kv;
         uint32_t n_slots;
@@ -240,6 +265,9 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
         s->b_seq = malloc(sizeof(int32_t) * o.token_budget);
         s->b_lg = malloc(o.token_budget);
         s->row_slot = malloc(sizeof(uint32_t) * o.max_running);
+        /* a pending release comes from a slot read by a step in flight (at most two steps,
+         * each reading at most max_running slots) */
+        s->pend = malloc(sizeof(*s->pend) * 2 * s->n_slots);
 #if SLUICE_HAVE_CUDA
         if (cuda) {
                 s->srows = calloc(o.max_running, sizeof(*s->srows));
@@ -251,7 +279,7 @@ int engine_sched_create(const struct engine_model *m, const struct engine_sched_
                 s->logits = malloc(sizeof(float) * (size_t)o.max_running * s->n_vocab);
         }
         if (!s->slots || !s->tok_mem || !s->q || !s->run || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_lg ||
-            !s->row_slot || !s->b_prev || !s->fl[0].slot || !s->fl[0].gen || !s->fl[1].slot || !s->fl[1].gen ||
+            !s->row_slot || !s->b_prev || !s->pend || !s->fl[0].slot || !s->fl[0].gen || !s->fl[1].slot || !s->fl[1].gen ||
             (cuda ? !s->srows || !s->ids || !s->chunks : !s->logits)) {
                 r = sl_errorf(err, -ENOMEM, "sched: cannot allocate %u request slots", s->n_slots);
                 goto fail;
@@ -281,6 +309,13 @@ void engine_sched_free(struct engine_sched *s)
 #if SLUICE_HAVE_CUDA
         ecu_ctx_free(s->cuda); /* waits for steps in flight */
 #endif
+        /* nothing reads the callers' prompts any more: give back every hold */
+        for (uint32_t i = 0; s->pend && i < s->n_pend; i++)
+                s->pend[i].rel(s->pend[i].ctx);
+        for (uint32_t i = 0; s->slots && i < s->n_slots; i++)
+                if (s->slots[i].ext_rel)
+                        s->slots[i].ext_rel(s->slots[i].ext_ctx);
+        free(s->pend);
         free(s->srows);
         free(s->ids);
         engine_kv_free(s->kv);
@@ -341,6 +376,7 @@ void engine_sched_stats(const struct engine_sched *s, struct engine_sched_stats 
         LD(steps);
         LD(prefill_last);
         LD(tokens_computed);
+        LD(prompt_tokens_in_place);
         LD(prompt_tokens);
         LD(generated_tokens);
         LD(submitted);
@@ -392,6 +428,54 @@ static void run_remove(struct engine_sched *s, uint32_t idx)
         s->n_run = w;
 }
 
+/* ---- prompts held in the caller's memory ---- */
+
+/* Ends the slot's hold: the caller's release runs now, or once the last step that read the
+ * prompt has completed. */
+static void ext_end(struct engine_sched *s, struct slot *sl)
+{
+        if (!sl->ext_rel)
+                return;
+        if (sl->ext_step > s->done_step)
+                s->pend[s->n_pend++] = (struct ext_pend){sl->ext_rel, sl->ext_ctx, sl->ext_step};
+        else
+                sl->ext_rel(sl->ext_ctx);
+        sl->ext = NULL;
+        sl->ext_rel = NULL;
+        sl->ext_ctx = NULL;
+}
+
+/* Releases the holds whose last reading step has completed. */
+static void ext_sweep(struct engine_sched *s)
+{
+        uint32_t w = 0;
+        for (uint32_t i = 0; i < s->n_pend; i++) {
+                if (s->pend[i].step <= s->done_step)
+                        s->pend[i].rel(s->pend[i].ctx);
+                else
+                        s->pend[w++] = s->pend[i];
+        }
+        s->n_pend = w;
+}
+
+/* End of a step call: a hold lasts while the request is admitted and its prompt not yet all
+ * read (a step that gives its token budget to others does not end it). A request still in
+ * the queue, preempted, done with its prompt or ended gives its hold back, once the steps
+ * that read it have completed. */
+static void ext_unhold(struct engine_sched *s)
+{
+        for (uint32_t i = 0; i < s->n_slots; i++) {
+                struct slot *sl = &s->slots[i];
+                /* a GPU that reads prompt chunks in place but cannot read this memory takes
+                 * the slot's copy: nothing to hold for */
+                const bool readable = !s->cuda || !s->tok_mapped || sl->ext_gpu;
+                if (sl->ext_rel &&
+                    !(readable && sl->state == SLOT_RUNNING && sl->n_done < sl->n_prompt && !sl->preemptions))
+                        ext_end(s, sl);
+        }
+        ext_sweep(s);
+}
+
 /* ---- finishing ---- */
 
 static void finish(struct engine_sched *s, uint32_t idx, enum engine_finish reason, int stop_index, int error,
@@ -411,6 +495,7 @@ static void finish(struct engine_sched *s, uint32_t idx, enum engine_finish reas
                 engine_kv_seq_close(s->kv, sl->seq);
         sl->seq = -1;
         sl->state = SLOT_FREE;
+        ext_end(s, sl);
         ST_ADD(s, finished[reason], 1);
         publish(s);
         if (ev && ev->on_done) {
@@ -537,6 +622,14 @@ int engine_sched_submit(struct engine_sched *s, const struct engine_request *req
         sl->gen++;
         sl->pend_step = 0;
         sl->pend_row = -1;
+        sl->ext = req->prompt_release ? req->prompt : NULL;
+        sl->ext_rel = req->prompt_release;
+        sl->ext_ctx = req->prompt_ctx;
+        sl->ext_gpu = false;
+#if SLUICE_HAVE_CUDA
+        sl->ext_gpu = sl->ext && s->cuda && s->tok_mapped && ((uintptr_t)sl->ext & 3) == 0 && ecu_host_mapped(sl->ext);
+#endif
+        sl->ext_build = sl->ext_step = 0;
         sl->state = SLOT_QUEUED;
         q_push_back(s, (uint32_t)idx);
         s->n_queued_new++;
@@ -725,6 +818,7 @@ static uint32_t build_batch(struct engine_sched *s, uint32_t *n_rows_out, uint32
         const uint32_t budget = s->o.token_budget;
         uint32_t n = 0, n_rows = 0, n_prefill = 0;
         s->n_chunks = 0;
+        s->build_no++;
         for (uint32_t i = 0; i < s->n_run; i++) {
                 uint32_t idx = s->run[i];
                 struct slot *sl = &s->slots[idx];
@@ -758,14 +852,24 @@ static uint32_t build_batch(struct engine_sched *s, uint32_t *n_rows_out, uint32
                 if (rem <= 1 || in_flight(s, sl))
                         continue;
                 uint32_t c = SL_MIN(SL_MIN(rem, s->o.prefill_chunk), budget - n);
+                /* within a held prompt: its ids where the caller's transport wrote them */
+                const bool ext = sl->ext && sl->n_done + c <= sl->n_prompt;
+                const int32_t *src = ext ? sl->ext : sl->tok;
+                bool gpu_reads = false;
 #if SLUICE_HAVE_CUDA
-                if (s->cuda && s->tok_mapped)
-                        s->chunks[s->n_chunks++] = (struct ecu_src_chunk){.src = sl->tok + sl->n_done, .at = n, .n = c};
+                if (s->cuda && s->tok_mapped) {
+                        if (ext && !sl->ext_gpu)
+                                src = sl->tok; /* not mapped for the GPU: the slot's copy */
+                        s->chunks[s->n_chunks++] = (struct ecu_src_chunk){.src = src + sl->n_done, .at = n, .n = c};
+                        gpu_reads = true;
+                }
 #endif
+                if (src == sl->ext)
+                        sl->ext_build = s->build_no;
                 for (uint32_t j = 0; j < c; j++) {
                         uint32_t p = sl->n_done + j;
                         /* ids the GPU reads in place are not copied (0 stands in for them) */
-                        s->b_tok[n] = s->n_chunks ? 0 : sl->tok[p];
+                        s->b_tok[n] = gpu_reads ? 0 : src[p];
                         s->b_prev[n] = -1;
                         s->b_pos[n] = (int32_t)p;
                         s->b_seq[n] = sl->seq;
@@ -868,8 +972,14 @@ static int launch(struct engine_sched *s, uint32_t n, uint32_t n_rows, uint32_t 
                 sl->pend_step = step;
                 sl->pend_row = (int32_t)row;
         }
-        for (uint32_t i = 0; i < s->n_run; i++)
-                s->slots[s->run[i]].n_done += s->slots[s->run[i]].chunk;
+        for (uint32_t i = 0; i < s->n_run; i++) {
+                struct slot *sl = &s->slots[s->run[i]];
+                if (sl->ext && sl->ext_build == s->build_no && sl->chunk) {
+                        sl->ext_step = step;
+                        ST_ADD(s, prompt_tokens_in_place, sl->chunk);
+                }
+                sl->n_done += sl->chunk;
+        }
         ST_ADD(s, tokens_computed, n);
         ST_ADD(s, prompt_tokens, n_prefill);
         return (int)n;
@@ -975,6 +1085,7 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
                 admit(s); /* nothing is admitted past a preempted head, but slots may have freed */
                 uint32_t n = s->n_run ? build_batch(s, &n_rows, &n_prefill) : 0;
                 if (n == 0) {
+                        ext_unhold(s);
                         publish(s);
                         return 0;
                 }
@@ -982,6 +1093,7 @@ int engine_sched_step(struct engine_sched *s, const struct engine_sched_events *
                 if (r >= 0 && !s->overlap)
                         r = complete(s, ev, user, err);
         }
+        ext_unhold(s);
         if (r < 0) {
                 publish(s);
                 return r;

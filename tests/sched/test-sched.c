@@ -6,6 +6,9 @@
  *   cancel frees KV blocks at once; max_queued+1 gives -EBUSY, serving resumes after;
  *   more requests than KV capacity all finish, blocks all return; deadlines; stop strings
  *     spanning tokens are found and not emitted; bad input errors;
+ *   prompts held in the caller's memory (prompt_release): the prefill reads them there,
+ *     the release comes exactly once and only after the last step that read them, a held
+ *     prompt waiting in the queue is given back at the next step, cancel and free release;
  *   demo model: greedy output through the scheduler equals tools/sluice-run --temp 0.
  * Usage: test-sched GENMODEL_PY SLUICE_RUN [--bench]. Skips (77) when no model can be had. */
 #include <errno.h>
@@ -217,6 +220,145 @@ static void test_chunked_prefill(void)
         CHECK(max_tokens_step <= 64);
         CHECK(drain(s, 1000));
         engine_sched_free(s);
+}
+
+/* ---- prompts held in the caller's memory ---- */
+
+struct hold_rec {
+        unsigned released;
+        uint64_t at_step;       /* cur_step when released */
+};
+
+static void hold_release(void *ctx)
+{
+        struct hold_rec *h = ctx;
+        h->released++;
+        h->at_step = cur_step;
+}
+
+static struct engine_request held_req(uint64_t tag, const int32_t *p, uint32_t n, uint32_t max_tokens,
+                                      struct hold_rec *h)
+{
+        struct engine_request q = mkreq(tag, p, n, max_tokens, 0, 0);
+        q.prompt_release = hold_release;
+        q.prompt_ctx = h;
+        return q;
+}
+
+/* One engine_sched_step, counted in cur_step. */
+static int step1(struct engine_sched *s)
+{
+        struct sl_error err = {0};
+        cur_step++;
+        int r = engine_sched_step(s, &EV, NULL, &err);
+        if (r < 0)
+                printf("step: %d %s\n", r, err.msg), bad = 1;
+        return r;
+}
+
+static void test_held_prompts(void)
+{
+        struct engine_sched_opts o = {.n_threads = 2, .max_running = 1, .max_queued = 4, .token_budget = 16,
+                                      .prefill_chunk = 8, .max_ctx = 256};
+        struct engine_sched *s = NULL;
+        struct sl_error err = {0};
+        CHECK(engine_sched_create(model, &o, &s, &err) == 0);
+        if (!s)
+                return;
+        int32_t a[40], b[40], buf[40];
+        make_prompt(a, 40, 11);
+        make_prompt(b, 40, 12);
+        struct res ref_b;
+        struct engine_sched_stats st0, st;
+
+        /* reference: prompt b, the ordinary way (copied at submit) */
+        reset_res();
+        struct engine_request q = mkreq(0, b, 40, 8, 0, 0);
+        CHECK(submit(s, &q) >= 0);
+        CHECK(drain(s, 100));
+        ref_b = R[0];
+        CHECK(ref_b.done && ref_b.n == 8);
+
+        /* Where the steps read: submitted with a, the caller's buffer then (against the
+         * contract, for this test only) rewritten to b. A prefill that read the engine's copy
+         * would continue a; one that reads the buffer continues b. 40 ids in chunks of 8:
+         * five steps read the buffer, and the release comes at the end of the fifth call
+         * (the CPU's step has completed by then). */
+        memcpy(buf, a, sizeof(a));
+        struct hold_rec h = {0};
+        engine_sched_stats(s, &st0);
+        reset_res();
+        q = held_req(0, buf, 40, 8, &h);
+        CHECK(submit(s, &q) >= 0);
+        memcpy(buf, b, sizeof(b));
+        uint64_t first = cur_step + 1;
+        CHECK(drain(s, 100));
+        engine_sched_stats(s, &st);
+        printf("held prompt: released %u time(s) at step %llu of %llu..%llu; %llu prompt tokens read in place\n",
+               h.released, (unsigned long long)(h.at_step - first + 1), 1ull, (unsigned long long)(cur_step - first + 1),
+               (unsigned long long)(st.prompt_tokens_in_place - st0.prompt_tokens_in_place));
+        CHECK(h.released == 1);
+        CHECK(h.at_step == first + 4);
+        CHECK(st.prompt_tokens_in_place - st0.prompt_tokens_in_place == 40);
+        CHECK(R[0].done && R[0].n == ref_b.n && memcmp(R[0].tok, ref_b.tok, 4 * ref_b.n) == 0);
+
+        /* A held prompt that waits in the queue (max_running 1) is given back at the first
+         * step that does not read it, and its prefill then reads the engine's copy. */
+        memcpy(buf, a, sizeof(a));
+        struct hold_rec h0 = {0}, h1 = {0};
+        engine_sched_stats(s, &st0);
+        reset_res();
+        q = held_req(0, b, 40, 8, &h0);
+        CHECK(submit(s, &q) >= 0);
+        q = held_req(1, buf, 40, 8, &h1);
+        CHECK(submit(s, &q) >= 0);
+        step1(s);
+        CHECK(h0.released == 0 && h1.released == 1);
+        buf[0] = b[0]; /* given back: no longer read, so this changes nothing */
+        CHECK(drain(s, 200));
+        engine_sched_stats(s, &st);
+        CHECK(h0.released == 1 && h1.released == 1);
+        CHECK(st.prompt_tokens_in_place - st0.prompt_tokens_in_place == 40);
+        CHECK(R[0].done && R[1].done && R[0].n == 8 && memcmp(R[0].tok, ref_b.tok, 4 * ref_b.n) == 0);
+        struct res got_a = R[1];
+        reset_res();
+        q = mkreq(2, a, 40, 8, 0, 0);
+        CHECK(submit(s, &q) >= 0);
+        CHECK(drain(s, 100));
+        CHECK(R[2].n == got_a.n && memcmp(R[2].tok, got_a.tok, 4 * got_a.n) == 0);
+        CHECK(memcmp(ref_b.tok, got_a.tok, 4 * got_a.n) != 0); /* a and b do continue differently */
+
+        /* cancel while held and queued, and while its prefill is under way; a failed submit
+         * never releases; a prompt of one token (no prefill chunk) is released too */
+        struct hold_rec hc[4] = {{0}};
+        reset_res();
+        q = held_req(0, a, 40, 8, &hc[0]);
+        CHECK(submit(s, &q) >= 0);
+        q = held_req(1, b, 40, 8, &hc[1]);
+        CHECK(submit(s, &q) >= 0);
+        CHECK(engine_sched_cancel(s, 1, &EV, NULL) == 0);
+        CHECK(hc[1].released == 1 && R[1].done && R[1].d.reason == ENGINE_FINISH_CANCELLED);
+        step1(s);
+        CHECK(hc[0].released == 0);
+        CHECK(engine_sched_cancel(s, 0, &EV, NULL) == 0);
+        CHECK(hc[0].released == 1);
+        q = held_req(2, a, 40, 100000, &hc[2]); /* max_tokens over the limit */
+        CHECK(engine_sched_submit(s, &q, NULL, &err) == -EINVAL);
+        q = held_req(3, a, 1, 4, &hc[3]);
+        CHECK(submit(s, &q) >= 0);
+        CHECK(drain(s, 100));
+        CHECK(hc[2].released == 0 && hc[3].released == 1 && R[3].done);
+
+        /* engine_sched_free gives back what is still held */
+        struct hold_rec hf[2] = {{0}};
+        q = held_req(4, a, 40, 8, &hf[0]);
+        CHECK(submit(s, &q) >= 0);
+        step1(s);
+        q = held_req(5, b, 40, 8, &hf[1]);
+        CHECK(submit(s, &q) >= 0);
+        CHECK(hf[0].released == 0 && hf[1].released == 0);
+        engine_sched_free(s);
+        CHECK(hf[0].released == 1 && hf[1].released == 1);
 }
 
 /* ---- cancel, queue bound, KV pressure, deadline, stop strings, bad input ---- */
@@ -583,6 +725,7 @@ int main(int argc, char **argv)
                 test_stop_strings(s);
                 engine_sched_free(s);
                 test_chunked_prefill();
+                test_held_prompts();
                 test_cancel_and_busy();
                 test_kv_pressure();
                 engine_model_free(model);
