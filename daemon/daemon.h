@@ -48,6 +48,7 @@ struct d_metrics {
         struct ctl_gauge *clients;     /* clients tracked for the per-client limits */
         uint64_t tr_last[DT_N][DTS_N]; /* engine thread: last values copied */
         struct ctl_counter *prompts_zero_copy, *prompts_copied; /* how prompts reached the engine */
+        struct ctl_counter *prompt_tokens_in_place;  /* prefill ids read where the transport wrote them */
         struct d_dpdk_metrics *dpdk;   /* per DPDK queue, when the transport runs */
 };
 
@@ -75,6 +76,9 @@ struct daemon {
         struct engine_sched_opts sopts;  /* in force */
 
         struct dp_ring *req_ring[DT_N], *resp_ring[DT_N];
+        bool req_ring_gpu[DT_N];         /* registered with the engine's GPU (mapped) */
+        bool transports_freed;           /* main thread, at exit: prompts still held by the engine
+                                          * give back only their ring space (serve.c) */
         struct dp_notify wake;
         struct dp_udp *udp;
         struct dp_tcp *tcp;

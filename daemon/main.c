@@ -232,6 +232,30 @@ static bool ring_wanted(const struct ctl_config *c, int tr)
         return (c->dataplane.transports & CTL_TRANSPORT_DPDK) && (unsigned)(tr - DT_DPDK) < c->dpdk.queues;
 }
 
+/* On a GPU backend the request ring is page-locked and mapped for the GPU, so that prefill
+ * reads a token-id prompt where the transport wrote it (serve.c holds the record meanwhile).
+ * Without it the engine's copy is read, as on the CPU backend: logged, not fatal. */
+static void ring_for_gpu(struct daemon *d, int tr)
+{
+        struct sl_error err = {0};
+        size_t len;
+        void *p = dp_ring_mem(d->req_ring[tr], &len), *dev = NULL;
+        if (engine_model_backend(d->model) != ENGINE_BACKEND_CUDA)
+                return;
+        if (engine_host_register(d->model, p, len, &dev, &err) < 0) {
+                ctl_logf(SL_LOG_WARNING, "%s request ring: not mapped for the GPU (%s); prefill reads the "
+                         "engine's copy of each prompt", dt_kind_name[dt_kind(tr)], err.msg);
+                return;
+        }
+        d->req_ring_gpu[tr] = true;
+        if (dev != p)
+                ctl_logf(SL_LOG_WARNING, "%s request ring: mapped at another address on the GPU; prefill reads the "
+                         "engine's copy of each prompt", dt_kind_name[dt_kind(tr)]);
+        else
+                ctl_logf(SL_LOG_INFO, "%s request ring: %zu KiB of pinned memory mapped for the GPU (prefill reads "
+                         "token-id prompts in place)", dt_kind_name[dt_kind(tr)], len / 1024);
+}
+
 #if SLUICE_HAVE_DPDK
 /* The engine's side of the DPDK receive memory: on a GPU backend, registered and mapped for
  * the GPU (the requests' ids are then in GPU-visible memory where the NIC wrote them). */
@@ -676,6 +700,7 @@ int main(int argc, char **argv)
                         ctl_logf(SL_LOG_ERR, "rings: %s", err.msg);
                         goto out;
                 }
+                ring_for_gpu(d, tr);
         }
         if (pthread_create(&d->engine_th, NULL, serve_main, d) != 0) {
                 ctl_logf(SL_LOG_ERR, "cannot start the engine thread");
@@ -756,8 +781,12 @@ out:
         dp_auth_ctx_destroy(&d->auth);
         if (d->http)
                 ctl_http_stop(d->http);
+        d->transports_freed = true;
+        engine_sched_free(d->sched); /* gives back the records it still holds (serve.c) */
         serve_free(d);
-        engine_sched_free(d->sched);
+        for (int tr = 0; tr < DT_N; tr++)
+                if (d->req_ring_gpu[tr])
+                        engine_host_unregister(d->model, dp_ring_mem(d->req_ring[tr], &(size_t){0}));
         engine_model_free(d->model);
         for (int tr = 0; tr < DT_N; tr++) {
                 dp_ring_free(d->req_ring[tr]);

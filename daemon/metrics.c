@@ -68,6 +68,11 @@ int d_metrics_register(struct ctl_metrics *reg, struct d_metrics *m, struct sl_e
         NN(m->prompts_zero_copy = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=in_place",
                                                       err));
         NN(m->prompts_copied = ctl_metrics_counter(reg, "sluice_prompt_reads_total", prompt_help, "source=copy", err));
+        NN(m->prompt_tokens_in_place = ctl_metrics_counter(
+                   reg, "sluice_prompt_tokens_in_place_total",
+                   "Prompt tokens that prefill steps read where the transport wrote them (the request ring or the "
+                   "DPDK receive buffer; on a GPU backend, read by the GPU when that memory is mapped for it)",
+                   NULL, err));
         static const char auth_help[] = "Frames checked by authentication, by outcome (refused ones are dropped on "
                                         "UDP and answered with ERROR on TCP)";
         static const char tls_help[] = "TLS handshakes on the TCP transport, by outcome (failed: refused, broken "

@@ -46,10 +46,22 @@ struct dreq {
         char out[AUDIT_TEXT_CAP];
 };
 
+/* A request record the engine reads its prompt from (engine_request.prompt_release): the
+ * record stays in its ring (dp_ring_hold) until the engine gives it back. */
+struct dhold {
+        struct serve *s;
+        const struct dp_req_rec *rec;
+        uint8_t tr;
+        uint32_t next_free;               /* free list: entry + 1, 0 ends */
+};
+
 struct serve {
         struct daemon *d;
         uint32_t n_req, next_free;
         struct dreq *req;
+        struct dhold *hold;               /* n_hold entries */
+        uint32_t n_hold, hold_free;
+        bool rec_held;                    /* the record being handled went to the engine */
         int32_t *ids;                     /* tokenizer output, DP_MAX_PROMPT_TOKENS + 16 */
         size_t ids_cap;
         uint8_t *stage;                   /* one encoded payload, DP_TCP_MAX_PAYLOAD */
@@ -485,6 +497,25 @@ static int tokenize(struct serve *s, const struct dp_req_rec *r, const char *tex
         return n;
 }
 
+static void hold_put(struct serve *s, struct dhold *h)
+{
+        h->rec = NULL;
+        h->next_free = s->hold_free;
+        s->hold_free = (uint32_t)(h - s->hold) + 1;
+}
+
+/* engine_request.prompt_release, on the engine thread (or the main thread at exit, after the
+ * engine thread has stopped): the record's payload and its ring space go back. */
+static void prompt_release(void *ctx)
+{
+        struct dhold *h = ctx;
+        struct serve *s = h->s;
+        if (!s->d->transports_freed) /* else an external payload went with its transport */
+                dp_req_release(h->rec);
+        dp_ring_put(s->d->req_ring[h->tr], h->rec);
+        hold_put(s, h);
+}
+
 static void handle_generate(struct serve *s, const struct dp_req_rec *r, const uint8_t *pl, uint32_t pl_len)
 {
         struct daemon *d = s->d;
@@ -569,6 +600,16 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
         }
         struct engine_request q = {.prompt = prompt, .n_prompt = (uint32_t)n, .max_tokens = mt,
                                    .n_stop = g.n_stop, .t_receipt_ns = r->rx_ns};
+        /* ids in place: the engine's prefill reads them in the record, which stays in the
+         * ring until the engine gives it back (a spare hold entry permitting) */
+        struct dhold *h = NULL;
+        if (g.prompt_ids && prompt == (const int32_t *)(const void *)g.prompt_ids && s->hold_free) {
+                h = &s->hold[s->hold_free - 1];
+                s->hold_free = h->next_free;
+                *h = (struct dhold){.s = s, .rec = r, .tr = r->transport};
+                q.prompt_release = prompt_release;
+                q.prompt_ctx = h;
+        }
         q.sampling = (struct engine_sampling){
                 .temperature = g.sampling.temperature, .top_k = g.sampling.top_k, .top_p = g.sampling.top_p,
                 .min_p = g.sampling.min_p, .repeat_penalty = g.sampling.repeat_penalty,
@@ -617,8 +658,12 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
                 send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_PROMPT, prompt, (uint32_t)n, NULL, 0);
         uint32_t retry_ms = 0;
         rc = engine_sched_submit(d->sched, &q, &retry_ms, &err);
-        if (rc >= 0)
+        if (rc >= 0) {
+                s->rec_held = h != NULL;
                 return;
+        }
+        if (h)
+                hold_put(s, h);
         req_free(s, e);
         if (rc == -EBUSY)
                 reject(s, r, DP_ERR_BUSY, retry_ms ? retry_ms : 100, 0, DO_BUSY, "queue full (%u waiting)",
@@ -721,8 +766,14 @@ static unsigned drain(struct serve *s, uint8_t tr)
                 const struct dp_req_rec *r = rec;
                 if (len >= sizeof(*r) && len - sizeof(*r) >= r->payload_len) {
                         s->rx_peer = dp_req_peer(r, len);
+                        s->rec_held = false;
                         handle(s, r);
                         s->rx_peer = NULL;
+                        if (s->rec_held) { /* the engine reads the prompt here: prompt_release */
+                                dp_ring_hold(ring);
+                                n++;
+                                continue;
+                        }
                         dp_req_release(r); /* the engine copied what it keeps (prompt, stops) */
                 }
                 dp_ring_release(ring);
@@ -761,8 +812,10 @@ static void update_metrics(struct serve *s)
         ctl_gauge_set(m->live, atomic_load_explicit(&d->n_live, memory_order_relaxed));
         ctl_gauge_set(m->draining, atomic_load_explicit(&d->draining, memory_order_relaxed));
         ctl_gauge_set(m->clients, s->n_cl_used);
-        static uint64_t last_steps, last_pre, last_graph, last_gerr;
+        static uint64_t last_steps, last_pre, last_graph, last_gerr, last_inplace;
         ctl_counter_add(m->steps, st.steps - last_steps);
+        ctl_counter_add(m->prompt_tokens_in_place, st.prompt_tokens_in_place - last_inplace);
+        last_inplace = st.prompt_tokens_in_place;
         ctl_counter_add(m->preemptions, st.preemptions - last_pre);
         ctl_counter_add(m->graph_steps, st.graph_steps - last_graph);
         ctl_counter_add(m->gpu_errors, st.gpu_errors - last_gerr);
@@ -884,7 +937,7 @@ void *serve_main(void *arg)
                 dp_notify_prepare(&d->wake);
                 bool empty = true;
                 for (int tr = 0; tr < DT_N; tr++)
-                        if (d->req_ring[tr] && !dp_ring_empty(d->req_ring[tr]))
+                        if (d->req_ring[tr] && dp_ring_readable(d->req_ring[tr]))
                                 empty = false;
                 if (empty)
                         dp_notify_wait(&d->wake, wait_ms);
@@ -905,15 +958,22 @@ int serve_create(struct daemon *d, struct sl_error *err)
         s->ids_cap = DP_MAX_PROMPT_TOKENS + 16;
         s->ids = malloc(s->ids_cap * sizeof(*s->ids));
         s->stage = malloc(DP_TCP_MAX_PAYLOAD);
+        /* every live request, and those that ended while a step that read them still runs
+         * (at most two steps of max_running) */
+        s->n_hold = s->n_req + 2 * d->sopts.max_running;
+        s->hold = calloc(s->n_hold, sizeof(*s->hold));
+        for (uint32_t i = 0; s->hold && i < s->n_hold; i++)
+                s->hold[i].next_free = i + 1 < s->n_hold ? i + 2 : 0;
+        s->hold_free = 1;
         /* every live request's client keeps its entry: room for them all plus idle ones */
         s->n_cl = SL_MAX(d->cfg.limits.max_clients, s->n_req + 64);
         for (s->n_cl_buckets = 16; s->n_cl_buckets < 2 * s->n_cl; s->n_cl_buckets *= 2)
                 ;
         s->cl = calloc(s->n_cl, sizeof(*s->cl));
         s->cl_bucket = calloc(s->n_cl_buckets, sizeof(*s->cl_bucket));
-        if (!s->req || !s->ids || !s->stage || !s->cl || !s->cl_bucket) {
+        if (!s->req || !s->ids || !s->stage || !s->cl || !s->cl_bucket || !s->hold) {
                 uint32_t n = s->n_req;
-                free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s);
+                free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s->hold), free(s);
                 return sl_errorf(err, -ENOMEM, "out of memory for the request table (%u entries)", n);
         }
         s->ev.on_token = on_token;
@@ -927,6 +987,6 @@ void serve_free(struct daemon *d)
         struct serve *s = d->serve;
         if (!s)
                 return;
-        free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s);
+        free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s->hold), free(s);
         d->serve = NULL;
 }

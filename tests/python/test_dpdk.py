@@ -206,7 +206,8 @@ def test_engine_reads_the_prompt_in_the_mbuf(dpdk_daemon, dpdk_build, netns, tmp
     the receive buffer: inside the external memory of the mbuf pool, at the offset of the
     ids in the Ethernet frame (14 + 20 + 8 + 32-byte header + 60-byte GENERATE fixed part +
     stop strings), holding the ids that were sent. Requests whose ids cannot be read in
-    place are shown as such: not 4-byte aligned (a 1-byte stop string), or fragmented."""
+    place are shown as such: not 4-byte aligned (a 1-byte stop string), or fragmented. The
+    prefill then reads the in-place ids there (sluice_prompt_tokens_in_place_total)."""
     ns = netns[0]
     zlog = tmp_path / "zc.log"
     d = dpdk_daemon("tests/dpdk/sluiced-zc", env={"SLUICE_ZC_LOG": str(zlog)})
@@ -232,6 +233,10 @@ def test_engine_reads_the_prompt_in_the_mbuf(dpdk_daemon, dpdk_build, netns, tmp
             assert f["in_pool"] == "0", line
     wait_for(d, "sluice_prompt_reads_total", lambda v: v >= 2, source="in_place")
     wait_for(d, "sluice_prompt_reads_total", lambda v: v >= 1, source="copy")
+    # the prefill steps read the ids where the transport left them (the engine holds the
+    # record until then): 7 + 3 in the mbufs, the 399 of the fragmented request in the request
+    # ring it was reassembled into; all, but at most each prompt's last id
+    wait_for(d, "sluice_prompt_tokens_in_place_total", lambda v: 409 - 3 <= v <= 409)
 
 
 def test_dpdk_that_cannot_start_says_why(dpdk_build, small_model, netns, tmp_path):

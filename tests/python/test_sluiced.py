@@ -118,6 +118,59 @@ def test_32_concurrent_clients(daemon, cli, tool, small_model):
         d.wait_metric(f'sluice_transport_rx_frames_total{{transport="{t}"}}', lambda v: v > 0)
 
 
+def test_id_prompts_read_in_the_request_ring(daemon):
+    """A token-id prompt that is 4-byte aligned in its request record is read there by the
+    prefill (the engine holds the record, then gives its ring space back): 300 prompts of
+    1024 ids, 1.2 MiB through a 1 MiB ring, so space that was not given back would end in
+    BUSY or a hang. The tokens equal those of the same ids sent unaligned (a 1-byte stop
+    string), which the engine copies."""
+    d = daemon(overrides=["engine.max_running=4", "engine.threads=2"])
+    c = TcpConn(d.tcp, timeout=60)
+    n_req, n_ids, window = 300, 1024, 4  # max_running, and room in the KV pool: none waits in the queue
+    prompts = {}
+    x = 12345
+
+    def ids_for(rid):
+        nonlocal x
+        out = []
+        for _ in range(n_ids):
+            x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
+            out.append(3 + (x >> 33) % 31000)
+        return out
+
+    def run_all(rids, stops=()):
+        got, sent, done = {}, 0, 0
+        while done < len(rids):
+            while sent < len(rids) and sent - done < window:
+                rid = rids[sent]
+                c.send(frame(OP["GENERATE"], rid, generate_payload(ids=prompts[rid], max_tokens=2, stops=stops),
+                             crc=False))
+                sent += 1
+            op, fl, rid, seq, p = c.recv_frame()
+            if op == OP["TOKENS"]:
+                got.setdefault(rid, []).extend(parse_tokens(p)[0])
+            else:
+                assert op == OP["DONE"], (op, parse_error(p) if op == OP["ERROR"] else p)
+                done += 1
+        return got
+
+    for rid in range(1, n_req + 1):
+        prompts[rid] = ids_for(rid)
+    in_place = run_all(list(range(1, n_req + 1)))
+    copied = run_all(list(range(1, 9)), stops=(b"\x01",))
+    for rid in range(1, 9):
+        assert in_place[rid] == copied[rid], rid
+    assert len(in_place) == n_req and all(len(v) >= 1 for v in in_place.values())
+    m = d.metrics()
+    assert m['sluice_requests_total{outcome="busy"}'] == 0
+    assert m['sluice_prompt_reads_total{source="copy"}'] == 8
+    assert m['sluice_prompt_reads_total{source="in_place"}'] == n_req
+    # every id but, at most, a prompt's last one (when a chunk boundary leaves it alone, it
+    # goes into the step's input as a decode token does)
+    d.wait_metric("sluice_prompt_tokens_in_place_total", lambda v: n_req * (n_ids - 1) <= v <= n_req * n_ids, 3)
+    c.close()
+
+
 def test_tokenize_info_ping(daemon, cli):
     d = daemon()
     for t in ("udp", "tcp"):
