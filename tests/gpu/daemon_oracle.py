@@ -7,7 +7,10 @@ Every output must be equal, except where the first difference is a near-tie of t
 (random weights have many): checked with `test-cuda-backend --margins`, which computes the
 CPU backend's logit margin between the two picks at that point against twice the largest
 CPU/GPU logit difference of the model. Also reads /metrics (KV pool, graph steps) and
-/health of the CUDA run.
+/health of the CUDA run, and checks that the CUDA daemon's GPU read the id prompts in its
+request ring, where the TCP transport wrote them (the ring mapped for the GPU, and
+sluice_prompt_tokens_in_place_total covering every prompt id but at most each prompt's last,
+which a chunk boundary may leave to the step's input).
 
     tests/gpu/daemon_oracle.py --sluiced BUILD/daemon/sluiced --sluice BUILD/client/sluice \
         --model M.gguf [--n 32] [--tokens 32] [--json OUT]
@@ -93,12 +96,18 @@ def run_backend(args, backend, tmp, texts, idp):
             d.wait_metric("sluice_engine_graph_steps_total", lambda v: v > 0, 3)
         except AssertionError as e:
             print(f"note: {e}")
+        n_ids = sum(len(p) for p in idp)
+        try:
+            d.wait_metric("sluice_prompt_tokens_in_place_total", lambda v: n_ids - len(idp) <= v <= n_ids, 3)
+        except AssertionError as e:
+            print(f"note: {e}")
     m = d.metrics()
     health = d.health()
     log = d.log()
     rc = d.stop()
     return {"results": res, "ids": ids, "metrics": m, "health": health, "ready_s": ready_s, "gen_s": gen_s,
-            "rc": rc, "log_tail": log[-1500:]}
+            "rc": rc, "log_tail": log[-1500:], "ring_mapped": "tcp request ring: " in log and
+            "mapped for the GPU (prefill reads" in log}
 
 
 def main():
@@ -158,7 +167,12 @@ def main():
               (f": CPU margin {m[0]:.3e}, tolerance {m[1]:.3e}: {'near-tie' if m[2] else 'NOT a near-tie'}" if m else ""))
     ids_ok = all(explained.get(i, (0, 0, False))[2] for i, _, _, _ in diffs)
     ids_empty = [i for i in range(args.n) if not cpu["ids"][i] or not gpu["ids"][i]]
-    ok = ids_ok and not ids_empty and not bad and gpu["rc"] == 0
+    n_ids = sum(len(p) for p in idp)
+    in_place = gpu["metrics"].get("sluice_prompt_tokens_in_place_total", 0)
+    ring_ok = gpu["ring_mapped"] and n_ids - args.n <= in_place <= n_ids
+    print(f"{'PASS' if ring_ok else 'FAIL'}: cuda daemon: tcp request ring mapped for the GPU: {gpu['ring_mapped']}; "
+          f"prompt ids read in place {in_place:g} of {n_ids} (at least {n_ids - args.n} expected)")
+    ok = ids_ok and not ids_empty and not bad and gpu["rc"] == 0 and ring_ok
     print(f"{'PASS' if ok else 'FAIL'}: token ids: {ids_same}/{args.n} equal, {len(diffs) - sum(not v[2] for v in explained.values())} "
           f"differ after a near-tie; texts (sluice CLI): {len(same)}/{args.n} equal; CPU backend vs CUDA backend "
           f"through sluiced ({args.n} concurrent, {args.tokens} tokens each); cuda daemon exit {gpu['rc']}")
@@ -167,6 +181,7 @@ def main():
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({
             "ids_equal": ids_same, "ids_near_tie": [i for i in explained if explained[i][2]],
+            "prompt_ids": n_ids, "prompt_ids_in_place": in_place, "ring_mapped": gpu["ring_mapped"],
             "equal": len(same), "of": args.n, "tokens": args.tokens, "errors": bad, "cuda_metrics": km,
             "cpu_ready_s": cpu["ready_s"], "cuda_ready_s": gpu["ready_s"], "cpu_gen_s": cpu["gen_s"],
             "cuda_gen_s": gpu["gen_s"]}, indent=1))

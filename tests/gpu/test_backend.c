@@ -7,7 +7,10 @@
  *   2. greedy continuations of several prompts through the scheduler: the CPU one request at
  *      a time, the GPU all at once (continuous batching): identical tokens;
  *   3. CUDA Graph replay vs eager decoding (no_graphs): identical tokens, launches per step;
- *   4. a seeded sampled request alone and inside a full batch of others: identical tokens.
+ *   4. a seeded sampled request alone and inside a full batch of others: identical tokens;
+ *   5. a prompt held in the caller's memory (engine_request.prompt_release): mapped for the
+ *      GPU with engine_host_register, the prefill reads it there (rewritten after submit, the
+ *      tokens follow the new ids); in memory the GPU cannot read, the engine's copy.
  * With --text FILE the teacher-forced sequence is the first 96 tokens of FILE in the model's
  * own tokenizer instead of random ids: for trained weights (a real model's text predictions
  * are seldom near-ties, unlike a random-weight model's).
@@ -432,6 +435,102 @@ static int unexplained(struct engine_model *cpu, const int32_t (*prompts)[16], c
         return bad;
 }
 
+/* ---- prompts held in the caller's memory ---- */
+
+static unsigned g_released;
+static void count_release(void *ctx)
+{
+        (void)ctx;
+        g_released++;
+}
+
+/* Greedy N_HELD tokens of a 40-id prompt; with buf, submitted held in buf (which then gets
+ * the ids of rewrite). Returns prompt tokens read in place, or -1. */
+#define N_HELD 8
+static long held_run(struct engine_sched *sch, const int32_t *prompt, int32_t *buf, const int32_t *rewrite,
+                     struct collect *c)
+{
+        struct sl_error err = {0};
+        struct engine_sched_stats a, b;
+        struct engine_sched_events ev = {on_token, on_done};
+        engine_sched_stats(sch, &a);
+        memset(c, 0, sizeof(*c));
+        struct engine_request q = {.tag = 0, .prompt = prompt, .n_prompt = 40, .max_tokens = N_HELD,
+                                   .ignore_eos = true};
+        engine_sampling_defaults(&q.sampling);
+        q.sampling.temperature = 0;
+        if (buf) {
+                memcpy(buf, prompt, 40 * sizeof(int32_t));
+                q.prompt = buf;
+                q.prompt_release = count_release;
+        }
+        if (engine_sched_submit(sch, &q, NULL, &err) < 0) {
+                fprintf(stderr, "submit: %s\n", err.msg);
+                return -1;
+        }
+        if (buf) /* against the contract, to see where the steps read */
+                memcpy(buf, rewrite, 40 * sizeof(int32_t));
+        while (c->done < 1)
+                if (engine_sched_step(sch, &ev, c, &err) < 0) {
+                        fprintf(stderr, "step: %s\n", err.msg);
+                        return -1;
+                }
+        engine_sched_stats(sch, &b);
+        return (long)(b.prompt_tokens_in_place - a.prompt_tokens_in_place);
+}
+
+static void held_prompts(struct engine_model *gpu, const char *path, uint32_t V)
+{
+        struct sl_error err = {0};
+        struct engine_sched_opts o = {.max_running = 4, .max_queued = 4, .token_budget = 64, .prefill_chunk = 16,
+                                      .max_ctx = 128, .kv_blocks = 64, .gemv_max_tokens = GEMV_MAX};
+        struct engine_sched *sch = NULL;
+        static struct collect ra, rb, rh, rc;
+        int32_t a[40], b[40];
+        const size_t bytes = 4096;
+        int32_t *mapped = aligned_alloc(4096, bytes), *plain = aligned_alloc(4096, bytes);
+        void *dev = NULL;
+        char what[200];
+        uint64_t x = 0x4e1d; /* its own generator: the other tests' random ids stay as they were */
+        for (int i = 0; i < 40; i++) {
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                a[i] = (int32_t)((x >> 33) % V);
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                b[i] = (int32_t)((x >> 33) % V);
+        }
+        int reg = mapped ? engine_host_register(gpu, mapped, bytes, &dev, &err) : -ENOMEM;
+        check(reg == 0 && dev == mapped, "held prompts: caller's buffer registered and mapped at its own address", path);
+        if (reg < 0 || !plain || engine_sched_create(gpu, &o, &sch, &err) < 0) {
+                fprintf(stderr, "held prompts: %s\n", err.msg);
+                check(0, "held prompts: set-up", path);
+                goto out;
+        }
+        long n_a = held_run(sch, a, NULL, NULL, &ra), n_b = held_run(sch, b, NULL, NULL, &rb);
+        g_released = 0;
+        long n_h = held_run(sch, a, mapped, b, &rh); /* submitted with a, rewritten to b */
+        const unsigned rel_h = g_released;
+        long n_c = held_run(sch, a, plain, b, &rc);  /* the same in memory the GPU cannot read */
+        const unsigned rel_c = g_released - rel_h;
+        const bool differ = memcmp(ra.out[0], rb.out[0], sizeof(ra.out[0])) != 0;
+        const bool h_is_b = rh.n[0] == N_HELD && memcmp(rh.out[0], rb.out[0], sizeof(rh.out[0])) == 0;
+        const bool c_is_a = rc.n[0] == N_HELD && memcmp(rc.out[0], ra.out[0], sizeof(rc.out[0])) == 0;
+        snprintf(what, sizeof(what), "held prompt in mapped memory: %ld of 40 ids read in place by the GPU, tokens "
+                 "follow the ids found there: %s, released %u time(s)", n_h, h_is_b ? "yes" : "no", rel_h);
+        check(n_a == 0 && n_b == 0 && n_h == 40 && h_is_b && rel_h == 1, what, path);
+        snprintf(what, sizeof(what), "held prompt in memory the GPU cannot read: %ld ids in place, tokens are the "
+                 "engine's copy's: %s, released %u time(s)", n_c, c_is_a ? "yes" : "no", rel_c);
+        check(n_c == 0 && c_is_a && rel_c == 1, what, path);
+        check(differ, "held prompts: the two prompts continue differently", path);
+        jrec("{\"model\": \"%s\", \"test\": \"held_prompt\", \"in_place\": %ld, \"follows_buffer\": %d, "
+             "\"unmapped_in_place\": %ld, \"unmapped_follows_copy\": %d}", path, n_h, h_is_b, n_c, c_is_a);
+out:
+        engine_sched_free(sch);
+        if (reg == 0)
+                engine_host_unregister(gpu, mapped);
+        free(mapped);
+        free(plain);
+}
+
 static int test_model(const char *path)
 {
         struct sl_error err = {0};
@@ -637,6 +736,7 @@ static int test_model(const char *path)
                 }
                 *alts[i].flag = false;
         }
+        held_prompts(gpu, path, V);
         jrec("{\"model\": \"%s\", \"test\": \"teacher_forced\", \"top1\": %.4f, \"max_rel_err\": %.3e, \"positions\": %d, "
              "\"top1_one_chunk\": %.4f, \"max_rel_err_one_chunk\": %.3e, \"top1_chunk12\": %.4f, "
              "\"max_rel_err_chunk12\": %.3e}",
