@@ -600,16 +600,6 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
         }
         struct engine_request q = {.prompt = prompt, .n_prompt = (uint32_t)n, .max_tokens = mt,
                                    .n_stop = g.n_stop, .t_receipt_ns = r->rx_ns};
-        /* ids in place: the engine's prefill reads them in the record, which stays in the
-         * ring until the engine gives it back (a spare hold entry permitting) */
-        struct dhold *h = NULL;
-        if (g.prompt_ids && prompt == (const int32_t *)(const void *)g.prompt_ids && s->hold_free) {
-                h = &s->hold[s->hold_free - 1];
-                s->hold_free = h->next_free;
-                *h = (struct dhold){.s = s, .rec = r, .tr = r->transport};
-                q.prompt_release = prompt_release;
-                q.prompt_ctx = h;
-        }
         q.sampling = (struct engine_sampling){
                 .temperature = g.sampling.temperature, .top_k = g.sampling.top_k, .top_p = g.sampling.top_p,
                 .min_p = g.sampling.min_p, .repeat_penalty = g.sampling.repeat_penalty,
@@ -656,6 +646,16 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
         }
         if (g.flags & DP_GEN_ECHO_PROMPT)
                 send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_PROMPT, prompt, (uint32_t)n, NULL, 0);
+        /* ids in place: the engine's prefill reads them in the record, which stays in the
+         * ring until the engine gives it back (a spare hold entry permitting) */
+        struct dhold *h = NULL;
+        if (g.prompt_ids && prompt == (const int32_t *)(const void *)g.prompt_ids && s->hold_free) {
+                h = &s->hold[s->hold_free - 1];
+                s->hold_free = h->next_free;
+                *h = (struct dhold){.s = s, .rec = r, .tr = r->transport};
+                q.prompt_release = prompt_release;
+                q.prompt_ctx = h;
+        }
         uint32_t retry_ms = 0;
         rc = engine_sched_submit(d->sched, &q, &retry_ms, &err);
         if (rc >= 0) {

@@ -156,6 +156,13 @@ def test_id_prompts_read_in_the_request_ring(daemon):
 
     for rid in range(1, n_req + 1):
         prompts[rid] = ids_for(rid)
+    # refused after their ids were found in place (top_k over the vocabulary): each must give
+    # its hold entry back, or the 300 below would run out of them and be copied
+    for rid in range(1, 201):
+        c.send(frame(OP["GENERATE"], 5000 + rid, generate_payload(ids=prompts[rid][:8], max_tokens=2,
+                                                                  top_k=1_000_000), crc=False))
+        op, fl, r, seq, p = c.recv_frame()
+        assert op == OP["ERROR"] and parse_error(p)["code"] == ERR["BAD_PARAM"], (op, p)
     in_place = run_all(list(range(1, n_req + 1)))
     copied = run_all(list(range(1, 9)), stops=(b"\x01",))
     for rid in range(1, 9):
@@ -164,7 +171,7 @@ def test_id_prompts_read_in_the_request_ring(daemon):
     m = d.metrics()
     assert m['sluice_requests_total{outcome="busy"}'] == 0
     assert m['sluice_prompt_reads_total{source="copy"}'] == 8
-    assert m['sluice_prompt_reads_total{source="in_place"}'] == n_req
+    assert m['sluice_prompt_reads_total{source="in_place"}'] == n_req + 200  # the refused ones too
     # every id but, at most, a prompt's last one (when a chunk boundary leaves it alone, it
     # goes into the step's input as a decode token does)
     d.wait_metric("sluice_prompt_tokens_in_place_total", lambda v: n_req * (n_ids - 1) <= v <= n_req * n_ids, 3)
