@@ -647,9 +647,12 @@ static void handle_generate(struct serve *s, const struct dp_req_rec *r, const u
         if (g.flags & DP_GEN_ECHO_PROMPT)
                 send_tokens(s, e->tr, e->client, e->rid, DP_TOKENS_PROMPT, prompt, (uint32_t)n, NULL, 0);
         /* ids in place: the engine's prefill reads them in the record, which stays in the
-         * ring until the engine gives it back (a spare hold entry permitting) */
+         * ring until the engine gives it back. Only while the ring is at most a quarter full
+         * (held records keep the space behind them too): new requests always find room. */
         struct dhold *h = NULL;
-        if (g.prompt_ids && prompt == (const int32_t *)(const void *)g.prompt_ids && s->hold_free) {
+        const struct dp_ring *ring = d->req_ring[r->transport];
+        if (g.prompt_ids && prompt == (const int32_t *)(const void *)g.prompt_ids && s->hold_free &&
+            dp_ring_used(ring) <= dp_ring_capacity(ring) / 4) {
                 h = &s->hold[s->hold_free - 1];
                 s->hold_free = h->next_free;
                 *h = (struct dhold){.s = s, .rec = r, .tr = r->transport};

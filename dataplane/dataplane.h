@@ -554,6 +554,9 @@ uint32_t dp_ring_held(const struct dp_ring *r); /* consumer: records held, not y
 /* Either side: whether the ring holds nothing, neither waiting nor held records (a hint:
  * the other side may be adding one). */
 bool dp_ring_empty(const struct dp_ring *r);
+/* Either side: bytes the producer cannot use now (records waiting, held, or freed behind a
+ * held one), a hint. */
+size_t dp_ring_used(const struct dp_ring *r);
 /* Consumer: whether a record is waiting to be read (held ones do not count). */
 bool dp_ring_readable(const struct dp_ring *r);
 /* The ring's memory, [p, p + *len): for registering it with a device that reads records in

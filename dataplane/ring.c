@@ -196,6 +196,12 @@ bool dp_ring_empty(const struct dp_ring *r)
                atomic_load_explicit(&r->tail, memory_order_acquire);
 }
 
+size_t dp_ring_used(const struct dp_ring *r)
+{
+        return (size_t)(atomic_load_explicit(&r->head, memory_order_acquire) -
+                        atomic_load_explicit(&r->tail, memory_order_acquire));
+}
+
 bool dp_ring_readable(const struct dp_ring *r)
 {
         return atomic_load_explicit(&r->head, memory_order_acquire) != r->rd;

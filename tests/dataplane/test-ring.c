@@ -108,7 +108,7 @@ static void holds(void)
                 memset(p, 10 + i, 56);
                 dp_ring_commit(r, 56);
         }
-        CHECK(dp_ring_reserve(r, 0) == NULL);
+        CHECK(dp_ring_reserve(r, 0) == NULL && dp_ring_used(r) == 256);
         /* hold 0, release 1, hold 2, hold 3 */
         CHECK((rec[0] = dp_ring_peek(r, &len)) && len == 56);
         CHECK(dp_ring_hold(r) == rec[0]);
@@ -126,8 +126,9 @@ static void holds(void)
         dp_ring_put(r, rec[3]);
         CHECK(dp_ring_reserve(r, 0) == NULL);
         /* putting 0 frees 0 and 1 (2 is still held, 3 behind it is not reclaimed) */
+        CHECK(dp_ring_used(r) == 256);
         dp_ring_put(r, rec[0]);
-        CHECK(dp_ring_held(r) == 1);
+        CHECK(dp_ring_held(r) == 1 && dp_ring_used(r) == 128);
         uint8_t *p = dp_ring_reserve(r, 120); /* 128 bytes free at the start */
         CHECK(p && (const uint8_t *)p - 8 == rec[0] - 8);
         memset(p, 20, 120);
@@ -139,7 +140,7 @@ static void holds(void)
         dp_ring_release(r); /* a plain release while another record is held */
         CHECK(dp_ring_reserve(r, 0) == NULL); /* still behind record 2 */
         dp_ring_put(r, rec[2]);
-        CHECK(dp_ring_held(r) == 0 && dp_ring_empty(r));
+        CHECK(dp_ring_held(r) == 0 && dp_ring_empty(r) && dp_ring_used(r) == 0);
         /* holds across the wrap: a pad record before a held record at the start */
         for (int k = 0; k < 12; k++) {
                 p = dp_ring_reserve(r, 100);
