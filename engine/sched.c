@@ -14,11 +14,12 @@
  *
  * A prompt submitted with prompt_release is also read where the caller's transport wrote it
  * (the request ring, the DPDK receive buffer): the steps of its prefill take their ids
- * there, the GPU's too when that memory is mapped for it. That hold lasts while consecutive
- * steps read the prompt: a step call that does not read it (the request waits in the queue,
- * its prompt is done, it was preempted or ended) ends it, and the caller's release runs once
- * the last step that read it has completed. The slot's own copy, made at submit, serves the
- * host (penalty windows, recomputation after preemption) and whatever comes after. */
+ * there, the GPU's too when that memory is mapped for it. The hold lasts from admission
+ * while the prompt is being read: a request still queued at the end of a step call (so that
+ * a queue does not keep the caller's memory), preempted, done with its prompt or ended gives
+ * it back, and the caller's release runs once the last step that read it has completed. The
+ * slot's own copy, made at submit, serves the host (penalty windows, recomputation after
+ * preemption) and whatever comes after. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,11 +63,11 @@ struct slot {
                                          * next token (0: none); in flight while > done_step */
         int32_t pend_row;               /* its row in that step */
         /* the caller's prompt, read in place while held (engine_request.prompt_release) */
-        const int32_t *ext;             /* NULL: no hold */
-        void (*ext_rel)(void *ctx);
+        void (*ext_rel)(void *ctx);     /* NULL: no hold */
         void *ext_ctx;
-        bool ext_gpu;                   /* the GPU can read ext (mapped at the same address) */
-        uint64_t ext_build;             /* build that last read ext */
+        const int32_t *ext;             /* NULL (with ext_rel set): the backend cannot read it
+                                         * there, the hold ends at the next step call */
+        bool ext_read;                  /* the batch being built reads ext */
         uint64_t ext_step;              /* launch number of the last step that read ext (0: none) */
 };
 
@@ -101,7 +102,6 @@ struct engine_sched {
         struct flight fl[2];            /* in flight, oldest at fl_head */
         uint32_t fl_head, fl_n;
         uint64_t launch_step, done_step;
-        uint64_t build_no;              /* batches built */
         struct ext_pend *pend;          /* [2 * n_slots] */
         uint32_t n_pend;
         bool broken;
@@ -466,11 +466,8 @@ static void ext_unhold(struct engine_sched *s)
 {
         for (uint32_t i = 0; i < s->n_slots; i++) {
                 struct slot *sl = &s->slots[i];
-                /* a GPU that reads prompt chunks in place but cannot read this memory takes
-                 * the slot's copy: nothing to hold for */
-                const bool readable = !s->cuda || !s->tok_mapped || sl->ext_gpu;
-                if (sl->ext_rel &&
-                    !(readable && sl->state == SLOT_RUNNING && sl->n_done < sl->n_prompt && !sl->preemptions))
+                if (sl->ext_rel && !(sl->ext && sl->state == SLOT_RUNNING && sl->n_done < sl->n_prompt &&
+                                     !sl->preemptions))
                         ext_end(s, sl);
         }
         ext_sweep(s);
@@ -622,14 +619,18 @@ int engine_sched_submit(struct engine_sched *s, const struct engine_request *req
         sl->gen++;
         sl->pend_step = 0;
         sl->pend_row = -1;
-        sl->ext = req->prompt_release ? req->prompt : NULL;
         sl->ext_rel = req->prompt_release;
         sl->ext_ctx = req->prompt_ctx;
-        sl->ext_gpu = false;
+        /* a GPU that reads prompt chunks in place takes the slot's copy of memory that is not
+         * mapped for it: nothing to hold for */
+        bool readable = req->prompt_release != NULL;
 #if SLUICE_HAVE_CUDA
-        sl->ext_gpu = sl->ext && s->cuda && s->tok_mapped && ((uintptr_t)sl->ext & 3) == 0 && ecu_host_mapped(sl->ext);
+        if (readable && s->cuda && s->tok_mapped)
+                readable = ((uintptr_t)req->prompt & 3) == 0 && ecu_host_mapped(req->prompt);
 #endif
-        sl->ext_build = sl->ext_step = 0;
+        sl->ext = readable ? req->prompt : NULL;
+        sl->ext_read = false;
+        sl->ext_step = 0;
         sl->state = SLOT_QUEUED;
         q_push_back(s, (uint32_t)idx);
         s->n_queued_new++;
@@ -818,12 +819,12 @@ static uint32_t build_batch(struct engine_sched *s, uint32_t *n_rows_out, uint32
         const uint32_t budget = s->o.token_budget;
         uint32_t n = 0, n_rows = 0, n_prefill = 0;
         s->n_chunks = 0;
-        s->build_no++;
         for (uint32_t i = 0; i < s->n_run; i++) {
                 uint32_t idx = s->run[i];
                 struct slot *sl = &s->slots[idx];
                 sl->out_row = -1;
                 sl->chunk = 0;
+                sl->ext_read = false;
                 int32_t prev = -1, tok;
                 if (in_flight(s, sl)) {
                         if (sl->n_tok + 1 - sl->n_prompt >= sl->max_tokens || sl->n_tok + 1 >= s->o.max_ctx)
@@ -853,19 +854,15 @@ static uint32_t build_batch(struct engine_sched *s, uint32_t *n_rows_out, uint32
                         continue;
                 uint32_t c = SL_MIN(SL_MIN(rem, s->o.prefill_chunk), budget - n);
                 /* within a held prompt: its ids where the caller's transport wrote them */
-                const bool ext = sl->ext && sl->n_done + c <= sl->n_prompt;
-                const int32_t *src = ext ? sl->ext : sl->tok;
+                sl->ext_read = sl->ext && sl->n_done + c <= sl->n_prompt;
+                const int32_t *src = sl->ext_read ? sl->ext : sl->tok;
                 bool gpu_reads = false;
 #if SLUICE_HAVE_CUDA
                 if (s->cuda && s->tok_mapped) {
-                        if (ext && !sl->ext_gpu)
-                                src = sl->tok; /* not mapped for the GPU: the slot's copy */
                         s->chunks[s->n_chunks++] = (struct ecu_src_chunk){.src = src + sl->n_done, .at = n, .n = c};
                         gpu_reads = true;
                 }
 #endif
-                if (src == sl->ext)
-                        sl->ext_build = s->build_no;
                 for (uint32_t j = 0; j < c; j++) {
                         uint32_t p = sl->n_done + j;
                         /* ids the GPU reads in place are not copied (0 stands in for them) */
@@ -974,7 +971,7 @@ static int launch(struct engine_sched *s, uint32_t n, uint32_t n_rows, uint32_t 
         }
         for (uint32_t i = 0; i < s->n_run; i++) {
                 struct slot *sl = &s->slots[s->run[i]];
-                if (sl->ext && sl->ext_build == s->build_no && sl->chunk) {
+                if (sl->ext_read) {
                         sl->ext_step = step;
                         ST_ADD(s, prompt_tokens_in_place, sl->chunk);
                 }
