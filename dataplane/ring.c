@@ -114,6 +114,20 @@ void dp_ring_commit(struct dp_ring *r, size_t len)
         atomic_store_explicit(&r->head, head + r->res_pad + rec_size(len), memory_order_release);
 }
 
+/* Where the record at byte count `at` starts: after a pad record at the end of the ring the
+ * producer published pad + record together, so the record is at the start (*skip: the pad's
+ * bytes). */
+static uint64_t rec_pos(const struct dp_ring *r, uint64_t at, uint64_t *skip)
+{
+        uint64_t pos = at & r->mask;
+        *skip = 0;
+        if (get_hdr(r->data + pos) & REC_PAD) {
+                *skip = r->cap - pos;
+                pos = 0;
+        }
+        return pos;
+}
+
 const void *dp_ring_peek(struct dp_ring *r, size_t *len)
 {
         const uint64_t rd = r->rd;
@@ -123,15 +137,8 @@ const void *dp_ring_peek(struct dp_ring *r, size_t *len)
                 if (rd == r->head_cache)
                         return NULL;
         }
-        uint64_t pos = rd & r->mask;
+        uint64_t skip, pos = rec_pos(r, rd, &skip);
         uint32_t h = get_hdr(r->data + pos);
-        uint64_t skip = 0;
-        if (h & REC_PAD) {
-                /* the producer published pad + record together: the record is there */
-                skip = r->cap - pos;
-                pos = 0;
-                h = get_hdr(r->data);
-        }
         r->peek_size = skip + rec_size(h);
         *len = h;
         return r->data + pos + REC_HDR;
@@ -144,12 +151,8 @@ static void reclaim(struct dp_ring *r)
         uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed), t = tail;
 
         while (t < r->rd) {
-                uint64_t pos = t & r->mask, skip = 0;
-                uint32_t h = get_hdr(r->data + pos);
-                if (h & REC_PAD) {
-                        skip = r->cap - pos;
-                        h = get_hdr(r->data);
-                }
+                uint64_t skip;
+                uint32_t h = get_hdr(r->data + rec_pos(r, t, &skip));
                 if (!(h & REC_FREE))
                         break;
                 t += skip + rec_size(h & REC_LEN);
@@ -171,9 +174,7 @@ void dp_ring_release(struct dp_ring *r)
 
 const void *dp_ring_hold(struct dp_ring *r)
 {
-        uint64_t pos = r->rd & r->mask;
-        if (get_hdr(r->data + pos) & REC_PAD)
-                pos = 0;
+        uint64_t skip, pos = rec_pos(r, r->rd, &skip);
         r->rd += r->peek_size;
         r->peek_size = 0;
         r->held++;
