@@ -950,6 +950,11 @@ void *serve_main(void *arg)
         return NULL;
 }
 
+static void serve_destroy(struct serve *s)
+{
+        free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s->hold), free(s);
+}
+
 int serve_create(struct daemon *d, struct sl_error *err)
 {
         struct serve *s = calloc(1, sizeof(*s));
@@ -976,7 +981,7 @@ int serve_create(struct daemon *d, struct sl_error *err)
         s->cl_bucket = calloc(s->n_cl_buckets, sizeof(*s->cl_bucket));
         if (!s->req || !s->ids || !s->stage || !s->cl || !s->cl_bucket || !s->hold) {
                 uint32_t n = s->n_req;
-                free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s->hold), free(s);
+                serve_destroy(s);
                 return sl_errorf(err, -ENOMEM, "out of memory for the request table (%u entries)", n);
         }
         s->ev.on_token = on_token;
@@ -990,6 +995,6 @@ void serve_free(struct daemon *d)
         struct serve *s = d->serve;
         if (!s)
                 return;
-        free(s->req), free(s->ids), free(s->stage), free(s->cl), free(s->cl_bucket), free(s->hold), free(s);
+        serve_destroy(s);
         d->serve = NULL;
 }
